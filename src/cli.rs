@@ -1,0 +1,308 @@
+//! The command line: clap-derived arguments turned into validated configs.
+//!
+//! Value parsers reject bad input at parse time, so clap's own error names
+//! the flag and exits 2; nothing downstream re-validates.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{ArgAction, Args, Parser, Subcommand};
+
+use crate::config::{ChildCommand, ConnectAddr, Limits, ListenAddr, ServeConfig, StdioConfig};
+use crate::error::Error;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "forkline",
+    version,
+    about = "A multi-session forward proxy for MCP: one fresh stdio server process per client session",
+    arg_required_else_help = true
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+    /// More log output (-v debug, -vv trace); RUST_LOG, when set, wins
+    #[arg(short, long, action = ArgAction::Count, global = true)]
+    pub verbose: u8,
+    /// Less log output (-q warnings only, -qq errors only)
+    #[arg(short, long, action = ArgAction::Count, global = true, conflicts_with = "verbose")]
+    pub quiet: u8,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Listen for clients; every connection gets its own child process
+    Serve(ServeArgs),
+    /// Run one session on forkline's own stdin/stdout
+    Stdio(StdioArgs),
+    /// Join stdin/stdout to a session of a remote `forkline serve`
+    Connect(ConnectArgs),
+    /// A tiny built-in MCP server (tool `echo`), speaking both protocol eras
+    EchoServer,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Listen for raw TCP (newline-delimited JSON-RPC); repeatable.
+    /// Default when no listener is given: 127.0.0.1:7070
+    #[arg(long = "tcp", value_name = "ADDR", value_parser = parse_socket_addr)]
+    pub tcp: Vec<std::net::SocketAddr>,
+    /// Listen on a Unix domain socket; repeatable. A stale socket file is
+    /// replaced and the file is removed at exit
+    #[arg(long = "unix", value_name = "PATH")]
+    pub unix: Vec<PathBuf>,
+    #[command(flatten)]
+    pub limits: LimitArgs,
+    /// The MCP server to run for each session (default: `forkline echo-server`)
+    #[arg(last = true, value_name = "COMMAND")]
+    pub command: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct StdioArgs {
+    #[command(flatten)]
+    pub limits: LimitArgs,
+    /// The MCP server to run
+    #[arg(last = true, required = true, value_name = "COMMAND")]
+    pub command: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ConnectArgs {
+    /// tcp://HOST:PORT or unix:PATH
+    #[arg(value_name = "ADDRESS", value_parser = parse_connect_addr)]
+    pub address: ConnectAddr,
+}
+
+#[derive(Debug, Args)]
+pub struct LimitArgs {
+    /// Live sessions at once; the worker pool never grows past this
+    #[arg(long, value_name = "N", default_value = "64", value_parser = parse_at_least_one)]
+    pub max_sessions: usize,
+    /// Live sessions per peer IP (TCP) or peer uid (Unix socket)
+    #[arg(long, value_name = "N", default_value = "16", value_parser = parse_at_least_one)]
+    pub max_sessions_per_client: usize,
+    /// End a session after this long without a message either way; 0 = never
+    #[arg(long, value_name = "SECS", default_value = "300", value_parser = parse_seconds)]
+    pub idle_timeout: Duration,
+    /// Largest message either way (bytes, or with a KiB/MiB suffix)
+    #[arg(long, value_name = "N", default_value = "4MiB", value_parser = parse_bytes)]
+    pub max_message_bytes: usize,
+    /// Time a child gets to exit after its stdin closes (and again after
+    /// SIGTERM), and in-flight requests get at shutdown
+    #[arg(long, value_name = "SECS", default_value = "5", value_parser = parse_seconds)]
+    pub shutdown_grace: Duration,
+}
+
+impl LimitArgs {
+    fn to_limits(&self) -> Limits {
+        Limits {
+            max_sessions: self.max_sessions,
+            max_sessions_per_client: self.max_sessions_per_client,
+            idle_timeout: (!self.idle_timeout.is_zero()).then_some(self.idle_timeout),
+            max_message_bytes: self.max_message_bytes,
+            shutdown_grace: self.shutdown_grace,
+        }
+    }
+}
+
+impl ServeArgs {
+    pub fn to_config(&self) -> Result<ServeConfig, Error> {
+        let mut listen: Vec<ListenAddr> = self.tcp.iter().copied().map(ListenAddr::Tcp).collect();
+        listen.extend(self.unix.iter().cloned().map(ListenAddr::Unix));
+        if listen.is_empty() {
+            listen.push(ListenAddr::Tcp(std::net::SocketAddr::from((
+                [127, 0, 0, 1],
+                7070,
+            ))));
+        }
+        let command = match child_command(&self.command) {
+            Some(command) => command,
+            None => ChildCommand::builtin_echo().map_err(|e| {
+                Error::config(
+                    "COMMAND",
+                    format!("cannot locate forkline's own binary: {e}"),
+                )
+            })?,
+        };
+        Ok(ServeConfig {
+            listen,
+            limits: self.limits.to_limits(),
+            command,
+        })
+    }
+}
+
+impl StdioArgs {
+    pub fn to_config(&self) -> Result<StdioConfig, Error> {
+        let command = child_command(&self.command)
+            .ok_or_else(|| Error::config("COMMAND", "a command is required after `--`"))?;
+        Ok(StdioConfig {
+            limits: self.limits.to_limits(),
+            command,
+        })
+    }
+}
+
+fn child_command(words: &[String]) -> Option<ChildCommand> {
+    let (program, args) = words.split_first()?;
+    Some(ChildCommand {
+        program: PathBuf::from(program),
+        args: args.to_vec(),
+    })
+}
+
+fn parse_socket_addr(s: &str) -> Result<std::net::SocketAddr, String> {
+    s.parse()
+        .map_err(|_| format!("expected IP:PORT, e.g. 127.0.0.1:7070 or [::1]:7070, got `{s}`"))
+}
+
+fn parse_at_least_one(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(_) => Err(format!("expected a whole number, got `{s}`")),
+    }
+}
+
+/// Seconds, with decimals allowed (`0.5`), so tests and impatient users
+/// can ask for less than a second.
+fn parse_seconds(s: &str) -> Result<Duration, String> {
+    let secs: f64 = s
+        .parse()
+        .map_err(|_| format!("expected seconds, e.g. 5 or 0.5, got `{s}`"))?;
+    Duration::try_from_secs_f64(secs)
+        .map_err(|_| format!("expected a non-negative number of seconds, got `{s}`"))
+}
+
+/// The smallest message limit that still fits a JSON-RPC error object.
+const MIN_MESSAGE_BYTES: usize = 64;
+
+fn parse_bytes(s: &str) -> Result<usize, String> {
+    let t = s.trim();
+    let (digits, unit) = match t.find(|c: char| !c.is_ascii_digit()) {
+        Some(at) => t.split_at(at),
+        None => (t, ""),
+    };
+    let multiplier = match unit.trim() {
+        "" | "B" => 1,
+        "K" | "KiB" | "k" => 1024,
+        "M" | "MiB" => 1024 * 1024,
+        "G" | "GiB" => 1024 * 1024 * 1024,
+        _ => {
+            return Err(format!(
+                "expected bytes, e.g. 65536, 64KiB or 4MiB, got `{s}`"
+            ));
+        }
+    };
+    let n: usize = digits
+        .parse()
+        .map_err(|_| format!("expected bytes, e.g. 65536, 64KiB or 4MiB, got `{s}`"))?;
+    let bytes = n
+        .checked_mul(multiplier)
+        .ok_or_else(|| format!("`{s}` is too large"))?;
+    if bytes < MIN_MESSAGE_BYTES {
+        return Err(format!("must be at least {MIN_MESSAGE_BYTES} bytes"));
+    }
+    Ok(bytes)
+}
+
+fn parse_connect_addr(s: &str) -> Result<ConnectAddr, String> {
+    if let Some(hostport) = s.strip_prefix("tcp://") {
+        if hostport
+            .rsplit_once(':')
+            .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok())
+        {
+            return Ok(ConnectAddr::Tcp(hostport.to_string()));
+        }
+    } else if let Some(path) = s.strip_prefix("unix:") {
+        if !path.is_empty() {
+            return Ok(ConnectAddr::Unix(PathBuf::from(path)));
+        }
+    }
+    Err(format!("expected tcp://HOST:PORT or unix:PATH, got `{s}`"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bytes_accept_suffixes_and_reject_nonsense() {
+        assert_eq!(parse_bytes("4MiB"), Ok(4 * 1024 * 1024));
+        assert_eq!(parse_bytes("64KiB"), Ok(65536));
+        assert_eq!(parse_bytes("1024"), Ok(1024));
+        assert!(parse_bytes("10").is_err(), "below the minimum");
+        assert!(parse_bytes("4XB").is_err());
+        assert!(parse_bytes("").is_err());
+        assert!(parse_bytes("99999999999999999999G").is_err());
+    }
+
+    #[test]
+    fn seconds_allow_decimals_and_reject_negatives() {
+        assert_eq!(parse_seconds("0.5"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_seconds("300"), Ok(Duration::from_secs(300)));
+        assert!(parse_seconds("-1").is_err());
+        assert!(parse_seconds("soon").is_err());
+        assert!(parse_seconds("inf").is_err());
+    }
+
+    #[test]
+    fn connect_addresses() {
+        assert_eq!(
+            parse_connect_addr("tcp://127.0.0.1:7070"),
+            Ok(ConnectAddr::Tcp("127.0.0.1:7070".into()))
+        );
+        assert_eq!(
+            parse_connect_addr("tcp://[::1]:7070"),
+            Ok(ConnectAddr::Tcp("[::1]:7070".into()))
+        );
+        assert_eq!(
+            parse_connect_addr("unix:/tmp/x.sock"),
+            Ok(ConnectAddr::Unix("/tmp/x.sock".into()))
+        );
+        assert!(parse_connect_addr("tcp://nohost").is_err());
+        assert!(parse_connect_addr("http://127.0.0.1:1").is_err());
+        assert!(parse_connect_addr("unix:").is_err());
+    }
+
+    #[test]
+    fn serve_defaults_match_the_contract() {
+        let cli = Cli::try_parse_from(["forkline", "serve"]).expect("parses");
+        let Command::Serve(args) = cli.command else {
+            panic!("serve")
+        };
+        let config = args.to_config().expect("valid");
+        assert_eq!(config.limits, Limits::default());
+        assert_eq!(
+            config.listen,
+            vec![ListenAddr::Tcp("127.0.0.1:7070".parse().expect("addr"))]
+        );
+        assert_eq!(config.command.args, vec!["echo-server".to_string()]);
+    }
+
+    #[test]
+    fn idle_timeout_zero_means_never() {
+        let cli = Cli::try_parse_from([
+            "forkline",
+            "serve",
+            "--idle-timeout",
+            "0",
+            "--",
+            "srv",
+            "-x",
+        ])
+        .expect("parses");
+        let Command::Serve(args) = cli.command else {
+            panic!("serve")
+        };
+        let config = args.to_config().expect("valid");
+        assert_eq!(config.limits.idle_timeout, None);
+        assert_eq!(config.command.to_string(), "srv -x");
+    }
+
+    #[test]
+    fn stdio_requires_a_command() {
+        assert!(Cli::try_parse_from(["forkline", "stdio"]).is_err());
+    }
+}

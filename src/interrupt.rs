@@ -1,0 +1,231 @@
+//! Blocking file-descriptor I/O that can be woken.
+//!
+//! A thread blocked in `read(2)` on a pipe cannot be reached by a channel;
+//! closing the fd under it races with fd reuse. So every blocking wait on a
+//! pipe (a child's stdout and stderr, its stdin, forkline's own stdin and
+//! stdout) first `poll(2)`s the fd together with an [`Alarm`]: ringing the
+//! alarm makes every such wait return at once, forever after. Sockets do
+//! not need this: `shutdown(2)` wakes their readers and writers.
+
+use std::io::{self, Read, Write};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::time::{Duration, Instant};
+
+/// A one-shot, level-triggered wake-up, observable through `poll(2)` by any
+/// number of threads. Backed by an eventfd: ringing it makes it readable
+/// for good, since nobody ever reads it.
+#[derive(Debug)]
+pub struct Alarm {
+    fd: OwnedFd,
+}
+
+impl Alarm {
+    pub fn new() -> io::Result<Alarm> {
+        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Alarm {
+            fd: unsafe { OwnedFd::from_raw_fd(fd) },
+        })
+    }
+
+    /// Wakes every current and future wait on this alarm. Idempotent.
+    pub fn ring(&self) {
+        let one: u64 = 1;
+        // EAGAIN means the counter is saturated, i.e. already ringing.
+        let _ = unsafe { libc::write(self.fd.as_raw_fd(), (&one as *const u64).cast(), 8) };
+    }
+
+    pub fn is_ringing(&self) -> bool {
+        matches!(
+            wait_any(&[(self.fd.as_fd(), libc::POLLIN)], Some(Duration::ZERO)),
+            Ok(Some(_))
+        )
+    }
+
+    pub fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
+/// Waits until one of `fds` is ready for its `events` or `timeout` passes.
+/// Returns the index of a ready fd, or `None` on timeout. Retries on EINTR
+/// with the time that is left.
+pub fn wait_any(
+    fds: &[(BorrowedFd<'_>, libc::c_short)],
+    timeout: Option<Duration>,
+) -> io::Result<Option<usize>> {
+    let mut pollfds: Vec<libc::pollfd> = fds
+        .iter()
+        .map(|(fd, events)| libc::pollfd {
+            fd: fd.as_raw_fd(),
+            events: *events,
+            revents: 0,
+        })
+        .collect();
+    let deadline = timeout.map(|t| Instant::now() + t);
+    loop {
+        let ms = match deadline {
+            None => -1,
+            // Round up so a wait never ends just before its deadline.
+            Some(d) => d
+                .saturating_duration_since(Instant::now())
+                .as_micros()
+                .div_ceil(1000)
+                .min(i32::MAX as u128) as i32,
+        };
+        let n = unsafe { libc::poll(pollfds.as_mut_ptr(), pollfds.len() as libc::nfds_t, ms) };
+        if n < 0 {
+            let err = io::Error::last_os_error();
+            if err.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(err);
+        }
+        if n == 0 {
+            return Ok(None);
+        }
+        return Ok(pollfds.iter().position(|p| p.revents != 0));
+    }
+}
+
+/// The largest write that cannot block on a pipe once it polls writable.
+const PIPE_BUF: usize = libc::PIPE_BUF;
+
+/// A pipe end whose blocking reads and writes give up when `alarm` rings:
+/// reads then report end of file, writes `BrokenPipe`.
+pub struct Interruptible<'a, F: AsFd> {
+    fd: F,
+    alarm: &'a Alarm,
+}
+
+impl<'a, F: AsFd> Interruptible<'a, F> {
+    pub fn new(fd: F, alarm: &'a Alarm) -> Self {
+        Interruptible { fd, alarm }
+    }
+
+    /// Waits for `events` on the fd; `false` when the alarm rang first.
+    fn ready(&self, events: libc::c_short) -> io::Result<bool> {
+        let ready = wait_any(
+            &[
+                (self.alarm.as_fd(), libc::POLLIN),
+                (self.fd.as_fd(), events),
+            ],
+            None,
+        )?;
+        Ok(ready == Some(1))
+    }
+}
+
+impl<F: AsFd> Read for Interruptible<'_, F> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        loop {
+            if !self.ready(libc::POLLIN)? {
+                return Ok(0);
+            }
+            match sys_result(unsafe {
+                libc::read(raw(&self.fd), buf.as_mut_ptr().cast(), buf.len())
+            }) {
+                Err(e) if is_retry(&e) => continue,
+                other => return other,
+            }
+        }
+    }
+}
+
+impl<F: AsFd> Write for Interruptible<'_, F> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        // Chunks of PIPE_BUF never block after POLLOUT, even on an fd we
+        // must leave in blocking mode (our own stdout belongs to a parent).
+        let chunk = &buf[..buf.len().min(PIPE_BUF)];
+        loop {
+            if !self.ready(libc::POLLOUT)? {
+                return Err(io::ErrorKind::BrokenPipe.into());
+            }
+            match sys_result(unsafe {
+                libc::write(raw(&self.fd), chunk.as_ptr().cast(), chunk.len())
+            }) {
+                Err(e) if is_retry(&e) => continue,
+                other => return other,
+            }
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+fn raw(fd: &impl AsFd) -> RawFd {
+    fd.as_fd().as_raw_fd()
+}
+
+fn sys_result(n: isize) -> io::Result<usize> {
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
+fn is_retry(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::Interrupted | io::ErrorKind::WouldBlock
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::net::UnixStream;
+
+    #[test]
+    fn a_ringing_alarm_ends_a_blocked_read() {
+        let alarm = Alarm::new().expect("eventfd");
+        let (ours, _theirs) = UnixStream::pair().expect("socketpair");
+        std::thread::scope(|s| {
+            let reader = s.spawn(|| {
+                let mut buf = [0u8; 8];
+                Interruptible::new(&ours, &alarm).read(&mut buf)
+            });
+            alarm.ring();
+            assert_eq!(reader.join().expect("reader thread").expect("read"), 0);
+        });
+        assert!(alarm.is_ringing());
+    }
+
+    #[test]
+    fn data_flows_until_the_alarm() {
+        let alarm = Alarm::new().expect("eventfd");
+        assert!(!alarm.is_ringing());
+        let (a, b) = UnixStream::pair().expect("socketpair");
+        Interruptible::new(&a, &alarm)
+            .write_all(b"hello")
+            .expect("write");
+        let mut buf = [0u8; 5];
+        Interruptible::new(&b, &alarm)
+            .read_exact(&mut buf)
+            .expect("read");
+        assert_eq!(&buf, b"hello");
+        alarm.ring();
+        let err = Interruptible::new(&a, &alarm)
+            .write(b"x")
+            .expect_err("alarm rang");
+        assert_eq!(err.kind(), io::ErrorKind::BrokenPipe);
+    }
+
+    #[test]
+    fn wait_any_times_out() {
+        let alarm = Alarm::new().expect("eventfd");
+        assert_eq!(
+            wait_any(
+                &[(alarm.as_fd(), libc::POLLIN)],
+                Some(Duration::from_millis(5))
+            )
+            .expect("poll"),
+            None
+        );
+    }
+}

@@ -1,0 +1,78 @@
+//! forkline: a multi-session forward proxy for the Model Context Protocol.
+//!
+//! An MCP server that speaks stdio serves one client. forkline listens and,
+//! for every client session, spawns a fresh child process of that server
+//! and relays newline-framed JSON-RPC between the two, with limits,
+//! isolation and a clean shutdown. It is synchronous by design: a mio
+//! acceptor, a bounded pool of worker threads, crossbeam channels between
+//! each session's I/O threads and its relay, and a slab of sessions.
+//!
+//! The binary is a thin shell over these modules; `run` is its entry.
+
+pub mod acceptor;
+pub mod child;
+pub mod cli;
+pub mod config;
+pub mod connect;
+pub mod echo_server;
+pub mod error;
+pub mod framing;
+pub mod interrupt;
+pub mod listener;
+pub mod logging;
+pub mod message;
+pub mod pool;
+pub mod relay;
+pub mod session;
+pub mod stdio;
+pub mod table;
+pub mod trigger;
+
+use cli::{Cli, Command};
+use error::Error;
+
+/// Runs one parsed command line; returns the process exit status.
+pub fn run(cli: Cli) -> Result<i32, Error> {
+    match cli.command {
+        Command::Serve(args) => {
+            let config = args.to_config()?;
+            raise_fd_limit();
+            acceptor::serve(config)?;
+            Ok(0)
+        }
+        Command::Stdio(args) => {
+            let config = args.to_config()?;
+            let child_ran = stdio::run(&config)?;
+            Ok(if child_ran { 0 } else { 1 })
+        }
+        Command::Connect(args) => {
+            connect::run(&args.address)?;
+            Ok(0)
+        }
+        Command::EchoServer => {
+            echo_server::run(std::io::stdin().lock(), std::io::stdout().lock()).map_err(
+                |source| Error::Io {
+                    what: "echo-server".into(),
+                    source,
+                },
+            )?;
+            Ok(0)
+        }
+    }
+}
+
+/// A session holds about six fds; the common soft limit of 1024 would cap
+/// a proxy far below its `--max-sessions`. The hard limit is ours to take.
+fn raise_fd_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
+        {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
+}

@@ -1,0 +1,20 @@
+//! The `forkline` binary: parse, start the logger, run, exit.
+
+use clap::Parser;
+
+fn main() {
+    let cli = forkline::cli::Cli::parse();
+    forkline::logging::init(cli.verbose as i8 - cli.quiet as i8);
+    match forkline::run(cli) {
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            eprintln!("error: {e}");
+            let mut source = std::error::Error::source(&e);
+            while let Some(cause) = source {
+                eprintln!("  caused by: {cause}");
+                source = cause.source();
+            }
+            std::process::exit(e.exit_code());
+        }
+    }
+}

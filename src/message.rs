@@ -1,0 +1,510 @@
+//! JSON-RPC 2.0 envelopes: what a framed line is, read cheaply, and the
+//! error objects forkline itself sends.
+//!
+//! The relay forwards original bytes and never re-serialises a message, so
+//! all it needs is the shape (request, notification, response), the `id`
+//! and the `method`. One serde pass validates the whole line and borrows
+//! those three fields; no value tree is built.
+
+use std::borrow::Cow;
+use std::fmt;
+
+use serde::de::IgnoredAny;
+use serde::{Deserialize, Deserializer};
+use serde_json::value::RawValue;
+
+/// Error codes forkline sends (PRODUCT.md, "Framing and message rules").
+pub mod code {
+    pub const PARSE_ERROR: i64 = -32700;
+    pub const INVALID_REQUEST: i64 = -32600;
+    pub const SESSION_REFUSED: i64 = -32001;
+    pub const CHILD_GONE: i64 = -32002;
+    pub const TOO_LARGE: i64 = -32003;
+    pub const SHUTTING_DOWN: i64 = -32004;
+}
+
+/// A JSON-RPC id as its raw JSON text (`7`, `"abc"`), so ids of different
+/// types never collide and the reply carries exactly what was sent.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Id(Box<str>);
+
+impl Id {
+    /// The raw JSON text of the id.
+    pub fn as_json(&self) -> &str {
+        &self.0
+    }
+
+    #[cfg(test)]
+    pub(crate) fn from_json(raw: &str) -> Id {
+        Id(raw.into())
+    }
+}
+
+impl fmt::Display for Id {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The shape of a valid message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Kind {
+    Request {
+        id: Id,
+        method: Box<str>,
+    },
+    Notification {
+        method: Box<str>,
+    },
+    /// `id` is `None` for an error response to something unreadable.
+    Response {
+        id: Option<Id>,
+    },
+    /// A JSON-RPC batch (MCP 2025-03-26 allowed them); forwarded as one line.
+    Batch(Vec<Kind>),
+}
+
+impl Kind {
+    /// Calls `f` with every request id this message opens.
+    pub fn for_each_request_id(&self, f: &mut impl FnMut(&Id)) {
+        match self {
+            Kind::Request { id, .. } => f(id),
+            Kind::Batch(items) => items.iter().for_each(|k| k.for_each_request_id(f)),
+            Kind::Notification { .. } | Kind::Response { .. } => {}
+        }
+    }
+
+    /// Calls `f` with every response id this message carries.
+    pub fn for_each_response_id(&self, f: &mut impl FnMut(&Id)) {
+        match self {
+            Kind::Response { id: Some(id) } => f(id),
+            Kind::Batch(items) => items.iter().for_each(|k| k.for_each_response_id(f)),
+            _ => {}
+        }
+    }
+
+    /// The method, for logs.
+    pub fn method(&self) -> Option<&str> {
+        match self {
+            Kind::Request { method, .. } | Kind::Notification { method } => Some(method),
+            _ => None,
+        }
+    }
+}
+
+/// A valid message: its original bytes (no line ending) and its shape.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    pub line: Vec<u8>,
+    pub kind: Kind,
+}
+
+impl Message {
+    /// Classifies `line`, keeping its bytes as they are.
+    pub fn parse(line: Vec<u8>) -> Result<Message, Invalid> {
+        let kind = classify(&line)?;
+        Ok(Message { line, kind })
+    }
+
+    /// An error response forkline itself sends.
+    pub fn error(id: Option<&Id>, code: i64, message: &str) -> Message {
+        Message {
+            line: error_line(id, code, message),
+            kind: Kind::Response { id: id.cloned() },
+        }
+    }
+}
+
+/// Why a line is not a message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Invalid {
+    /// Not JSON at all (-32700).
+    Json(String),
+    /// JSON, but not a JSON-RPC 2.0 message (-32600).
+    Rpc(String),
+}
+
+impl Invalid {
+    pub fn code(&self) -> i64 {
+        match self {
+            Invalid::Json(_) => code::PARSE_ERROR,
+            Invalid::Rpc(_) => code::INVALID_REQUEST,
+        }
+    }
+
+    pub fn message(&self) -> String {
+        match self {
+            Invalid::Json(why) => format!("Parse error: {why}"),
+            Invalid::Rpc(why) => format!("Invalid Request: {why}"),
+        }
+    }
+}
+
+/// A field that may be absent, and whose `null` is distinct from absence.
+/// (`Option<T>` would read `"id": null` as absent.)
+#[derive(Default)]
+struct Present<'a>(Option<&'a RawValue>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for Present<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        <&RawValue>::deserialize(d).map(|raw| Present(Some(raw)))
+    }
+}
+
+#[derive(Deserialize)]
+struct Envelope<'a> {
+    #[serde(borrow, default)]
+    jsonrpc: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    id: Present<'a>,
+    #[serde(borrow, default)]
+    method: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    result: Present<'a>,
+    #[serde(borrow, default)]
+    error: Present<'a>,
+    // Every other member (params, _meta…) is skipped, but still validated.
+}
+
+/// Classifies one framed line. Pure and cheap: one pass, no allocation
+/// beyond the id and method.
+pub fn classify(line: &[u8]) -> Result<Kind, Invalid> {
+    // serde_json skips unknown members without checking their strings'
+    // UTF-8, so the whole line is checked here, once.
+    let line =
+        std::str::from_utf8(line).map_err(|e| Invalid::Json(format!("invalid UTF-8: {e}")))?;
+    match line.bytes().find(|b| !b.is_ascii_whitespace()) {
+        Some(b'{') => {
+            let envelope: Envelope = serde_json::from_str(line).map_err(invalid)?;
+            envelope_kind(envelope)
+        }
+        Some(b'[') => {
+            let items: Vec<Envelope> = serde_json::from_str(line).map_err(invalid)?;
+            if items.is_empty() {
+                return Err(Invalid::Rpc("empty batch".into()));
+            }
+            items
+                .into_iter()
+                .map(envelope_kind)
+                .collect::<Result<_, _>>()
+                .map(Kind::Batch)
+        }
+        _ => match serde_json::from_str::<IgnoredAny>(line) {
+            Ok(_) => Err(Invalid::Rpc("a message must be a JSON object".into())),
+            Err(e) => Err(invalid(e)),
+        },
+    }
+}
+
+fn invalid(e: serde_json::Error) -> Invalid {
+    match e.classify() {
+        serde_json::error::Category::Data => Invalid::Rpc(e.to_string()),
+        _ => Invalid::Json(e.to_string()),
+    }
+}
+
+fn envelope_kind(e: Envelope) -> Result<Kind, Invalid> {
+    if e.jsonrpc.as_deref() != Some("2.0") {
+        return Err(Invalid::Rpc("\"jsonrpc\" must be \"2.0\"".into()));
+    }
+    let has_outcome = e.result.0.is_some() || e.error.0.is_some();
+    match (e.method, e.id.0) {
+        (Some(_), _) if has_outcome => Err(Invalid::Rpc(
+            "a request cannot carry result or error".into(),
+        )),
+        (Some(method), None) => Ok(Kind::Notification {
+            method: method.into(),
+        }),
+        (Some(method), Some(id)) => Ok(Kind::Request {
+            id: request_id(id)?,
+            method: method.into(),
+        }),
+        (None, Some(id)) if e.result.0.is_some() != e.error.0.is_some() => {
+            let id = if id.get() == "null" {
+                None
+            } else {
+                Some(request_id(id)?)
+            };
+            Ok(Kind::Response { id })
+        }
+        (None, _) => Err(Invalid::Rpc(
+            "expected a request, notification or response".into(),
+        )),
+    }
+}
+
+fn request_id(raw: &RawValue) -> Result<Id, Invalid> {
+    let text = raw.get();
+    match text.as_bytes().first() {
+        Some(b'"' | b'-' | b'0'..=b'9') => Ok(Id(text.into())),
+        _ => Err(Invalid::Rpc("\"id\" must be a string or a number".into())),
+    }
+}
+
+/// Finds the top-level `id` of a possibly truncated JSON object, for the
+/// head of an oversized line. Returns `None` when it cannot tell for sure.
+pub fn sniff_id(head: &[u8]) -> Option<Id> {
+    let mut s = Scanner { bytes: head, at: 0 };
+    s.expect(b'{')?;
+    loop {
+        let key = s.string()?;
+        s.expect(b':')?;
+        s.skip_ws();
+        if key == b"\"id\"" {
+            let start = s.at;
+            match s.peek()? {
+                b'"' => {
+                    s.string()?;
+                }
+                b'-' | b'0'..=b'9' => s.number()?,
+                _ => return None,
+            }
+            let text = std::str::from_utf8(&head[start..s.at]).ok()?;
+            return Some(Id(text.into()));
+        }
+        s.skip_value()?;
+        match s.next_non_ws()? {
+            b',' => continue,
+            _ => return None,
+        }
+    }
+}
+
+/// Just enough of a JSON lexer for `sniff_id`: every method returns `None`
+/// when it runs out of input.
+struct Scanner<'a> {
+    bytes: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Scanner<'a> {
+    fn skip_ws(&mut self) {
+        while self.bytes.get(self.at).is_some_and(u8::is_ascii_whitespace) {
+            self.at += 1;
+        }
+    }
+
+    fn peek(&self) -> Option<u8> {
+        self.bytes.get(self.at).copied()
+    }
+
+    fn next_non_ws(&mut self) -> Option<u8> {
+        self.skip_ws();
+        let b = self.peek()?;
+        self.at += 1;
+        Some(b)
+    }
+
+    fn expect(&mut self, want: u8) -> Option<()> {
+        (self.next_non_ws()? == want).then_some(())
+    }
+
+    /// A string, returned with its quotes.
+    fn string(&mut self) -> Option<&'a [u8]> {
+        self.skip_ws();
+        let start = self.at;
+        (self.peek()? == b'"').then_some(())?;
+        self.at += 1;
+        loop {
+            match self.peek()? {
+                b'\\' => self.at += 2,
+                b'"' => {
+                    self.at += 1;
+                    return Some(&self.bytes[start..self.at]);
+                }
+                _ => self.at += 1,
+            }
+        }
+    }
+
+    fn number(&mut self) -> Option<()> {
+        let start = self.at;
+        while self
+            .peek()
+            .is_some_and(|b| matches!(b, b'-' | b'+' | b'.' | b'e' | b'E' | b'0'..=b'9'))
+        {
+            self.at += 1;
+        }
+        // A number that runs into the end of the head may be cut short.
+        (self.at > start && self.at < self.bytes.len()).then_some(())
+    }
+
+    fn skip_value(&mut self) -> Option<()> {
+        self.skip_ws();
+        match self.peek()? {
+            b'"' => self.string().map(drop),
+            b'{' | b'[' => {
+                let mut depth = 0usize;
+                loop {
+                    match self.peek()? {
+                        b'"' => {
+                            self.string()?;
+                            continue;
+                        }
+                        b'{' | b'[' => depth += 1,
+                        b'}' | b']' => {
+                            depth -= 1;
+                            if depth == 0 {
+                                self.at += 1;
+                                return Some(());
+                            }
+                        }
+                        _ => {}
+                    }
+                    self.at += 1;
+                }
+            }
+            _ => {
+                while !matches!(self.peek()?, b',' | b'}' | b']')
+                    && !self.peek()?.is_ascii_whitespace()
+                {
+                    self.at += 1;
+                }
+                Some(())
+            }
+        }
+    }
+}
+
+/// One JSON-RPC error object as a line body (no newline).
+pub fn error_line(id: Option<&Id>, code: i64, message: &str) -> Vec<u8> {
+    let id = id.map_or("null", Id::as_json);
+    // Serialising a &str cannot fail.
+    let message = serde_json::to_string(message).unwrap_or_else(|_| "\"error\"".into());
+    format!(r#"{{"jsonrpc":"2.0","id":{id},"error":{{"code":{code},"message":{message}}}}}"#)
+        .into_bytes()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(s: &str) -> Id {
+        Id(s.into())
+    }
+
+    #[test]
+    fn requests_notifications_and_responses() {
+        assert_eq!(
+            classify(br#"{"jsonrpc":"2.0","id":1,"method":"tools/list","params":{}}"#),
+            Ok(Kind::Request {
+                id: id("1"),
+                method: "tools/list".into()
+            })
+        );
+        assert_eq!(
+            classify(br#"{"method":"a\/b","jsonrpc":"2.0","id":"x"}"#),
+            Ok(Kind::Request {
+                id: id("\"x\""),
+                method: "a/b".into()
+            }),
+            "escaped method and id after method"
+        );
+        assert_eq!(
+            classify(br#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#),
+            Ok(Kind::Notification {
+                method: "notifications/initialized".into()
+            })
+        );
+        assert_eq!(
+            classify(br#"{"jsonrpc":"2.0","id":3,"result":null}"#),
+            Ok(Kind::Response { id: Some(id("3")) })
+        );
+        assert_eq!(
+            classify(br#"{"jsonrpc":"2.0","id":null,"error":{"code":1,"message":"m"}}"#),
+            Ok(Kind::Response { id: None })
+        );
+    }
+
+    #[test]
+    fn batches_are_messages() {
+        let kind =
+            classify(br#"[{"jsonrpc":"2.0","id":1,"method":"a"},{"jsonrpc":"2.0","method":"n"}]"#)
+                .expect("valid batch");
+        let mut ids = Vec::new();
+        kind.for_each_request_id(&mut |i| ids.push(i.clone()));
+        assert_eq!(ids, vec![id("1")]);
+        assert!(matches!(classify(b"[]"), Err(Invalid::Rpc(_))));
+    }
+
+    #[test]
+    fn not_json_is_a_parse_error() {
+        for bad in [
+            &b"{"[..],
+            b"nope",
+            b"{\"a\":1} trailing",
+            b"\xff\xfe",
+            b"{\"s\":\"\xff\"}",
+        ] {
+            assert!(
+                matches!(classify(bad), Err(Invalid::Json(_))),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
+
+    #[test]
+    fn json_that_is_not_jsonrpc_is_invalid_request() {
+        for bad in [
+            &br#"{"foo":1}"#[..],
+            br#"[1,2]"#,
+            br#"42"#,
+            br#"{"id":1,"method":"x"}"#,
+            br#"{"jsonrpc":"1.0","id":1,"method":"x"}"#,
+            br#"{"jsonrpc":"2.0","id":{},"method":"x"}"#,
+            br#"{"jsonrpc":"2.0","id":null,"method":"x"}"#,
+            br#"{"jsonrpc":"2.0","id":1,"method":5}"#,
+            br#"{"jsonrpc":"2.0","id":1,"result":1,"error":{}}"#,
+            br#"{"jsonrpc":"2.0","id":1,"method":"x","result":1}"#,
+        ] {
+            assert!(
+                matches!(classify(bad), Err(Invalid::Rpc(_))),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
+
+    #[test]
+    fn sniffs_ids_from_truncated_heads() {
+        assert_eq!(
+            sniff_id(br#"{"jsonrpc":"2.0","id":42,"method":"x","params":{"pad":"xxxx"#),
+            Some(id("42"))
+        );
+        assert_eq!(
+            sniff_id(br#"{ "params": {"a": [1, {"id": 9}], "s": "}\""}, "id" : "abc", "x"#),
+            Some(id("\"abc\"")),
+            "nested ids and tricky strings are skipped"
+        );
+        assert_eq!(
+            sniff_id(br#"{"jsonrpc":"2.0","params":{"pad":"xxxxxxxx"#),
+            None,
+            "id beyond the head"
+        );
+        assert_eq!(
+            sniff_id(br#"{"id":12"#),
+            None,
+            "a number cut short is not trusted"
+        );
+        assert_eq!(sniff_id(br#"{"id":{"x":1}}"#), None);
+        assert_eq!(sniff_id(b"garbage"), None);
+    }
+
+    #[test]
+    fn error_lines_are_valid_jsonrpc() {
+        let line = error_line(Some(&id("\"a\"")), code::CHILD_GONE, "child \"x\" exited");
+        let v: serde_json::Value = serde_json::from_slice(&line).expect("valid JSON");
+        assert_eq!(v["id"], "a");
+        assert_eq!(v["error"]["code"], -32002);
+        assert_eq!(v["error"]["message"], "child \"x\" exited");
+        assert_eq!(
+            classify(&line),
+            Ok(Kind::Response {
+                id: Some(id("\"a\""))
+            })
+        );
+        let null = error_line(None, code::PARSE_ERROR, "bad");
+        assert!(null.starts_with(br#"{"jsonrpc":"2.0","id":null,"#));
+    }
+}

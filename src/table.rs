@@ -1,0 +1,333 @@
+//! The session table: every live session in a slab, and the limits.
+//!
+//! Admission and release are the only writes, both O(1) and under one
+//! short lock that is never held across I/O. A [`Slot`] is the right to
+//! one entry; its `Drop` frees the entry, so a session that ends in any
+//! way — return, error, panic — gives its place back.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+
+use slab::Slab;
+
+use crate::config::Limits;
+
+/// Who a client is, for the per-client limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ClientKey {
+    /// Peer IP address (TCP, HTTP).
+    Ip(IpAddr),
+    /// Peer user id (Unix socket).
+    Uid(u32),
+}
+
+impl fmt::Display for ClientKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ClientKey::Ip(ip) => write!(f, "{ip}"),
+            ClientKey::Uid(uid) => write!(f, "uid {uid}"),
+        }
+    }
+}
+
+/// A session's public id, unique for the life of the process. Slab keys
+/// are reused; this is not, so logs and lookups never confuse two sessions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SessionId(pub u64);
+
+impl fmt::Display for SessionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "s{}", self.0)
+    }
+}
+
+/// Why a connection was turned away.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    MaxSessions { limit: usize },
+    MaxSessionsPerClient { limit: usize, client: ClientKey },
+}
+
+impl Refusal {
+    /// The label used in logs and metrics.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Refusal::MaxSessions { .. } => "max_sessions",
+            Refusal::MaxSessionsPerClient { .. } => "max_sessions_per_client",
+        }
+    }
+}
+
+impl fmt::Display for Refusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Refusal::MaxSessions { limit } => {
+                write!(
+                    f,
+                    "session refused: --max-sessions reached ({limit} of {limit} sessions live)"
+                )
+            }
+            Refusal::MaxSessionsPerClient { limit, client } => write!(
+                f,
+                "session refused: --max-sessions-per-client reached ({limit} of {limit} sessions live for {client})"
+            ),
+        }
+    }
+}
+
+/// What the table knows about a live session.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    pub id: SessionId,
+    pub client: ClientKey,
+    pub peer: String,
+    pub transport: &'static str,
+    pub started: Instant,
+    pub child_pid: Option<u32>,
+}
+
+#[derive(Debug)]
+struct Table {
+    entries: Slab<Entry>,
+    per_client: HashMap<ClientKey, usize>,
+    next_id: u64,
+}
+
+/// The shared table. Cheap to clone (an `Arc`).
+#[derive(Clone)]
+pub struct Sessions {
+    inner: Arc<Shared>,
+}
+
+struct Shared {
+    table: Mutex<Table>,
+    max_sessions: usize,
+    max_per_client: usize,
+    /// Called after every release, outside the lock (the acceptor's waker).
+    on_release: Box<dyn Fn() + Send + Sync>,
+}
+
+impl Sessions {
+    pub fn new(limits: &Limits, on_release: impl Fn() + Send + Sync + 'static) -> Sessions {
+        let table = Table {
+            entries: Slab::with_capacity(limits.max_sessions.min(1024)),
+            per_client: HashMap::new(),
+            next_id: 1,
+        };
+        Sessions {
+            inner: Arc::new(Shared {
+                table: Mutex::new(table),
+                max_sessions: limits.max_sessions,
+                max_per_client: limits.max_sessions_per_client,
+                on_release: Box::new(on_release),
+            }),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Table> {
+        // The table's invariants hold between statements; a panic elsewhere
+        // while holding the lock cannot leave it half-updated.
+        self.inner.table.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Admits a session for `client`, or says which limit refuses it.
+    /// Never blocks beyond the table lock.
+    pub fn try_admit(
+        &self,
+        client: ClientKey,
+        peer: String,
+        transport: &'static str,
+    ) -> Result<Slot, Refusal> {
+        let mut table = self.lock();
+        if table.entries.len() >= self.inner.max_sessions {
+            return Err(Refusal::MaxSessions {
+                limit: self.inner.max_sessions,
+            });
+        }
+        let count = table.per_client.entry(client).or_insert(0);
+        if *count >= self.inner.max_per_client {
+            return Err(Refusal::MaxSessionsPerClient {
+                limit: self.inner.max_per_client,
+                client,
+            });
+        }
+        *count += 1;
+        let id = SessionId(table.next_id);
+        table.next_id += 1;
+        let key = table.entries.insert(Entry {
+            id,
+            client,
+            peer,
+            transport,
+            started: Instant::now(),
+            child_pid: None,
+        });
+        debug_assert_eq!(
+            table.per_client.values().sum::<usize>(),
+            table.entries.len(),
+            "per-client counts add up to the live sessions"
+        );
+        Ok(Slot {
+            sessions: self.clone(),
+            key,
+            id,
+        })
+    }
+
+    pub fn len(&self) -> usize {
+        self.lock().entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// A copy of every live entry, for admin listings and tests.
+    pub fn snapshot(&self) -> Vec<Entry> {
+        self.lock().entries.iter().map(|(_, e)| e.clone()).collect()
+    }
+
+    fn release(&self, key: usize, id: SessionId) {
+        {
+            let mut table = self.lock();
+            // The id check guards against a reused key ever being freed twice.
+            if table.entries.get(key).is_some_and(|e| e.id == id) {
+                let entry = table.entries.remove(key);
+                if let Some(count) = table.per_client.get_mut(&entry.client) {
+                    *count -= 1;
+                    if *count == 0 {
+                        table.per_client.remove(&entry.client);
+                    }
+                }
+            }
+        }
+        (self.inner.on_release)();
+    }
+}
+
+/// The right to one table entry. Dropping it frees the entry.
+pub struct Slot {
+    sessions: Sessions,
+    key: usize,
+    id: SessionId,
+}
+
+impl Slot {
+    pub fn id(&self) -> SessionId {
+        self.id
+    }
+
+    /// Records the child's pid once it runs.
+    pub fn set_child_pid(&self, pid: u32) {
+        let mut table = self.sessions.lock();
+        if let Some(entry) = table.entries.get_mut(self.key).filter(|e| e.id == self.id) {
+            entry.child_pid = Some(pid);
+        }
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.sessions.release(self.key, self.id);
+    }
+}
+
+impl fmt::Debug for Slot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Slot({})", self.id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    fn limits(max: usize, per_client: usize) -> Limits {
+        Limits {
+            max_sessions: max,
+            max_sessions_per_client: per_client,
+            ..Limits::default()
+        }
+    }
+
+    fn ip(last: u8) -> ClientKey {
+        ClientKey::Ip(IpAddr::from([127, 0, 0, last]))
+    }
+
+    #[test]
+    fn enforces_the_total_limit_and_frees_on_drop() {
+        let released = Arc::new(AtomicUsize::new(0));
+        let counter = Arc::clone(&released);
+        let sessions = Sessions::new(&limits(2, 10), move || {
+            counter.fetch_add(1, Ordering::SeqCst);
+        });
+        let a = sessions.try_admit(ip(1), "a".into(), "tcp").expect("first");
+        let b = sessions
+            .try_admit(ip(2), "b".into(), "tcp")
+            .expect("second");
+        assert_eq!(
+            sessions.try_admit(ip(3), "c".into(), "tcp").unwrap_err(),
+            Refusal::MaxSessions { limit: 2 }
+        );
+        drop(a);
+        assert_eq!(released.load(Ordering::SeqCst), 1);
+        let c = sessions
+            .try_admit(ip(3), "c".into(), "tcp")
+            .expect("room again");
+        assert_ne!(c.id(), b.id());
+        assert_eq!(sessions.len(), 2);
+    }
+
+    #[test]
+    fn enforces_the_per_client_limit_per_key() {
+        let sessions = Sessions::new(&limits(10, 1), || {});
+        let _a = sessions
+            .try_admit(ip(1), "a".into(), "tcp")
+            .expect("first for .1");
+        let refusal = sessions.try_admit(ip(1), "a2".into(), "tcp").unwrap_err();
+        assert_eq!(refusal.reason(), "max_sessions_per_client");
+        assert!(refusal.to_string().contains("127.0.0.1"), "{refusal}");
+        let _b = sessions
+            .try_admit(ip(2), "b".into(), "tcp")
+            .expect(".2 has its own budget");
+        let _u = sessions
+            .try_admit(ClientKey::Uid(1000), "u".into(), "unix")
+            .expect("uids too");
+        assert!(
+            sessions
+                .try_admit(ClientKey::Uid(1000), "u2".into(), "unix")
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn ids_are_never_reused_even_when_keys_are() {
+        let sessions = Sessions::new(&limits(1, 1), || {});
+        let first = sessions
+            .try_admit(ip(1), "a".into(), "tcp")
+            .expect("admit")
+            .id();
+        let second = sessions
+            .try_admit(ip(1), "a".into(), "tcp")
+            .expect("admit again")
+            .id();
+        assert!(second > first);
+    }
+
+    #[test]
+    fn snapshot_shows_the_child_pid() {
+        let sessions = Sessions::new(&limits(4, 4), || {});
+        let slot = sessions
+            .try_admit(ip(1), "127.0.0.1:5".into(), "tcp")
+            .expect("admit");
+        slot.set_child_pid(4242);
+        let entries = sessions.snapshot();
+        assert_eq!(entries.len(), 1);
+        assert_eq!(entries[0].child_pid, Some(4242));
+        assert_eq!(entries[0].peer, "127.0.0.1:5");
+    }
+}
