@@ -22,10 +22,10 @@ pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
     /// More log output (-v debug, -vv trace); RUST_LOG, when set, wins
-    #[arg(short, long, action = ArgAction::Count, global = true)]
+    #[arg(short, long, action = ArgAction::Count, global = true, display_order = 900)]
     pub verbose: u8,
     /// Less log output (-q warnings only, -qq errors only)
-    #[arg(short, long, action = ArgAction::Count, global = true, conflicts_with = "verbose")]
+    #[arg(short, long, action = ArgAction::Count, global = true, conflicts_with = "verbose", display_order = 901)]
     pub quiet: u8,
 }
 
