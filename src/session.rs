@@ -34,8 +34,8 @@ const CHANNEL_CAPACITY: usize = 16;
 /// (serde_json's nesting limit bounds its recursion), a writer copies.
 const IO_STACK_BYTES: usize = 256 * 1024;
 
-const READ_BUFFER_BYTES: usize = 16 * 1024;
-const WRITE_BUFFER_BYTES: usize = 16 * 1024;
+const READ_BUFFER_BYTES: usize = 4 * 1024;
+const WRITE_BUFFER_BYTES: usize = 4 * 1024;
 
 /// Longest stderr line logged whole; the rest of a longer one is cut.
 const STDERR_LINE_BYTES: usize = 8 * 1024;

@@ -27,7 +27,9 @@ pub fn forkline_bin() -> &'static str {
 }
 
 pub fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
 }
 
 /// The command line of the fake MCP server fixture with the given flags.
@@ -119,7 +121,10 @@ impl Forkline {
             me.listening = me
                 .stderr_lines()
                 .iter()
-                .filter_map(|l| l.strip_prefix("forkline: listening on ").map(str::to_string))
+                .filter_map(|l| {
+                    l.strip_prefix("forkline: listening on ")
+                        .map(str::to_string)
+                })
                 .collect();
             me.listening.len() >= expected_listeners || me.try_exit_status().is_some()
         });
@@ -164,7 +169,12 @@ impl Forkline {
             hit = self.stderr_lines().into_iter().find(|l| l.contains(needle));
             hit.is_some()
         });
-        hit.unwrap_or_else(|| panic!("no log line contains {needle:?}; stderr:\n{}", self.stderr_text()))
+        hit.unwrap_or_else(|| {
+            panic!(
+                "no log line contains {needle:?}; stderr:\n{}",
+                self.stderr_text()
+            )
+        })
     }
 
     pub fn signal(&self, signal: i32) {
@@ -184,7 +194,10 @@ impl Forkline {
             status.is_some()
         });
         let status = status.unwrap_or_else(|| {
-            panic!("forkline still running after {timeout:?}; stderr:\n{}", self.stderr_text())
+            panic!(
+                "forkline still running after {timeout:?}; stderr:\n{}",
+                self.stderr_text()
+            )
         });
         if let Some(t) = self.stderr_thread.take() {
             t.join().expect("stderr reader");
@@ -257,12 +270,14 @@ impl Client {
 
     /// Sends one line (a newline is appended).
     pub fn send(&mut self, line: &str) {
-        self.send_raw(format!("{line}\n").as_bytes()).expect("send to forkline");
+        self.send_raw(format!("{line}\n").as_bytes())
+            .expect("send to forkline");
     }
 
     /// Sends a request `{"jsonrpc":"2.0","id":ID,"method":METHOD,"params":PARAMS}`.
     pub fn request(&mut self, id: serde_json::Value, method: &str, params: serde_json::Value) {
-        let msg = serde_json::json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params});
+        let msg =
+            serde_json::json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params});
         self.send(&msg.to_string());
     }
 
@@ -278,12 +293,20 @@ impl Client {
 
     /// Reads one JSON message; panics on EOF, timeout or bad JSON.
     pub fn recv(&mut self) -> serde_json::Value {
-        let line = self.recv_line_within(PATIENCE).expect("a line from forkline before EOF/timeout");
-        serde_json::from_str(&line).unwrap_or_else(|e| panic!("bad JSON from forkline ({e}): {line}"))
+        let line = self
+            .recv_line_within(PATIENCE)
+            .expect("a line from forkline before EOF/timeout");
+        serde_json::from_str(&line)
+            .unwrap_or_else(|e| panic!("bad JSON from forkline ({e}): {line}"))
     }
 
     /// Sends a request and returns the next message.
-    pub fn call(&mut self, id: serde_json::Value, method: &str, params: serde_json::Value) -> serde_json::Value {
+    pub fn call(
+        &mut self,
+        id: serde_json::Value,
+        method: &str,
+        params: serde_json::Value,
+    ) -> serde_json::Value {
         self.request(id, method, params);
         self.recv()
     }
@@ -364,12 +387,20 @@ fn proc_ppid(stat: &str) -> Option<u32> {
 /// Direct children of `pid` as (pid, state).
 pub fn children_of(pid: u32) -> Vec<(u32, char)> {
     let mut out = Vec::new();
-    let Ok(dir) = std::fs::read_dir("/proc") else { return out };
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return out;
+    };
     for entry in dir.flatten() {
-        let Some(child) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+        let Some(child) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
             continue;
         };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{child}/stat")) else { continue };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{child}/stat")) else {
+            continue;
+        };
         if proc_ppid(&stat) == Some(pid) {
             if let Some(state) = proc_state(&stat) {
                 out.push((child, state));
@@ -380,15 +411,23 @@ pub fn children_of(pid: u32) -> Vec<(u32, char)> {
 }
 
 pub fn zombie_children(pid: u32) -> Vec<u32> {
-    children_of(pid).into_iter().filter(|(_, s)| *s == 'Z').map(|(p, _)| p).collect()
+    children_of(pid)
+        .into_iter()
+        .filter(|(_, s)| *s == 'Z')
+        .map(|(p, _)| p)
+        .collect()
 }
 
 pub fn fd_count(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or(0)
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0)
 }
 
 pub fn thread_names(pid: u32) -> Vec<String> {
-    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return Vec::new() };
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
     dir.flatten()
         .filter_map(|e| std::fs::read_to_string(e.path().join("comm")).ok())
         .map(|s| s.trim().to_string())
@@ -469,7 +508,11 @@ impl Client {
     /// `fake/env` of the fake MCP server behind this session.
     pub fn fake_env(&mut self, id: u64) -> FakeEnv {
         let reply = self.call(serde_json::json!(id), "fake/env", serde_json::json!({}));
-        assert_eq!(reply["id"], serde_json::json!(id), "fake/env answer: {reply}");
+        assert_eq!(
+            reply["id"],
+            serde_json::json!(id),
+            "fake/env answer: {reply}"
+        );
         FakeEnv::from_result(&reply["result"])
     }
 }
@@ -501,7 +544,11 @@ impl FakeEnv {
 /// its message.
 pub fn assert_error(msg: &serde_json::Value, code: i64, id: &serde_json::Value) -> String {
     assert_eq!(msg["jsonrpc"], "2.0", "not a JSON-RPC 2.0 message: {msg}");
-    assert_eq!(msg["error"]["code"], serde_json::json!(code), "wrong error code in {msg}");
+    assert_eq!(
+        msg["error"]["code"],
+        serde_json::json!(code),
+        "wrong error code in {msg}"
+    );
     assert_eq!(&msg["id"], id, "wrong id in {msg}");
     assert!(msg.get("result").is_none(), "error with a result: {msg}");
     msg["error"]["message"]
@@ -515,7 +562,10 @@ pub fn assert_error(msg: &serde_json::Value, code: i64, id: &serde_json::Value) 
 pub fn assert_echo(msg: &serde_json::Value, id: &serde_json::Value, method: &str) {
     assert_eq!(msg["jsonrpc"], "2.0", "not a JSON-RPC 2.0 message: {msg}");
     assert_eq!(&msg["id"], id, "wrong id in {msg}");
-    assert_eq!(msg["result"]["method"], method, "not the echo of {method}: {msg}");
+    assert_eq!(
+        msg["result"]["method"], method,
+        "not the echo of {method}: {msg}"
+    );
 }
 
 /// True if `text` mentions `status` as an exit status: some word `exit`
@@ -524,18 +574,27 @@ pub fn mentions_exit_status(text: &str, status: i32) -> bool {
     let lower = text.to_lowercase();
     let number = status.to_string();
     lower.contains("exit")
-        && lower.split(|c: char| !c.is_ascii_alphanumeric() && c != '-').any(|w| w == number)
+        && lower
+            .split(|c: char| !c.is_ascii_alphanumeric() && c != '-')
+            .any(|w| w == number)
 }
 
 /// Connects to `remote` from a chosen local IP (any of 127.0.0.0/8 works
 /// on Linux loopback), so one test can be two different clients.
-pub fn tcp_connect_from(local: std::net::Ipv4Addr, remote: SocketAddr) -> std::io::Result<TcpStream> {
+pub fn tcp_connect_from(
+    local: std::net::Ipv4Addr,
+    remote: SocketAddr,
+) -> std::io::Result<TcpStream> {
     use std::os::fd::FromRawFd;
-    let SocketAddr::V4(remote) = remote else { panic!("IPv4 only: {remote}") };
+    let SocketAddr::V4(remote) = remote else {
+        panic!("IPv4 only: {remote}")
+    };
     let sockaddr = |ip: std::net::Ipv4Addr, port: u16| libc::sockaddr_in {
         sin_family: libc::AF_INET as libc::sa_family_t,
         sin_port: port.to_be(),
-        sin_addr: libc::in_addr { s_addr: u32::from(ip).to_be() },
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(ip).to_be(),
+        },
         sin_zero: [0; 8],
     };
     let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
@@ -562,7 +621,9 @@ pub fn tcp_connect_from(local: std::net::Ipv4Addr, remote: SocketAddr) -> std::i
 /// A field of `/proc/PID/status` in bytes (`VmRSS`, `VmHWM`, …).
 pub fn proc_status_bytes(pid: u32, field: &str) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with(&format!("{field}:")))?;
+    let line = status
+        .lines()
+        .find(|l| l.starts_with(&format!("{field}:")))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib * 1024)
 }
@@ -581,7 +642,9 @@ pub fn peak_rss_bytes(pid: u32) -> u64 {
 /// `/proc/PID/io`).
 pub fn bytes_written(pid: u32) -> Option<u64> {
     let io = std::fs::read_to_string(format!("/proc/{pid}/io")).ok()?;
-    io.lines().find_map(|l| l.strip_prefix("wchar:")).and_then(|v| v.trim().parse().ok())
+    io.lines()
+        .find_map(|l| l.strip_prefix("wchar:"))
+        .and_then(|v| v.trim().parse().ok())
 }
 
 /// The state letter of `pid` (`R`, `S`, `Z`, …), if it exists.
@@ -645,15 +708,22 @@ impl Drop for StrayGuard {
 /// within `PATIENCE`, naming the survivors.
 pub fn assert_all_gone(pids: &[u32], what: &str) {
     let gone = poll_until(PATIENCE, || pids.iter().all(|p| !pid_alive(*p)));
-    let alive: Vec<String> =
-        pids.iter().filter(|p| pid_alive(**p)).map(|p| format!("{p} ({})", cmdline(*p))).collect();
+    let alive: Vec<String> = pids
+        .iter()
+        .filter(|p| pid_alive(**p))
+        .map(|p| format!("{p} ({})", cmdline(*p)))
+        .collect();
     assert!(gone, "{what}: still alive after {PATIENCE:?}: {alive:?}");
 }
 
 /// Asserts that `pid` has no zombie children within `PATIENCE`.
 pub fn assert_no_zombies(pid: u32) {
     let clean = poll_until(PATIENCE, || zombie_children(pid).is_empty());
-    assert!(clean, "forkline (pid {pid}) left zombie children: {:?}", zombie_children(pid));
+    assert!(
+        clean,
+        "forkline (pid {pid}) left zombie children: {:?}",
+        zombie_children(pid)
+    );
 }
 
 /// A `forkline` process run with piped stdin/stdout/stderr (for `stdio`
@@ -709,7 +779,13 @@ impl Piped {
                 sink.lock().unwrap().push(line);
             }
         });
-        Piped { child, stdin, stdout: rx, stderr, threads: vec![stdout_thread, stderr_thread] }
+        Piped {
+            child,
+            stdin,
+            stdout: rx,
+            stderr,
+            threads: vec![stdout_thread, stderr_thread],
+        }
     }
 
     pub fn pid(&self) -> u32 {
@@ -723,28 +799,41 @@ impl Piped {
     }
 
     pub fn send(&mut self, line: &str) {
-        self.send_raw(format!("{line}\n").as_bytes()).expect("write to forkline's stdin");
+        self.send_raw(format!("{line}\n").as_bytes())
+            .expect("write to forkline's stdin");
     }
 
     pub fn request(&mut self, id: serde_json::Value, method: &str, params: serde_json::Value) {
-        let msg = serde_json::json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params});
+        let msg =
+            serde_json::json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params});
         self.send(&msg.to_string());
     }
 
     /// One stdout line within `timeout`; `None` on EOF or timeout.
     pub fn recv_line_within(&self, timeout: Duration) -> Option<String> {
-        self.stdout.recv_timeout(timeout).ok().map(|l| String::from_utf8_lossy(&l).into_owned())
+        self.stdout
+            .recv_timeout(timeout)
+            .ok()
+            .map(|l| String::from_utf8_lossy(&l).into_owned())
     }
 
     /// One JSON message from stdout; panics on EOF, timeout or bad JSON.
     pub fn recv(&self) -> serde_json::Value {
         let line = self.recv_line_within(PATIENCE).unwrap_or_else(|| {
-            panic!("no line on forkline's stdout before EOF/timeout; stderr:\n{}", self.stderr_text())
+            panic!(
+                "no line on forkline's stdout before EOF/timeout; stderr:\n{}",
+                self.stderr_text()
+            )
         });
         serde_json::from_str(&line).unwrap_or_else(|e| panic!("bad JSON on stdout ({e}): {line}"))
     }
 
-    pub fn call(&mut self, id: serde_json::Value, method: &str, params: serde_json::Value) -> serde_json::Value {
+    pub fn call(
+        &mut self,
+        id: serde_json::Value,
+        method: &str,
+        params: serde_json::Value,
+    ) -> serde_json::Value {
         self.request(id, method, params);
         self.recv()
     }
@@ -784,7 +873,10 @@ impl Piped {
             status.is_some()
         });
         let status = status.unwrap_or_else(|| {
-            panic!("forkline still running after {timeout:?}; stderr:\n{}", self.stderr_text())
+            panic!(
+                "forkline still running after {timeout:?}; stderr:\n{}",
+                self.stderr_text()
+            )
         });
         for t in self.threads.drain(..) {
             let _ = t.join();
@@ -826,5 +918,28 @@ pub fn run_forkline(args: &[&str], input: &[u8]) -> Finished {
     while let Ok(line) = p.stdout.try_recv() {
         stdout.push(String::from_utf8_lossy(&line).into_owned());
     }
-    Finished { status, stdout: stdout.join("\n"), stderr: p.stderr_text() }
+    Finished {
+        status,
+        stdout: stdout.join("\n"),
+        stderr: p.stderr_text(),
+    }
+}
+
+/// Waits until some stderr line of `forkline` has `word` as a whole
+/// whitespace-separated word (so `pid=12` does not match `pid=123`).
+pub fn wait_for_log_word(forkline: &Forkline, word: &str) -> String {
+    let mut hit = None;
+    poll_until(PATIENCE, || {
+        hit = forkline
+            .stderr_lines()
+            .into_iter()
+            .find(|l| l.split_whitespace().any(|w| w == word));
+        hit.is_some()
+    });
+    hit.unwrap_or_else(|| {
+        panic!(
+            "no log line has the word {word:?}; stderr:\n{}",
+            forkline.stderr_text()
+        )
+    })
 }

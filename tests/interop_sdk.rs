@@ -1,0 +1,448 @@
+//! Interop with the official MCP Python SDK (`mcp`, pinned in
+//! `.ci/requirements.txt`): a real client, launching forkline exactly as an
+//! IDE would launch any stdio server, must negotiate the right protocol era
+//! through it, list the tools and call one.
+//!
+//! The SDK probes `server/discover` first and falls back to `initialize`
+//! when the server rejects it (PRODUCT.md, "Protocol eras"), so each test
+//! checks which era was negotiated: the stateless era (2026-07-28) against
+//! the built-in `echo-server`, the handshake era against the handshake-only
+//! fake server. Over TCP, Unix sockets and stdio forkline is era-blind, so
+//! the era seen must be the one the child speaks.
+//!
+//! The client is `tests/fixtures/sdk_client.py`, run by a Python that has
+//! the SDK: `$FORKLINE_SDK_PYTHON`, else `target/sdk-venv/bin/python` as
+//! made by `.ci/setup-sdk`. Without one the tests say so and pass, except
+//! under CI, where they fail: there `.ci/run` must have set the venv up.
+
+mod common;
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::thread::{self, JoinHandle};
+use std::time::Duration;
+
+use common::*;
+use serde_json::Value;
+
+/// How long sdk_client.py gives itself (`--timeout`) for everything,
+/// including the SDK's bounded shutdown of the server it launched.
+const SDK_TIMEOUT_SECS: u64 = 30;
+
+/// Our own bound on the Python process: its timeout plus interpreter start.
+const SDK_PATIENCE: Duration = Duration::from_secs(SDK_TIMEOUT_SECS + 30);
+
+/// Text sent through `echo`: non-ASCII and JSON-escaped characters, so a
+/// relay that re-encodes instead of forwarding bytes unchanged shows up.
+const ECHO_TEXT: &str = "forkline ✓ «interop» \"quoted\" \\ tab\tend";
+
+/// Marker the `sh` wrapper prints with the exit status of the command the
+/// SDK launched (see `with_exit_report`).
+const EXIT_MARKER: &str = "forkline-sdk-test: server command exited with status ";
+
+/// The Python to run the SDK client with, or `None` (after a notice) when
+/// there is none and this is not CI.
+fn sdk_python() -> Option<PathBuf> {
+    if let Some(path) = std::env::var_os("FORKLINE_SDK_PYTHON").filter(|p| !p.is_empty()) {
+        let path = PathBuf::from(path);
+        assert!(
+            path.exists(),
+            "FORKLINE_SDK_PYTHON={} does not exist; run .ci/setup-sdk or unset it",
+            path.display()
+        );
+        return Some(path);
+    }
+    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/sdk-venv/bin/python");
+    if venv.exists() {
+        return Some(venv);
+    }
+    let in_ci = std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0");
+    assert!(
+        !in_ci,
+        "CI is set but there is no Python with the MCP SDK: neither FORKLINE_SDK_PYTHON nor \
+         {} exists. .ci/run should have set it up with .ci/setup-sdk; the SDK interop tests \
+         must run in CI, not be skipped",
+        venv.display()
+    );
+    eprintln!(
+        "notice: skipping MCP SDK interop test: no {} and FORKLINE_SDK_PYTHON is unset \
+         (run .ci/setup-sdk to enable these tests)",
+        venv.display()
+    );
+    None
+}
+
+/// Wraps `command` in `sh` so its exit status is printed to stderr with
+/// `EXIT_MARKER`. The SDK closes the server's stdin at the end and, if it
+/// has not exited 2 s later, SIGTERMs its process group (the wrapper too),
+/// so the marker appears only when the command exits promptly by itself.
+fn with_exit_report(command: &[String]) -> Vec<String> {
+    let script = format!("\"$@\"; echo \"{EXIT_MARKER}$?\" >&2");
+    let mut wrapped = vec![
+        "/bin/sh".to_string(),
+        "-c".to_string(),
+        script,
+        "sh".to_string(),
+    ];
+    wrapped.extend_from_slice(command);
+    wrapped
+}
+
+/// What sdk_client.py reported.
+#[derive(Debug)]
+struct SdkReport {
+    era: String,
+    protocol_version: String,
+    tools: Vec<String>,
+    echo: String,
+    /// The client's stderr, which includes the launched command's stderr.
+    stderr: String,
+}
+
+/// A running sdk_client.py. Dropping it kills the Python process and the
+/// server it launched (the SDK puts that in its own session, out of reach
+/// of a kill of Python alone), then reaps Python.
+struct SdkClient {
+    child: Child,
+    stdout: Option<JoinHandle<Vec<u8>>>,
+    stderr: Option<JoinHandle<Vec<u8>>>,
+}
+
+impl SdkClient {
+    fn start(python: &Path, text: &str, server: &[String]) -> SdkClient {
+        let mut child = Command::new(python)
+            .arg("-u")
+            .arg(fixture("sdk_client.py"))
+            .args([
+                "--text",
+                text,
+                "--timeout",
+                &SDK_TIMEOUT_SECS.to_string(),
+                "--",
+            ])
+            .args(server)
+            .env("RUST_LOG", "debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {} sdk_client.py: {e}", python.display()));
+        let stdout = drain(child.stdout.take().expect("stdout piped"));
+        let stderr = drain(child.stderr.take().expect("stderr piped"));
+        SdkClient {
+            child,
+            stdout: Some(stdout),
+            stderr: Some(stderr),
+        }
+    }
+
+    /// Waits (bounded) for the client to exit; returns its status (`None`
+    /// if it had to be killed), stdout and stderr.
+    fn finish(mut self) -> (Option<ExitStatus>, String, String) {
+        let mut status = None;
+        poll_until(SDK_PATIENCE, || {
+            status = self.child.try_wait().expect("try_wait sdk_client");
+            status.is_some()
+        });
+        if status.is_none() {
+            self.kill_all();
+        }
+        let stdout = join_within(self.stdout.take(), PATIENCE);
+        let stderr = join_within(self.stderr.take(), PATIENCE);
+        (status, stdout, stderr)
+    }
+
+    /// Kills the launched server tree first (found through /proc while
+    /// Python still parents it), then Python, and reaps Python.
+    fn kill_all(&mut self) {
+        if self.child.try_wait().ok().flatten().is_some() {
+            return;
+        }
+        for pid in descendants(self.child.id()) {
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for SdkClient {
+    fn drop(&mut self) {
+        self.kill_all();
+    }
+}
+
+fn drain(mut pipe: impl Read + Send + 'static) -> JoinHandle<Vec<u8>> {
+    thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = pipe.read_to_end(&mut buf);
+        buf
+    })
+}
+
+/// Joins a pipe reader if it ends within `timeout` (an orphaned grandchild
+/// could hold the pipe open; then the reader is left behind, not waited on
+/// forever).
+fn join_within(handle: Option<JoinHandle<Vec<u8>>>, timeout: Duration) -> String {
+    let Some(handle) = handle else {
+        return String::new();
+    };
+    if !poll_until(timeout, || handle.is_finished()) {
+        return "<pipe still open: something the client launched outlived it>".to_string();
+    }
+    String::from_utf8_lossy(&handle.join().unwrap_or_default()).into_owned()
+}
+
+/// Every live descendant of `pid`, children first.
+fn descendants(pid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    let mut queue = vec![pid];
+    while let Some(parent) = queue.pop() {
+        for (child, _) in children_of(parent) {
+            out.push(child);
+            queue.push(child);
+        }
+    }
+    out
+}
+
+/// Runs sdk_client.py against `server` and returns its report; panics with
+/// everything known (the client's stderr, and `proxy`'s log if given) when
+/// the client fails or its output is not the documented JSON line.
+fn run_sdk(python: &Path, server: &[String], proxy: Option<&Forkline>) -> SdkReport {
+    let (status, stdout, stderr) = SdkClient::start(python, ECHO_TEXT, server).finish();
+    let context = || {
+        let proxy_log = proxy.map(Forkline::stderr_text).unwrap_or_default();
+        format!(
+            "server command: {server:?}\n--- sdk_client stdout ---\n{stdout}\n--- sdk_client \
+             stderr ---\n{stderr}\n--- forkline serve log ---\n{proxy_log}"
+        )
+    };
+    match status {
+        None => panic!(
+            "sdk_client.py still running after {SDK_PATIENCE:?}; killed\n{}",
+            context()
+        ),
+        Some(s) if !s.success() => panic!("sdk_client.py failed ({s})\n{}", context()),
+        Some(_) => {}
+    }
+    let line = stdout
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("");
+    let json: Value = serde_json::from_str(line)
+        .unwrap_or_else(|e| panic!("sdk_client.py printed no JSON report ({e})\n{}", context()));
+    let field = |name: &str| {
+        json[name]
+            .as_str()
+            .unwrap_or_else(|| panic!("report lacks string {name:?}: {json}\n{}", context()))
+            .to_string()
+    };
+    let tools = json["tools"]
+        .as_array()
+        .unwrap_or_else(|| panic!("report lacks \"tools\": {json}\n{}", context()))
+        .iter()
+        .map(|t| t.as_str().expect("tool names are strings").to_string())
+        .collect();
+    // The SDK logs (and drops) any line from the server it cannot parse:
+    // forkline must never hand the client garbage.
+    assert!(
+        !stderr.contains("Failed to parse JSONRPC message"),
+        "the SDK received a line that is not JSON-RPC\n{}",
+        context()
+    );
+    SdkReport {
+        era: field("era"),
+        protocol_version: field("protocol_version"),
+        tools,
+        echo: field("echo"),
+        stderr,
+    }
+}
+
+/// The stateless era was negotiated, and the tool works.
+fn assert_modern(report: &SdkReport) {
+    assert_eq!(
+        (report.era.as_str(), report.protocol_version.as_str()),
+        ("modern", "2026-07-28"),
+        "expected the SDK's server/discover probe to succeed (echo-server speaks the 2026-07-28 \
+         era); it negotiated {} {} instead\n{}",
+        report.era,
+        report.protocol_version,
+        report.stderr
+    );
+    assert_echo_works(report);
+}
+
+/// The handshake era was negotiated (the probe was refused and the SDK fell
+/// back to `initialize`), and the tool works.
+fn assert_legacy(report: &SdkReport) {
+    assert_eq!(
+        report.era, "legacy",
+        "expected the SDK to fall back to initialize against a handshake-only server; it \
+         negotiated {} {}\n{}",
+        report.era, report.protocol_version, report.stderr
+    );
+    assert_echo_works(report);
+}
+
+fn assert_echo_works(report: &SdkReport) {
+    assert_eq!(
+        report.tools,
+        ["echo"],
+        "tools/list through forkline\n{}",
+        report.stderr
+    );
+    assert_eq!(
+        report.echo, ECHO_TEXT,
+        "tools/call echo round trip\n{}",
+        report.stderr
+    );
+}
+
+/// The command the SDK launched exited by itself, with status 0, once the
+/// SDK closed its stdin.
+fn assert_exited_cleanly(report: &SdkReport, what: &str) {
+    let status = report
+        .stderr
+        .lines()
+        .find_map(|l| l.split_once(EXIT_MARKER).map(|(_, s)| s.trim().to_string()));
+    assert_eq!(
+        status.as_deref(),
+        Some("0"),
+        "`{what}` should exit 0 promptly when its client closes stdin (the SDK waits 2 s, then \
+         SIGTERMs it; no status means it had to be killed)\n{}",
+        report.stderr
+    );
+}
+
+/// After the SDK's session ended, `serve` reaped that session's child and
+/// is still up for the next client.
+fn assert_session_cleaned_up(proxy: &mut Forkline) {
+    let pid = proxy.pid();
+    let gone = poll_until(PATIENCE, || children_of(pid).is_empty());
+    assert!(
+        gone,
+        "forkline serve still has children {:?} after the SDK client disconnected\n{}",
+        children_of(pid),
+        proxy.stderr_text()
+    );
+    assert!(
+        proxy.try_exit_status().is_none(),
+        "forkline serve exited after one SDK session\n{}",
+        proxy.stderr_text()
+    );
+}
+
+fn connect_command(address: &str) -> Vec<String> {
+    with_exit_report(&[
+        forkline_bin().to_string(),
+        "connect".to_string(),
+        address.to_string(),
+    ])
+}
+
+/// a. SDK → `forkline connect tcp://…` → `forkline serve` → echo-server.
+#[test]
+fn sdk_negotiates_modern_era_through_connect_tcp() {
+    let Some(python) = sdk_python() else { return };
+    let mut proxy = Forkline::serve_tcp(&[], &[]);
+    let address = format!("tcp://{}", proxy.tcp_addr());
+    let report = run_sdk(&python, &connect_command(&address), Some(&proxy));
+    assert_modern(&report);
+    assert_exited_cleanly(&report, "forkline connect");
+    assert_session_cleaned_up(&mut proxy);
+}
+
+/// b. SDK → `forkline connect unix:…` → `forkline serve` → echo-server,
+/// using the address exactly as `serve` printed it.
+#[test]
+fn sdk_negotiates_modern_era_through_connect_unix() {
+    let Some(python) = sdk_python() else { return };
+    let dir = TempDir::new("forkline-sdk");
+    let socket = dir.path.join("mcp.sock");
+    let mut proxy = Forkline::serve(&["--unix", socket.to_str().expect("utf-8 temp path")], 1);
+    let address = proxy
+        .listening
+        .iter()
+        .find(|l| l.starts_with("unix:"))
+        .unwrap_or_else(|| panic!("no unix: listener in {:?}", proxy.listening))
+        .clone();
+    assert_eq!(
+        address,
+        format!("unix:{}", socket.display()),
+        "printed unix listener"
+    );
+    let report = run_sdk(&python, &connect_command(&address), Some(&proxy));
+    assert_modern(&report);
+    assert_exited_cleanly(&report, "forkline connect");
+    assert_session_cleaned_up(&mut proxy);
+}
+
+/// c. SDK → `forkline connect` → `forkline serve` → handshake-only server:
+/// the probe's -32601 reaches the SDK unchanged and it falls back.
+#[test]
+fn sdk_falls_back_to_handshake_through_connect() {
+    let Some(python) = sdk_python() else { return };
+    let mut proxy = Forkline::serve_tcp(&[], &fake_server(&["--legacy"]));
+    let address = format!("tcp://{}", proxy.tcp_addr());
+    let report = run_sdk(&python, &connect_command(&address), Some(&proxy));
+    assert_legacy(&report);
+    assert_exited_cleanly(&report, "forkline connect");
+    assert_session_cleaned_up(&mut proxy);
+}
+
+/// d. SDK → `forkline stdio -- forkline echo-server`.
+#[test]
+fn sdk_negotiates_modern_era_through_stdio_mode() {
+    let Some(python) = sdk_python() else { return };
+    let bin = forkline_bin().to_string();
+    let server = with_exit_report(&[
+        bin.clone(),
+        "stdio".into(),
+        "--".into(),
+        bin,
+        "echo-server".into(),
+    ]);
+    let report = run_sdk(&python, &server, None);
+    assert_modern(&report);
+    assert_exited_cleanly(&report, "forkline stdio");
+}
+
+/// d. SDK → `forkline stdio -- python3 fake_mcp_server.py --legacy`.
+#[test]
+fn sdk_falls_back_to_handshake_through_stdio_mode() {
+    let Some(python) = sdk_python() else { return };
+    let mut command = vec![forkline_bin().to_string(), "stdio".into(), "--".into()];
+    command.extend(fake_server(&["--legacy"]));
+    let report = run_sdk(&python, &with_exit_report(&command), None);
+    assert_legacy(&report);
+    assert_exited_cleanly(&report, "forkline stdio");
+}
+
+/// Two SDK clients at once through one `serve`: each gets its own child
+/// and its own negotiation, and neither disturbs the other.
+#[test]
+fn sdk_clients_in_parallel_get_separate_sessions() {
+    let Some(python) = sdk_python() else { return };
+    let mut proxy = Forkline::serve_tcp(&[], &[]);
+    let command = connect_command(&format!("tcp://{}", proxy.tcp_addr()));
+    let clients: Vec<SdkClient> = (0..2)
+        .map(|_| SdkClient::start(&python, ECHO_TEXT, &command))
+        .collect();
+    for client in clients {
+        let (status, stdout, stderr) = client.finish();
+        assert!(
+            status.is_some_and(|s| s.success()),
+            "parallel sdk_client failed ({status:?})\n{stdout}\n{stderr}\n--- serve log ---\n{}",
+            proxy.stderr_text()
+        );
+        let json: Value = serde_json::from_str(stdout.trim())
+            .unwrap_or_else(|e| panic!("bad report ({e}): {stdout}\n{stderr}"));
+        assert_eq!(json["era"], "modern", "{json}\n{stderr}");
+        assert_eq!(json["echo"], ECHO_TEXT, "{json}\n{stderr}");
+    }
+    assert_session_cleaned_up(&mut proxy);
+}
