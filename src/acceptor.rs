@@ -9,6 +9,7 @@
 //! the pool is joined and `serve` returns.
 
 use std::io::{self, Write};
+use std::os::fd::AsFd;
 use std::sync::Arc;
 
 use log::{error, info, warn};
@@ -18,8 +19,10 @@ use signal_hook_mio::v1_0::Signals;
 
 use crate::config::ServeConfig;
 use crate::error::{Context, Error};
+use crate::hub::Hub;
 use crate::listener::{Accepted, Listener};
 use crate::message::{Message, code};
+use crate::outbox::FdKind;
 use crate::pool::Pool;
 use crate::session::{self, ClientStream, Shared};
 use crate::table::{Sessions, Slot};
@@ -33,6 +36,7 @@ const FIRST_LISTENER: usize = 2;
 /// Everything a session's job needs from the proxy, shared by `Arc`.
 struct Proxy {
     config: ServeConfig,
+    hub: Hub,
     shutdown: Trigger,
     hurry: Trigger,
 }
@@ -74,6 +78,7 @@ pub fn serve(config: ServeConfig) -> Result<(), Error> {
     });
     let proxy = Arc::new(Proxy {
         config,
+        hub: Hub::start().context(|| "cannot start the I/O hub thread".into())?,
         shutdown: Trigger::new().context(|| "cannot create the shutdown trigger".into())?,
         hurry: Trigger::new().context(|| "cannot create the shutdown trigger".into())?,
     });
@@ -202,11 +207,13 @@ fn run_session(slot: Slot, stream: crate::listener::Stream, peer: &str, proxy: &
         limits: &proxy.config.limits,
         shutdown: &proxy.shutdown,
         hurry: &proxy.hurry,
+        hub: &proxy.hub,
     };
     let close = || stream.shutdown();
     let client = ClientStream {
         reader: &stream,
-        writer: &stream,
+        writer: stream.as_fd(),
+        writer_kind: FdKind::Socket,
         close: &close,
     };
     session::run(slot.id(), peer, &shared, client, |pid| {

@@ -122,6 +122,12 @@ impl ChildProcess {
         self.child.id()
     }
 
+    /// An fd that becomes readable when the child exits (a duplicate of
+    /// its pidfd), for waits elsewhere; `None` without pidfd support.
+    pub fn exit_watch(&self) -> Option<OwnedFd> {
+        self.pidfd.as_ref().and_then(|fd| fd.try_clone().ok())
+    }
+
     /// Ends the child, whose stdin the caller has already closed. Waits
     /// `grace` for it to exit; then SIGTERM to the group and `grace` again;
     /// then SIGKILL. Whatever is left of the group after the leader exits

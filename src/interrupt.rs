@@ -90,6 +90,16 @@ pub fn wait_any(
     }
 }
 
+/// Switches an fd we own alone (a child's pipe end) to non-blocking mode.
+pub fn set_nonblocking(fd: BorrowedFd<'_>) -> io::Result<()> {
+    let raw = fd.as_raw_fd();
+    let flags = unsafe { libc::fcntl(raw, libc::F_GETFL) };
+    if flags < 0 || unsafe { libc::fcntl(raw, libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// The largest write that cannot block on a pipe once it polls writable.
 const PIPE_BUF: usize = libc::PIPE_BUF;
 
@@ -98,22 +108,37 @@ const PIPE_BUF: usize = libc::PIPE_BUF;
 pub struct Interruptible<'a, F: AsFd> {
     fd: F,
     alarm: &'a Alarm,
+    /// Once readable (and `fd` has nothing more), reads report end of
+    /// file: a child's pidfd, so a grandchild that inherited the pipe
+    /// cannot keep a session alive after the child itself exited.
+    end: Option<OwnedFd>,
 }
 
 impl<'a, F: AsFd> Interruptible<'a, F> {
     pub fn new(fd: F, alarm: &'a Alarm) -> Self {
-        Interruptible { fd, alarm }
+        Interruptible {
+            fd,
+            alarm,
+            end: None,
+        }
     }
 
-    /// Waits for `events` on the fd; `false` when the alarm rang first.
+    /// Like `new`, but reads also end once `end` is readable and `fd` has
+    /// no data waiting.
+    pub fn ending_with(fd: F, alarm: &'a Alarm, end: Option<OwnedFd>) -> Self {
+        Interruptible { fd, alarm, end }
+    }
+
+    /// Waits for `events` on the fd; `false` when the alarm rang (or the
+    /// end fd became readable) first. The fd is listed before the end fd,
+    /// so data already written is read before the end is reported.
     fn ready(&self, events: libc::c_short) -> io::Result<bool> {
-        let ready = wait_any(
-            &[
-                (self.alarm.as_fd(), libc::POLLIN),
-                (self.fd.as_fd(), events),
-            ],
-            None,
-        )?;
+        let alarm = (self.alarm.as_fd(), libc::POLLIN);
+        let fd = (self.fd.as_fd(), events);
+        let ready = match &self.end {
+            Some(end) => wait_any(&[alarm, fd, (end.as_fd(), libc::POLLIN)], None)?,
+            None => wait_any(&[alarm, fd], None)?,
+        };
         Ok(ready == Some(1))
     }
 }

@@ -13,9 +13,11 @@
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Select, Sender, TrySendError};
+use crossbeam_channel::{Receiver, RecvError, Select, SelectedOperation, Sender};
 
+use crate::hub::Watch;
 use crate::message::{Id, Message, code};
+use crate::outbox::{Outbox, Put};
 use crate::trigger::Trigger;
 
 /// What a reader thread hands the relay.
@@ -32,11 +34,11 @@ pub enum Inbound {
     },
 }
 
-/// One side of the relay: what arrives from it, and where to send to it.
-/// Dropping `from`'s sender (the reader ends) means that side closed.
-pub struct Endpoint {
+/// One side of the relay: what arrives from it, and how to reach it.
+/// The reader dropping `from`'s sender means that side closed.
+pub struct Endpoint<'a> {
     pub from: Receiver<Inbound>,
-    pub to: Sender<Message>,
+    pub to: Outbox<'a>,
 }
 
 /// Which way a message went, for taps (counters, tapes).
@@ -126,8 +128,8 @@ pub struct Outcome {
 
 /// Runs until the session ends. Blocks the calling thread, never on I/O.
 pub fn run(
-    client: &Endpoint,
-    child: &Endpoint,
+    client: &mut Endpoint<'_>,
+    child: &mut Endpoint<'_>,
     control: &Control,
     timing: Timing,
     tap: &mut dyn Tap,
@@ -141,26 +143,36 @@ pub fn run(
         to_child: None,
         to_client: None,
         closing: None,
+        client_gone: false,
+        hangup_watch: None,
+        hangup: crossbeam_channel::bounded(1),
     }
     .run(control)
 }
 
-struct Relay<'a> {
-    client: &'a Endpoint,
-    child: &'a Endpoint,
+struct Relay<'r, 'a, 'b> {
+    client: &'r mut Endpoint<'a>,
+    child: &'r mut Endpoint<'b>,
     timing: Timing,
-    tap: &'a mut dyn Tap,
+    tap: &'r mut dyn Tap,
     /// Client requests awaiting the child's answer.
     pending: HashSet<Id>,
-    /// A message its destination could not take yet.
+    /// A message a full channel could not take yet (an fd outbox keeps
+    /// its own backlog instead).
     to_child: Option<Message>,
     to_client: Option<Message>,
     /// Once the client is gone or shutdown began: why, and until when
     /// unanswered requests may still be answered.
     closing: Option<(EndReason, Instant)>,
+    /// Writing to the client failed: it is gone.
+    client_gone: bool,
+    /// While the client is not being read: the hub's watch for its
+    /// connection vanishing, and where the hub says so.
+    hangup_watch: Option<Watch<'a>>,
+    hangup: (Sender<()>, Receiver<()>),
 }
 
-impl Relay<'_> {
+impl Relay<'_, '_, '_> {
     fn run(mut self, control: &Control) -> Outcome {
         let mut last_activity = Instant::now();
         loop {
@@ -173,80 +185,113 @@ impl Relay<'_> {
                 Some((_, until)) => Some(until),
                 None => self.timing.idle_timeout.map(|idle| last_activity + idle),
             };
-
-            let mut sel = Select::new();
-            let reading_client =
-                self.closing.is_none() && self.to_child.is_none() && self.to_client.is_none();
-            let op_from_client = reading_client.then(|| sel.recv(&self.client.from));
-            let op_from_child = self.to_client.is_none().then(|| sel.recv(&self.child.from));
-            let op_to_child = self.to_child.is_some().then(|| sel.send(&self.child.to));
-            let op_to_client = self.to_client.is_some().then(|| sel.send(&self.client.to));
-            let shutting_down = matches!(self.closing, Some((EndReason::Shutdown, _)));
-            let op_shutdown = (!shutting_down).then(|| sel.recv(control.shutdown.receiver()));
-            let op_hurry = (self.closing.is_some() && !control.hurry.has_fired())
-                .then(|| sel.recv(control.hurry.receiver()));
-
-            let selected = match deadline {
-                Some(deadline) => match sel.select_deadline(deadline) {
-                    Ok(op) => op,
-                    Err(_) => return self.deadline_passed(),
-                },
-                None => sel.select(),
+            let Some(wake) = self.wait(control, deadline) else {
+                return self.deadline_passed();
             };
-            let index = Some(selected.index());
-
-            if index == op_from_client {
-                match selected.recv(&self.client.from) {
-                    Ok(inbound) => {
-                        last_activity = Instant::now();
-                        self.on_client(inbound);
+            match wake {
+                Wake::Client(Ok(inbound)) => {
+                    last_activity = Instant::now();
+                    self.on_client(inbound);
+                }
+                Wake::Client(Err(_)) => {
+                    self.begin_closing(EndReason::ClientClosed, Instant::now() + self.timing.grace)
+                }
+                Wake::Child(Ok(inbound)) => {
+                    last_activity = Instant::now();
+                    self.on_child(inbound);
+                }
+                Wake::Child(Err(_)) => {
+                    let reason = self
+                        .closing
+                        .map_or(EndReason::ChildExited, |(reason, _)| reason);
+                    return self.end(reason);
+                }
+                Wake::ChildWritable => {
+                    if let Err(e) = resume(&mut self.child.to) {
+                        // The child's stdin is gone; it is exiting, and its
+                        // stdout closing ends the session with the right reason.
+                        log::debug!("dropped a message for a child that stopped reading: {e}");
                     }
-                    Err(_) => self
-                        .begin_closing(EndReason::ClientClosed, Instant::now() + self.timing.grace),
                 }
-            } else if index == op_from_child {
-                match selected.recv(&self.child.from) {
-                    Ok(inbound) => {
-                        last_activity = Instant::now();
-                        self.on_child(inbound);
-                    }
-                    Err(_) => {
-                        let reason = self
-                            .closing
-                            .map_or(EndReason::ChildExited, |(reason, _)| reason);
-                        return self.end(reason);
+                Wake::ClientWritable => {
+                    if resume(&mut self.client.to).is_err() {
+                        return self.end(EndReason::ClientClosed);
                     }
                 }
-            } else if index == op_to_child {
-                let message = self.to_child.take().expect("selected only when Some");
-                if let Err(e) = selected.send(&self.child.to, message) {
-                    // The child's stdin is gone; it is exiting. Its stdout
-                    // closing will end the session with the right reason.
-                    log::debug!(
-                        "dropped a message for a child that stopped reading: {:?}",
-                        e.into_inner().kind
-                    );
+                Wake::Shutdown => {
+                    let until = if control.hurry.has_fired() {
+                        Instant::now()
+                    } else {
+                        Instant::now() + self.timing.grace
+                    };
+                    self.begin_closing(EndReason::Shutdown, until);
                 }
-            } else if index == op_to_client {
-                let message = self.to_client.take().expect("selected only when Some");
-                if selected.send(&self.client.to, message).is_err() {
-                    return self.end(EndReason::ClientClosed);
-                }
-            } else if index == op_shutdown {
-                let _ = selected.recv(control.shutdown.receiver());
-                let until = if control.hurry.has_fired() {
-                    Instant::now()
-                } else {
-                    Instant::now() + self.timing.grace
-                };
-                self.begin_closing(EndReason::Shutdown, until);
-            } else if index == op_hurry {
-                let _ = selected.recv(control.hurry.receiver());
-                if let Some((reason, _)) = self.closing {
-                    self.closing = Some((reason, Instant::now()));
+                Wake::ClientHungUp => return self.end(EndReason::ClientClosed),
+                Wake::Hurry => {
+                    if let Some((reason, _)) = self.closing {
+                        self.closing = Some((reason, Instant::now()));
+                    }
                 }
             }
+            if self.client_gone {
+                return self.end(EndReason::ClientClosed);
+            }
         }
+    }
+
+    /// Waits for the next thing to do; `None` when `deadline` passes. A
+    /// side is read only while everything it could produce can be taken:
+    /// that is where backpressure comes from.
+    fn wait(&mut self, control: &Control, deadline: Option<Instant>) -> Option<Wake> {
+        let client_blocked = self.to_client.is_some() || self.client.to.is_blocked();
+        let child_blocked = self.to_child.is_some() || self.child.to.is_blocked();
+        let mut sel = Select::new();
+        let reading_client = self.closing.is_none() && !child_blocked && !client_blocked;
+        let op_from_client = reading_client.then(|| sel.recv(&self.client.from));
+        let op_from_child = (!client_blocked).then(|| sel.recv(&self.child.from));
+        let op_child_writable = child_blocked.then(|| watch(&mut sel, &self.child.to));
+        let op_client_writable = client_blocked.then(|| watch(&mut sel, &self.client.to));
+        // Not reading the client, we would not see it vanish: have the hub
+        // watch its connection meanwhile.
+        if reading_client || self.closing.is_some() {
+            self.hangup_watch = None;
+        } else if self.hangup_watch.is_none() {
+            if let Outbox::Fd(writer) = &self.client.to {
+                self.hangup_watch = writer.watch_hangup(self.hangup.0.clone()).ok();
+            }
+        }
+        let op_client_hung_up = self.hangup_watch.as_ref().map(|_| sel.recv(&self.hangup.1));
+        let shutting_down = matches!(self.closing, Some((EndReason::Shutdown, _)));
+        let op_shutdown = (!shutting_down).then(|| sel.recv(control.shutdown.receiver()));
+        let op_hurry = (self.closing.is_some() && !control.hurry.has_fired())
+            .then(|| sel.recv(control.hurry.receiver()));
+
+        let selected = match deadline {
+            Some(deadline) => sel.select_deadline(deadline).ok()?,
+            None => sel.select(),
+        };
+        let index = Some(selected.index());
+        Some(if index == op_from_client {
+            Wake::Client(selected.recv(&self.client.from))
+        } else if index == op_from_child {
+            Wake::Child(selected.recv(&self.child.from))
+        } else if index == op_child_writable {
+            complete_watch(selected, &self.child.to, &mut self.to_child);
+            Wake::ChildWritable
+        } else if index == op_client_writable {
+            complete_watch(selected, &self.client.to, &mut self.to_client);
+            Wake::ClientWritable
+        } else if index == op_client_hung_up {
+            let _ = selected.recv(&self.hangup.1);
+            Wake::ClientHungUp
+        } else if index == op_shutdown {
+            let _ = selected.recv(control.shutdown.receiver());
+            Wake::Shutdown
+        } else {
+            debug_assert_eq!(index, op_hurry);
+            let _ = selected.recv(control.hurry.receiver());
+            Wake::Hurry
+        })
     }
 
     fn begin_closing(&mut self, reason: EndReason, until: Instant) {
@@ -264,7 +309,15 @@ impl Relay<'_> {
                     self.pending.insert(id.clone());
                 });
                 self.tap.message(Direction::In, &message);
-                self.to_child = try_send(&self.child.to, message);
+                match self.child.to.put(message) {
+                    Ok(Put::Taken) => {}
+                    Ok(Put::Full(message)) => self.to_child = Some(message),
+                    // The child stopped reading; its stdout closing ends
+                    // the session, and the request is answered with -32002.
+                    Err(e) => {
+                        log::debug!("dropped a message for a child that stopped reading: {e}")
+                    }
+                }
             }
             Inbound::Refused { id, code, reason } => {
                 self.send_client(Message::error(id.as_ref(), code, &reason))
@@ -293,7 +346,11 @@ impl Relay<'_> {
 
     fn send_client(&mut self, message: Message) {
         self.tap.message(Direction::Out, &message);
-        self.to_client = try_send(&self.client.to, message);
+        match self.client.to.put(message) {
+            Ok(Put::Taken) => {}
+            Ok(Put::Full(message)) => self.to_client = Some(message),
+            Err(_) => self.client_gone = true,
+        }
     }
 
     fn deadline_passed(mut self) -> Outcome {
@@ -304,9 +361,6 @@ impl Relay<'_> {
                 // does not hold the shutdown up.
                 let mut unanswered: Vec<Id> = self.pending.drain().collect();
                 unanswered.sort_by(|a, b| a.as_json().cmp(b.as_json()));
-                if let Some(message) = self.to_client.take() {
-                    let _ = self.client.to.try_send(message);
-                }
                 for id in unanswered {
                     let message = Message::error(
                         Some(&id),
@@ -314,7 +368,7 @@ impl Relay<'_> {
                         "forkline is shutting down; the request was not answered in time",
                     );
                     self.tap.message(Direction::Out, &message);
-                    let _ = self.client.to.try_send(message);
+                    put_if_free(&mut self.client.to, message);
                 }
                 self.end(EndReason::Shutdown)
             }
@@ -324,9 +378,9 @@ impl Relay<'_> {
     }
 
     fn end(mut self, reason: EndReason) -> Outcome {
-        // A message still waiting for the client goes first, best effort.
+        // A message a full channel still holds goes last, best effort.
         if let Some(message) = self.to_client.take() {
-            let _ = self.client.to.try_send(message);
+            put_if_free(&mut self.client.to, message);
         }
         let mut unanswered: Vec<Id> = self.pending.into_iter().collect();
         unanswered.sort_by(|a, b| a.as_json().cmp(b.as_json()));
@@ -334,17 +388,58 @@ impl Relay<'_> {
     }
 }
 
-/// Sends without blocking; hands the message back if the channel is full.
-fn try_send(to: &Sender<Message>, message: Message) -> Option<Message> {
-    match to.try_send(message) {
-        Ok(()) => None,
-        Err(TrySendError::Full(message)) => Some(message),
-        // The receiving side is gone; its reader closing ends the session.
-        Err(TrySendError::Disconnected(_)) => None,
+/// What woke the relay.
+enum Wake {
+    Client(Result<Inbound, RecvError>),
+    Child(Result<Inbound, RecvError>),
+    ChildWritable,
+    ClientWritable,
+    ClientHungUp,
+    Shutdown,
+    Hurry,
+}
+
+/// Registers the operation that unblocks `outbox`: room in its channel, or
+/// the hub's word that its fd drained.
+fn watch<'a>(sel: &mut Select<'a>, outbox: &'a Outbox) -> usize {
+    match outbox {
+        Outbox::Fd(writer) => sel.recv(writer.ready()),
+        Outbox::Channel(to) => sel.send(to),
     }
 }
 
-impl std::fmt::Debug for Endpoint {
+fn complete_watch(selected: SelectedOperation<'_>, outbox: &Outbox, held: &mut Option<Message>) {
+    match outbox {
+        Outbox::Fd(writer) => {
+            let _ = selected.recv(writer.ready());
+        }
+        Outbox::Channel(to) => {
+            let message = held
+                .take()
+                .expect("a channel is watched only while a message is held");
+            // Disconnected: the consumer is gone; its reader ends the session.
+            let _ = selected.send(to, message);
+        }
+    }
+}
+
+/// Goes on writing after an fd outbox unblocked (a channel outbox was
+/// already served by its `send` operation).
+fn resume(outbox: &mut Outbox) -> std::io::Result<()> {
+    match outbox {
+        Outbox::Fd(writer) => writer.resume(),
+        Outbox::Channel(_) => Ok(()),
+    }
+}
+
+/// Last words (final errors): never blocks, never queues behind a backlog.
+pub fn put_if_free(outbox: &mut Outbox, message: Message) {
+    if !outbox.is_blocked() {
+        let _ = outbox.put(message);
+    }
+}
+
+impl std::fmt::Debug for Endpoint<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Endpoint").finish_non_exhaustive()
     }
@@ -364,7 +459,7 @@ mod tests {
         child_out: Receiver<Message>,
     }
 
-    fn endpoints(capacity: usize) -> (Endpoint, Endpoint, Harness) {
+    fn endpoints(capacity: usize) -> (Endpoint<'static>, Endpoint<'static>, Harness) {
         let (client_in, client_from) = bounded(capacity);
         let (client_to, client_out) = bounded(capacity);
         let (child_in, child_from) = bounded(capacity);
@@ -372,11 +467,11 @@ mod tests {
         (
             Endpoint {
                 from: client_from,
-                to: client_to,
+                to: Outbox::channel(client_to),
             },
             Endpoint {
                 from: child_from,
-                to: child_to,
+                to: Outbox::channel(child_to),
             },
             Harness {
                 client_in,
@@ -415,8 +510,8 @@ mod tests {
     }
 
     fn run_relay(
-        client: Endpoint,
-        child: Endpoint,
+        mut client: Endpoint,
+        mut child: Endpoint,
         t: &Triggers,
         timing: Timing,
     ) -> (Outcome, Counters) {
@@ -425,7 +520,7 @@ mod tests {
             shutdown: &t.shutdown,
             hurry: &t.hurry,
         };
-        let outcome = run(&client, &child, &control, timing, &mut counters);
+        let outcome = run(&mut client, &mut child, &control, timing, &mut counters);
         (outcome, counters)
     }
 

@@ -3,24 +3,28 @@
 //! unanswered, and join everything.
 //!
 //! Every thread a session starts is scoped to it, so none can outlive it.
-//! Per session: the relay on the calling (worker) thread, plus a reader and
-//! a writer for the client, a reader and a writer for the child's stdout
-//! and stdin, and a drain for the child's stderr. Each reader turns
-//! blocking I/O into messages on a bounded channel; each writer batches
-//! whatever is queued into one flush.
+//! Per session: the relay on the calling (worker) thread, a reader for the
+//! client and a reader for the child's stdout. Each reader turns blocking
+//! I/O into messages on a bounded channel. Writes need no thread: the
+//! relay writes each side's fd without blocking (see `outbox`), and the
+//! shared I/O hub drains the child's stderr and says when a blocked fd
+//! drains.
 
-use std::io::{BufReader, BufWriter, Read, Write};
+use std::io::{BufReader, Read};
+use std::os::fd::{AsFd, BorrowedFd};
 use std::thread::{self, Scope, ScopedJoinHandle};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Sender, bounded};
+use crossbeam_channel::{Sender, bounded};
 use log::{debug, error, info, trace, warn};
 
 use crate::child::{self, Exit};
 use crate::config::{ChildCommand, Limits};
 use crate::framing::{self, Frame};
-use crate::interrupt::{Alarm, Interruptible};
+use crate::hub::Hub;
+use crate::interrupt::{Alarm, Interruptible, set_nonblocking};
 use crate::message::{self, Message, code};
+use crate::outbox::{FdKind, FdWriter, Outbox};
 use crate::relay::{self, Control, Counters, EndReason, Endpoint, Inbound, Timing};
 use crate::table::SessionId;
 use crate::trigger::Trigger;
@@ -35,10 +39,6 @@ const CHANNEL_CAPACITY: usize = 16;
 const IO_STACK_BYTES: usize = 256 * 1024;
 
 const READ_BUFFER_BYTES: usize = 4 * 1024;
-const WRITE_BUFFER_BYTES: usize = 4 * 1024;
-
-/// Longest stderr line logged whole; the rest of a longer one is cut.
-const STDERR_LINE_BYTES: usize = 8 * 1024;
 
 /// What every session of one proxy shares.
 pub struct Shared<'a> {
@@ -48,13 +48,16 @@ pub struct Shared<'a> {
     pub shutdown: &'a Trigger,
     /// Fired on the second: skip every grace.
     pub hurry: &'a Trigger,
+    pub hub: &'a Hub,
 }
 
 /// The client end of a byte-stream session (a socket, or forkline's own
-/// stdin/stdout). `close` must wake a thread blocked on either half.
-pub struct ClientStream<'a, R, W> {
+/// stdin/stdout). `close` must wake a thread blocked reading `reader`.
+pub struct ClientStream<'a, R> {
     pub reader: R,
-    pub writer: W,
+    /// Where the client's messages are written, and how.
+    pub writer: BorrowedFd<'a>,
+    pub writer_kind: FdKind,
     pub close: &'a (dyn Fn() + Sync),
 }
 
@@ -70,16 +73,15 @@ pub struct Summary {
 /// Runs a session to its end. Blocks the calling thread for the session's
 /// life; every thread it starts is joined before it returns. `on_spawn`
 /// learns the child's pid.
-pub fn run<R, W>(
+pub fn run<R>(
     id: SessionId,
     peer: &str,
     shared: &Shared,
-    client: ClientStream<'_, R, W>,
+    client: ClientStream<'_, R>,
     on_spawn: impl FnOnce(u32),
 ) -> Summary
 where
     R: Read + Send,
-    W: Write + Send,
 {
     let started = Instant::now();
     let max = shared.limits.max_message_bytes;
@@ -88,47 +90,34 @@ where
     let summary = thread::scope(|s| {
         let mut threads = Threads::default();
         let (from_client, to_relay) = bounded(CHANNEL_CAPACITY);
-        let (to_client, for_client) = bounded(CHANNEL_CAPACITY);
-        let (writer_done_tx, writer_done) = bounded::<()>(0);
         let reader = client.reader;
-        let writer = client.writer;
         threads.spawn(s, format!("{id}-client-in"), move || {
             read_client(id, reader, max, &from_client)
         });
-        threads.spawn(s, format!("{id}-client-out"), move || {
-            let _done = writer_done_tx;
-            if let Err(e) = write_messages(writer, &for_client) {
-                debug!("[{id}] client write failed: {e}");
-                close();
-            }
-        });
-        let client = Endpoint {
+        let writer = FdWriter::new(client.writer, client.writer_kind, shared.hub);
+        let mut client_end = Endpoint {
             from: to_relay,
-            to: to_client,
+            to: Outbox::Fd(writer),
         };
 
         let (reason, exit, counters) = match &alarm {
-            Ok(alarm) => with_child(s, &mut threads, id, peer, shared, &client, alarm, on_spawn),
+            Ok(alarm) => with_child(
+                s,
+                &mut threads,
+                id,
+                peer,
+                shared,
+                &mut client_end,
+                alarm,
+                on_spawn,
+            ),
             Err(e) => {
                 error!("[{id}] cannot create the session's wake-up fd: {e}");
                 (EndReason::ChildExited, None, Counters::default())
             }
         };
-
-        // Let the writer deliver what is queued (final errors included),
-        // but never wait on a client that does not read past the grace.
-        drop(client);
-        let deadline = Instant::now()
-            + if shared.hurry.has_fired() {
-                Duration::ZERO
-            } else {
-                shared.limits.shutdown_grace
-            };
-        crossbeam_channel::select! {
-            recv(writer_done) -> _ => {}
-            recv(shared.hurry.receiver()) -> _ => {}
-            default(deadline.saturating_duration_since(Instant::now())) => {}
-        }
+        finish_writing(&mut client_end.to, shared);
+        drop(client_end);
         close();
         threads.join_all(id);
         Summary {
@@ -151,6 +140,25 @@ where
     summary
 }
 
+/// Lets the client take what is still queued for it (final errors
+/// included), but never waits on a client that does not read past the
+/// grace, and not at all once told to hurry.
+fn finish_writing(outbox: &mut Outbox, shared: &Shared) {
+    let Outbox::Fd(writer) = outbox else { return };
+    let deadline = Instant::now() + shared.limits.shutdown_grace;
+    while writer.is_blocked() {
+        crossbeam_channel::select! {
+            recv(writer.ready()) -> _ => {
+                if writer.resume().is_err() {
+                    return;
+                }
+            }
+            recv(shared.hurry.receiver()) -> _ => return,
+            default(deadline.saturating_duration_since(Instant::now())) => return,
+        }
+    }
+}
+
 /// Spawns the child and relays until the session ends; then ends the
 /// child and answers what it left unanswered.
 #[allow(clippy::too_many_arguments)]
@@ -160,7 +168,7 @@ fn with_child<'scope, 'env>(
     id: SessionId,
     peer: &str,
     shared: &Shared,
-    client: &Endpoint,
+    client: &mut Endpoint,
     alarm: &'scope Alarm,
     on_spawn: impl FnOnce(u32),
 ) -> (EndReason, Option<Exit>, Counters) {
@@ -186,24 +194,19 @@ fn with_child<'scope, 'env>(
 
     let max = shared.limits.max_message_bytes;
     let (from_child, to_relay) = bounded(CHANNEL_CAPACITY);
-    let (to_child, for_child) = bounded(CHANNEL_CAPACITY);
-    let stdin = Interruptible::new(pipes.stdin, alarm);
-    let stdout = Interruptible::new(pipes.stdout, alarm);
-    let stderr = Interruptible::new(pipes.stderr, alarm);
-    threads.spawn(s, format!("{id}-child-in"), move || {
-        if let Err(e) = write_messages(stdin, &for_child) {
-            debug!("[{id}] child stdin closed early: {e}");
-        }
-    });
+    let stdout = Interruptible::ending_with(pipes.stdout, alarm, child.exit_watch());
     threads.spawn(s, format!("{id}-child-out"), move || {
         read_child(id, stdout, max, &from_child)
     });
-    threads.spawn(s, format!("{id}-child-err"), move || {
-        drain_stderr(id, stderr)
-    });
-    let child_end = Endpoint {
+    shared.hub.drain_stderr(id, pipes.stderr);
+    let stdin = pipes.stdin;
+    if let Err(e) = set_nonblocking(stdin.as_fd()) {
+        warn!("[{id}] cannot make the child's stdin non-blocking: {e}");
+    }
+    let writer = FdWriter::new(stdin.as_fd(), FdKind::NonBlocking, shared.hub);
+    let mut child_end = Endpoint {
         from: to_relay,
-        to: to_child,
+        to: Outbox::Fd(writer),
     };
 
     let mut counters = Counters::default();
@@ -215,11 +218,12 @@ fn with_child<'scope, 'env>(
         idle_timeout: shared.limits.idle_timeout,
         grace: shared.limits.shutdown_grace,
     };
-    let outcome = relay::run(client, &child_end, &control, timing, &mut counters);
+    let outcome = relay::run(client, &mut child_end, &control, timing, &mut counters);
 
-    // Dropping our ends closes the child's stdin (once its writer drains)
-    // and stops its stdout reader at the next message.
+    // Closing the child's stdin is the polite end (MCP stdio, Shutdown);
+    // dropping our receiver stops its stdout reader at the next message.
     drop(child_end);
+    drop(stdin);
     let exit = child.stop(shared.limits.shutdown_grace, shared.hurry.alarm());
     if exit.forced {
         info!(
@@ -227,8 +231,8 @@ fn with_child<'scope, 'env>(
             child.pid()
         );
     }
-    // Wake any pipe reader still blocked because an escaped grandchild
-    // holds the pipe open.
+    shared.hub.release_stderr(id);
+    // Wake the stdout reader if an escaped grandchild still holds the pipe.
     alarm.ring();
 
     let (code, text) = match outcome.reason {
@@ -242,9 +246,7 @@ fn with_child<'scope, 'env>(
         ),
     };
     for request in &outcome.unanswered {
-        let _ = client
-            .to
-            .try_send(Message::error(Some(request), code, &text));
+        relay::put_if_free(&mut client.to, Message::error(Some(request), code, &text));
         counters.messages_out += 1;
     }
     (outcome.reason, Some(exit), counters)
@@ -253,7 +255,7 @@ fn with_child<'scope, 'env>(
 /// With no child to talk to, answers every request with the spawn error
 /// until the client leaves, goes quiet, or the proxy shuts down, so a
 /// client sees why in its own error display instead of a bare hang-up.
-fn answer_without_child(client: &Endpoint, shared: &Shared, why: &str) -> EndReason {
+fn answer_without_child(client: &mut Endpoint, shared: &Shared, why: &str) -> EndReason {
     let idle = shared.limits.idle_timeout.unwrap_or(Duration::MAX);
     loop {
         let deadline = Instant::now().checked_add(idle);
@@ -278,7 +280,11 @@ fn answer_without_child(client: &Endpoint, shared: &Shared, why: &str) -> EndRea
                 }
             }
         };
-        if client.to.send(reply).is_err() {
+        if client.to.is_blocked() {
+            // A client that sends without reading gets no more answers.
+            continue;
+        }
+        if client.to.put(reply).is_err() {
             return EndReason::ClientClosed;
         }
     }
@@ -367,43 +373,6 @@ fn read_child(id: SessionId, reader: impl Read, max: usize, to_relay: &Sender<In
         };
         if to_relay.send(inbound).is_err() {
             return;
-        }
-    }
-}
-
-/// Writes queued messages, one line each, flushing when the queue is empty
-/// so a burst costs one syscall and a lone message no delay. Returns when
-/// the queue's senders are gone (after flushing) or on a write error.
-fn write_messages(writer: impl Write, queue: &Receiver<Message>) -> std::io::Result<()> {
-    let mut out = BufWriter::with_capacity(WRITE_BUFFER_BYTES, writer);
-    while let Ok(message) = queue.recv() {
-        write_line(&mut out, &message)?;
-        while let Ok(message) = queue.try_recv() {
-            write_line(&mut out, &message)?;
-        }
-        out.flush()?;
-    }
-    out.flush()
-}
-
-fn write_line(out: &mut impl Write, message: &Message) -> std::io::Result<()> {
-    out.write_all(&message.line)?;
-    out.write_all(b"\n")
-}
-
-/// Logs the child's stderr, one record per line, tagged with the session.
-fn drain_stderr(id: SessionId, reader: impl Read) {
-    let mut reader = BufReader::with_capacity(4096, reader);
-    let mut line = Vec::new();
-    loop {
-        match framing::read_frame(&mut reader, STDERR_LINE_BYTES, &mut line) {
-            Ok(Frame::Message) => {
-                info!(target: "forkline::child", "[{id}] child stderr: {}", String::from_utf8_lossy(&line))
-            }
-            Ok(Frame::Oversized { len }) => {
-                info!(target: "forkline::child", "[{id}] child stderr: {}… ({len} bytes)", String::from_utf8_lossy(&line));
-            }
-            Ok(Frame::Eof) | Err(_) => return,
         }
     }
 }

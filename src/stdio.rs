@@ -14,7 +14,9 @@ use signal_hook::iterator::Signals;
 
 use crate::config::StdioConfig;
 use crate::error::{Context, Error};
+use crate::hub::Hub;
 use crate::interrupt::{Alarm, Interruptible};
+use crate::outbox::FdKind;
 use crate::session::{self, ClientStream, Shared};
 use crate::table::SessionId;
 use crate::trigger::Trigger;
@@ -24,6 +26,7 @@ use crate::trigger::Trigger;
 pub fn run(config: &StdioConfig) -> Result<bool, Error> {
     let shutdown = Trigger::new().context(|| "cannot create the shutdown trigger".into())?;
     let hurry = Trigger::new().context(|| "cannot create the shutdown trigger".into())?;
+    let hub = Hub::start().context(|| "cannot start the I/O hub thread".into())?;
     let client_alarm = Alarm::new().context(|| "cannot create a wake-up fd".into())?;
     let mut signals =
         Signals::new([SIGTERM, SIGINT]).context(|| "cannot install signal handlers".into())?;
@@ -49,6 +52,7 @@ pub fn run(config: &StdioConfig) -> Result<bool, Error> {
                 }
             });
         let shared = Shared {
+            hub: &hub,
             command: &config.command,
             limits: &config.limits,
             shutdown: &shutdown,
@@ -57,7 +61,8 @@ pub fn run(config: &StdioConfig) -> Result<bool, Error> {
         let close = || client_alarm.ring();
         let client = ClientStream {
             reader: Interruptible::new(stdin_fd(), &client_alarm),
-            writer: Interruptible::new(stdout_fd(), &client_alarm),
+            writer: stdout_fd(),
+            writer_kind: FdKind::for_shared_fd(stdout_fd()),
             close: &close,
         };
         let summary = session::run(SessionId(1), "stdio", &shared, client, |_| {});

@@ -1,0 +1,386 @@
+//! The I/O hub: one thread and one `mio::Poll` for the waits every session
+//! has but rarely uses — its child's stderr, and "tell me when this fd can
+//! take more bytes" after a write would have blocked.
+//!
+//! Giving each session a thread for these would cost a stack per session
+//! for work that is idle nearly always. The hub owns every fd it watches
+//! (the stderr pipe itself, or a `dup` of a blocked output), so a session
+//! that ends can never leave a registration behind that matches a recycled
+//! fd number. Requests arrive on a channel and a `Waker`; dropping the
+//! `Hub` stops and joins the thread.
+
+use std::collections::HashMap;
+use std::io::{self, Read};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::process::ChildStderr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::thread::JoinHandle;
+
+use crossbeam_channel::{Receiver, Sender};
+use log::{error, info};
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Token, Waker};
+
+use crate::interrupt::set_nonblocking;
+use crate::table::SessionId;
+
+const WAKER: Token = Token(0);
+
+/// Longest stderr line logged whole; the rest of a longer one is cut.
+const STDERR_LINE_BYTES: usize = 8 * 1024;
+
+/// A handle to the hub thread. Dropping it stops and joins the thread.
+pub struct Hub {
+    requests: Sender<Request>,
+    waker: Arc<Waker>,
+    next_token: AtomicU64,
+    thread: Option<JoinHandle<()>>,
+}
+
+enum Request {
+    /// Log every line of this child's stderr until EOF or `Release`.
+    Stderr {
+        session: SessionId,
+        pipe: ChildStderr,
+    },
+    /// Log what is left of the session's stderr, then close it.
+    Release { session: SessionId },
+    /// Send `()` on `ready` once `fd` is ready `for` that, then close it.
+    Watch {
+        token: u64,
+        fd: OwnedFd,
+        ready: Sender<()>,
+        until: Until,
+    },
+    /// Forget a `Watch` that is no longer wanted.
+    Cancel { token: u64 },
+}
+
+/// What a watch waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Until {
+    /// The fd can take more bytes (or is broken).
+    Writable,
+    /// The connection is gone for good: reset, or closed both ways. A peer
+    /// that only half-closed is still waiting for answers and does not count.
+    HungUp,
+}
+
+/// A pending notification; cancelled on drop.
+pub struct Watch<'h> {
+    hub: &'h Hub,
+    token: u64,
+}
+
+impl Drop for Watch<'_> {
+    fn drop(&mut self) {
+        self.hub.send(Request::Cancel { token: self.token });
+    }
+}
+
+impl Hub {
+    /// Starts the hub thread.
+    pub fn start() -> io::Result<Hub> {
+        let poll = Poll::new()?;
+        let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+        let (requests, inbox) = crossbeam_channel::unbounded();
+        let thread = std::thread::Builder::new()
+            .name("io-hub".into())
+            .spawn(move || {
+                if let Err(e) = HubLoop::new(poll, inbox).run() {
+                    error!("the I/O hub stopped: {e}");
+                }
+            })?;
+        Ok(Hub {
+            requests,
+            waker,
+            next_token: AtomicU64::new(1),
+            thread: Some(thread),
+        })
+    }
+
+    fn send(&self, request: Request) {
+        // Both fail only once the hub is gone, i.e. during teardown.
+        if self.requests.send(request).is_ok() {
+            let _ = self.waker.wake();
+        }
+    }
+
+    /// Logs `pipe` line by line, tagged with `session`, until EOF or
+    /// [`Hub::release_stderr`].
+    pub fn drain_stderr(&self, session: SessionId, pipe: ChildStderr) {
+        self.send(Request::Stderr { session, pipe });
+    }
+
+    /// Logs what is left in the session's stderr and closes it: the child
+    /// is gone, but an escaped grandchild could hold the pipe open.
+    pub fn release_stderr(&self, session: SessionId) {
+        self.send(Request::Release { session });
+    }
+
+    /// Asks for `()` on `ready` once `fd` is ready as `until` says. The
+    /// hub watches a duplicate of `fd`, so the caller may close its own at
+    /// any time.
+    pub fn watch(
+        &self,
+        fd: BorrowedFd<'_>,
+        until: Until,
+        ready: Sender<()>,
+    ) -> io::Result<Watch<'_>> {
+        let fd = fd.try_clone_to_owned()?;
+        let token = self.next_token.fetch_add(1, Ordering::Relaxed);
+        self.send(Request::Watch {
+            token,
+            fd,
+            ready,
+            until,
+        });
+        Ok(Watch { hub: self, token })
+    }
+}
+
+impl Drop for Hub {
+    fn drop(&mut self) {
+        // Replacing the sender disconnects the hub's inbox.
+        let (dead, _) = crossbeam_channel::bounded(0);
+        drop(std::mem::replace(&mut self.requests, dead));
+        let _ = self.waker.wake();
+        if let Some(thread) = self.thread.take() {
+            if thread.join().is_err() {
+                error!("thread io-hub panicked");
+            }
+        }
+    }
+}
+
+struct StderrPipe {
+    session: SessionId,
+    pipe: ChildStderr,
+    line: Vec<u8>,
+    /// Bytes of the current line beyond what `line` keeps.
+    dropped: usize,
+}
+
+/// A watch: the caller's id, our duplicate of the fd, whom to tell, when.
+struct Watched {
+    id: u64,
+    fd: OwnedFd,
+    ready: Sender<()>,
+    until: Until,
+}
+
+struct HubLoop {
+    poll: Poll,
+    inbox: Receiver<Request>,
+    /// Registered fds by token; stderr pipes and watches share the space.
+    stderr: HashMap<Token, StderrPipe>,
+    watches: HashMap<Token, Watched>,
+    watch_ids: HashMap<u64, Token>,
+    by_session: HashMap<SessionId, Token>,
+    next: usize,
+}
+
+impl HubLoop {
+    fn new(poll: Poll, inbox: Receiver<Request>) -> HubLoop {
+        HubLoop {
+            poll,
+            inbox,
+            stderr: HashMap::new(),
+            watches: HashMap::new(),
+            watch_ids: HashMap::new(),
+            by_session: HashMap::new(),
+            next: 1,
+        }
+    }
+
+    fn run(mut self) -> io::Result<()> {
+        let mut events = Events::with_capacity(256);
+        loop {
+            if let Err(e) = self.poll.poll(&mut events, None) {
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(e);
+            }
+            for event in events.iter() {
+                match event.token() {
+                    WAKER => {}
+                    token if self.stderr.contains_key(&token) => self.read_stderr(token, false),
+                    token => self.fire_watch(token, event),
+                }
+            }
+            loop {
+                match self.inbox.try_recv() {
+                    Ok(request) => self.handle(request),
+                    Err(e) if e.is_disconnected() => return Ok(()),
+                    Err(_) => break,
+                }
+            }
+        }
+    }
+
+    fn token(&mut self) -> Token {
+        self.next += 1;
+        Token(self.next)
+    }
+
+    fn handle(&mut self, request: Request) {
+        match request {
+            Request::Stderr { session, pipe } => {
+                let token = self.token();
+                let fd = pipe.as_raw_fd();
+                let registered = set_nonblocking(pipe.as_fd()).and_then(|()| {
+                    self.poll
+                        .registry()
+                        .register(&mut SourceFd(&fd), token, Interest::READABLE)
+                });
+                match registered {
+                    Ok(()) => {
+                        self.by_session.insert(session, token);
+                        let pipe = StderrPipe {
+                            session,
+                            pipe,
+                            line: Vec::new(),
+                            dropped: 0,
+                        };
+                        self.stderr.insert(token, pipe);
+                    }
+                    Err(e) => error!("[{session}] cannot watch the child's stderr: {e}"),
+                }
+            }
+            Request::Release { session } => {
+                if let Some(token) = self.by_session.get(&session).copied() {
+                    self.read_stderr(token, true);
+                }
+            }
+            Request::Watch {
+                token: id,
+                fd,
+                ready,
+                until,
+            } => {
+                let token = self.token();
+                let raw = fd.as_raw_fd();
+                let interest = match until {
+                    Until::Writable => Interest::WRITABLE,
+                    Until::HungUp => Interest::READABLE,
+                };
+                match self
+                    .poll
+                    .registry()
+                    .register(&mut SourceFd(&raw), token, interest)
+                {
+                    Ok(()) => {
+                        self.watch_ids.insert(id, token);
+                        self.watches.insert(
+                            token,
+                            Watched {
+                                id,
+                                fd,
+                                ready,
+                                until,
+                            },
+                        );
+                    }
+                    // Not pollable: say "ready" so the writer finds out.
+                    Err(_) => {
+                        let _ = ready.try_send(());
+                    }
+                }
+            }
+            Request::Cancel { token: id } => {
+                if let Some(token) = self.watch_ids.get(&id).copied() {
+                    self.unwatch(token);
+                }
+            }
+        }
+    }
+
+    fn fire_watch(&mut self, token: Token, event: &mio::event::Event) {
+        if let Some(watched) = self.watches.get(&token) {
+            // Plain incoming data is not a hang-up; edge-triggered, it does
+            // not come back until more arrives.
+            if watched.until == Until::HungUp && !(event.is_error() || event.is_write_closed()) {
+                return;
+            }
+            let ready = &watched.ready;
+            // Full: a wake-up is already pending; gone: nobody waits.
+            let _ = ready.try_send(());
+            self.unwatch(token);
+        }
+    }
+
+    fn unwatch(&mut self, token: Token) {
+        if let Some(watched) = self.watches.remove(&token) {
+            self.watch_ids.remove(&watched.id);
+            let _ = self
+                .poll
+                .registry()
+                .deregister(&mut SourceFd(&watched.fd.as_raw_fd()));
+        }
+    }
+
+    /// Reads what the pipe has, logging complete lines. At EOF, or when
+    /// `closing`, logs the partial line too and drops the pipe.
+    fn read_stderr(&mut self, token: Token, closing: bool) {
+        let Some(pipe) = self.stderr.get_mut(&token) else {
+            return;
+        };
+        let mut buf = [0u8; 4096];
+        let ended = loop {
+            match pipe.pipe.read(&mut buf) {
+                Ok(0) => break true,
+                Ok(n) => pipe.take(&buf[..n]),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break false,
+                Err(_) => break true,
+            }
+        };
+        if ended || closing {
+            pipe.flush_partial();
+            let fd = pipe.pipe.as_raw_fd();
+            let _ = self.poll.registry().deregister(&mut SourceFd(&fd));
+            if let Some(pipe) = self.stderr.remove(&token) {
+                self.by_session.remove(&pipe.session);
+            }
+        }
+    }
+}
+
+impl StderrPipe {
+    fn take(&mut self, mut bytes: &[u8]) {
+        while let Some(at) = memchr::memchr(b'\n', bytes) {
+            self.keep(&bytes[..at]);
+            self.emit();
+            bytes = &bytes[at + 1..];
+        }
+        self.keep(bytes);
+    }
+
+    fn keep(&mut self, bytes: &[u8]) {
+        let room = STDERR_LINE_BYTES.saturating_sub(self.line.len());
+        self.line.extend_from_slice(&bytes[..room.min(bytes.len())]);
+        self.dropped += bytes.len().saturating_sub(room);
+    }
+
+    fn emit(&mut self) {
+        if self.line.last() == Some(&b'\r') {
+            self.line.pop();
+        }
+        let text = String::from_utf8_lossy(&self.line);
+        if self.dropped > 0 {
+            info!(target: "forkline::child", "[{}] child stderr: {text}… ({} more bytes)", self.session, self.dropped);
+        } else if !text.is_empty() {
+            info!(target: "forkline::child", "[{}] child stderr: {text}", self.session);
+        }
+        self.line.clear();
+        self.dropped = 0;
+    }
+
+    fn flush_partial(&mut self) {
+        if !self.line.is_empty() || self.dropped > 0 {
+            self.emit();
+        }
+    }
+}
