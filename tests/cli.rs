@@ -1,0 +1,162 @@
+//! The command line: every subcommand's `--help` lists its flags with
+//! their defaults; a bad flag or value exits 2 naming the flag; no
+//! arguments prints usage and exits 2; a listener that cannot bind exits 1
+//! naming the address.
+
+mod common;
+
+use common::*;
+
+/// The help entry (first line and continuation lines) of `flag` in `help`.
+fn help_entry<'a>(help: &'a str, flag: &str) -> Option<String> {
+    let lines: Vec<&'a str> = help.lines().collect();
+    let start = lines.iter().position(|l| {
+        l.trim_start().starts_with('-')
+            && l.split(|c: char| c.is_whitespace() || c == ',')
+                .any(|w| w.trim_end_matches("...") == flag)
+    })?;
+    let mut entry = vec![lines[start]];
+    for l in &lines[start + 1..] {
+        let t = l.trim_start();
+        if t.is_empty() || t.starts_with('-') || !l.starts_with(' ') {
+            break;
+        }
+        entry.push(l);
+    }
+    Some(entry.join("\n"))
+}
+
+fn help_of(subcommand: &str) -> String {
+    let run = run_forkline(&[subcommand, "--help"], b"");
+    assert_eq!(run.status.code(), Some(0), "{subcommand} --help: {run:?}");
+    run.stdout
+}
+
+fn assert_flag(help: &str, flag: &str, default: Option<&str>) {
+    let entry =
+        help_entry(help, flag).unwrap_or_else(|| panic!("{flag} missing from help:\n{help}"));
+    if let Some(default) = default {
+        assert!(
+            entry.contains(&format!("[default: {default}]")),
+            "{flag} does not show its default {default}:\n{entry}"
+        );
+    }
+}
+
+const LIMIT_FLAGS: [(&str, &str); 5] = [
+    ("--max-sessions", "64"),
+    ("--max-sessions-per-client", "16"),
+    ("--idle-timeout", "300"),
+    ("--max-message-bytes", "4MiB"),
+    ("--shutdown-grace", "5"),
+];
+
+#[test]
+fn serve_help_lists_every_flag_with_its_default() {
+    let help = help_of("serve");
+    for (flag, default) in LIMIT_FLAGS {
+        assert_flag(&help, flag, Some(default));
+    }
+    assert_flag(&help, "--tcp", None);
+    assert_flag(&help, "--unix", None);
+    assert_flag(&help, "--verbose", None);
+    assert_flag(&help, "--quiet", None);
+    let tcp = help_entry(&help, "--tcp").unwrap();
+    assert!(
+        tcp.contains("127.0.0.1:7070"),
+        "--tcp does not mention its default listener:\n{tcp}"
+    );
+    assert!(
+        help.contains("echo-server"),
+        "serve help does not say the default child is echo-server:\n{help}"
+    );
+}
+
+#[test]
+fn stdio_help_lists_its_limit_flags_with_their_defaults() {
+    let help = help_of("stdio");
+    for (flag, default) in LIMIT_FLAGS {
+        assert_flag(&help, flag, Some(default));
+    }
+    assert!(
+        help.contains("COMMAND"),
+        "stdio help does not show the command:\n{help}"
+    );
+}
+
+#[test]
+fn connect_and_echo_server_have_help() {
+    let connect = help_of("connect");
+    assert!(
+        connect.contains("tcp://HOST:PORT") && connect.contains("unix:PATH"),
+        "{connect}"
+    );
+    let echo = help_of("echo-server");
+    assert!(echo.to_lowercase().contains("echo"), "{echo}");
+}
+
+#[test]
+fn bad_flags_and_values_exit_2_naming_the_flag() {
+    let cases: &[(&[&str], &str)] = &[
+        (&["serve", "--max-sessions", "0"], "--max-sessions"),
+        (&["serve", "--max-sessions", "many"], "--max-sessions"),
+        (
+            &["serve", "--max-sessions-per-client", "0"],
+            "--max-sessions-per-client",
+        ),
+        (&["serve", "--tcp", "not-an-addr"], "--tcp"),
+        (&["serve", "--idle-timeout", "soon"], "--idle-timeout"),
+        (&["serve", "--idle-timeout=-1"], "--idle-timeout"),
+        (
+            &["serve", "--max-message-bytes", "4XB"],
+            "--max-message-bytes",
+        ),
+        (&["serve", "--shutdown-grace", "later"], "--shutdown-grace"),
+        (&["serve", "--bogus-flag"], "--bogus-flag"),
+        (
+            &["stdio", "--max-message-bytes", "huge", "--", "true"],
+            "--max-message-bytes",
+        ),
+        (&["stdio"], "COMMAND"),
+        (&["connect", "http://127.0.0.1:1"], "ADDRESS"),
+        (&["nonsense-subcommand"], "nonsense-subcommand"),
+    ];
+    for (args, named) in cases {
+        let run = run_forkline(args, b"");
+        assert_eq!(run.status.code(), Some(2), "forkline {args:?}: {run:?}");
+        assert!(
+            run.stderr.contains(named),
+            "forkline {args:?}: stderr does not name {named}:\n{}",
+            run.stderr
+        );
+        assert!(
+            run.stdout.is_empty(),
+            "forkline {args:?} wrote to stdout: {}",
+            run.stdout
+        );
+    }
+}
+
+#[test]
+fn no_arguments_prints_usage_and_exits_2() {
+    let run = run_forkline(&[], b"");
+    assert_eq!(run.status.code(), Some(2), "{run:?}");
+    let text = format!("{}{}", run.stdout, run.stderr);
+    assert!(text.contains("Usage"), "no usage printed: {run:?}");
+    for sub in ["serve", "stdio", "connect", "echo-server"] {
+        assert!(text.contains(sub), "usage does not list {sub}: {text}");
+    }
+}
+
+#[test]
+fn a_listener_that_cannot_bind_exits_1_naming_the_address() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = taken.local_addr().unwrap().to_string();
+    let run = run_forkline(&["serve", "--tcp", &addr], b"");
+    assert_eq!(run.status.code(), Some(1), "{run:?}");
+    assert!(
+        run.stderr.contains(&addr),
+        "error does not name {addr}: {}",
+        run.stderr
+    );
+}

@@ -1,0 +1,236 @@
+//! `forkline stdio` runs one session on its own stdin/stdout with the same
+//! rules as `serve`; `forkline connect` bridges its stdin/stdout to a
+//! session of a `serve` over TCP or a Unix socket and exits 0 when the
+//! session ends normally.
+
+mod common;
+
+use common::*;
+use serde_json::{Value, json};
+
+fn stdio_args(child: &[String]) -> Vec<&str> {
+    let mut args = vec!["stdio", "--"];
+    args.extend(child.iter().map(String::as_str));
+    args
+}
+
+#[test]
+fn stdio_relays_a_session_on_its_own_stdin_and_stdout() {
+    let child = fake_server(&[]);
+    let mut forkline = Piped::spawn(&stdio_args(&child));
+    let mut guard = StrayGuard::new();
+
+    let env = FakeEnv::from_result(&forkline.call(json!(1), "fake/env", json!({}))["result"]);
+    guard.watch_env(&env);
+    assert_eq!(env.pgid, env.pid, "child not in its own process group");
+    assert!(
+        env.session_id.is_some(),
+        "FORKLINE_SESSION_ID not set in stdio mode"
+    );
+
+    assert_echo(
+        &forkline.call(json!("a"), "tools/list", json!({})),
+        &json!("a"),
+        "tools/list",
+    );
+    forkline.send("this is not json");
+    assert_error(&forkline.recv(), -32700, &Value::Null);
+    forkline.send("[1,2]");
+    assert_error(&forkline.recv(), -32600, &Value::Null);
+    assert_echo(
+        &forkline.call(json!(2), "after", json!({})),
+        &json!(2),
+        "after",
+    );
+
+    forkline.close_stdin();
+    assert!(
+        forkline.stdout_closed_within(PATIENCE),
+        "stdout not closed after stdin EOF"
+    );
+    let status = forkline.wait_exit(PATIENCE);
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "exit after stdin EOF; stderr:\n{}",
+        forkline.stderr_text()
+    );
+    assert_all_gone(&[env.pid], "child after stdin EOF");
+}
+
+#[test]
+fn stdio_applies_the_message_limit() {
+    let child = fake_server(&[]);
+    let mut args = vec!["stdio", "--max-message-bytes", "1024", "--"];
+    args.extend(child.iter().map(String::as_str));
+    let mut forkline = Piped::spawn(&args);
+    let big = format!(
+        r#"{{"jsonrpc":"2.0","id":7,"method":"big","params":{{"pad":"{}"}}}}"#,
+        "x".repeat(2000)
+    );
+    forkline.send(&big);
+    assert_error(&forkline.recv(), -32003, &json!(7));
+    assert_echo(
+        &forkline.call(json!(8), "small", json!({})),
+        &json!(8),
+        "small",
+    );
+}
+
+#[test]
+fn stdio_with_a_missing_command_names_it() {
+    let request = format!(
+        "{}\n",
+        json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list"})
+    );
+    let run = run_forkline(&["stdio", "--", "/nonexistent/cmd"], request.as_bytes());
+    // Either an error on stderr (and a failing exit) or a -32002 answer to
+    // the request: both must name the command.
+    let on_stdout = run.stdout.lines().any(|l| {
+        serde_json::from_str::<Value>(l).is_ok_and(|m| {
+            m["error"]["code"] == json!(-32002)
+                && m["id"] == json!(1)
+                && m["error"]["message"]
+                    .as_str()
+                    .is_some_and(|t| t.contains("/nonexistent/cmd"))
+        })
+    });
+    let on_stderr = run.stderr.contains("/nonexistent/cmd") && !run.status.success();
+    assert!(
+        on_stdout || on_stderr,
+        "the missing command is not named: {run:?}"
+    );
+}
+
+fn serve_fake(extra: &[&str]) -> Forkline {
+    Forkline::serve_tcp(extra, &fake_server(&[]))
+}
+
+#[test]
+fn connect_over_tcp_bridges_stdin_and_stdout() {
+    let server = serve_fake(&[]);
+    let address = format!("tcp://{}", server.tcp_addr());
+    let mut bridge = Piped::spawn(&["connect", &address]);
+    let mut guard = StrayGuard::new();
+
+    let env = FakeEnv::from_result(&bridge.call(json!(1), "fake/env", json!({}))["result"]);
+    guard.watch_env(&env);
+    assert!(
+        env.peer
+            .as_deref()
+            .is_some_and(|p| p.starts_with("127.0.0.1:")),
+        "peer: {env:?}"
+    );
+    assert_echo(
+        &bridge.call(json!(2), "via-connect", json!({"k": [1, 2]})),
+        &json!(2),
+        "via-connect",
+    );
+
+    // Bytes pass unchanged through both hops.
+    let sent =
+        r#"{"jsonrpc":"2.0",  "id" : 3, "method":"fake/raw","params":{"u":"ünï ☃","n":1.50}}"#;
+    bridge.send(sent);
+    let line = bridge.recv_line_within(PATIENCE).expect("fake/raw answer");
+    assert!(line.ends_with(r#" }, "id" : 3}"#), "bytes changed: {line}");
+    let answer: Value = serde_json::from_str(&line).expect("JSON");
+    assert_eq!(answer["result"]["raw"], sent);
+
+    bridge.close_stdin();
+    let status = bridge.wait_exit(PATIENCE);
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "connect exit after stdin EOF; stderr:\n{}",
+        bridge.stderr_text()
+    );
+    assert_all_gone(&[env.pid], "session child after connect ended");
+    server.wait_for_log("reason=client_closed");
+}
+
+#[test]
+fn connect_over_unix_bridges_stdin_and_stdout() {
+    let dir = TempDir::new("forkline-connect");
+    let path = dir.path.join("c.sock");
+    let child = fake_server(&[]);
+    let mut args = vec!["--unix", path.to_str().unwrap(), "--"];
+    args.extend(child.iter().map(String::as_str));
+    let _server = Forkline::serve(&args, 1);
+    let mut bridge = Piped::spawn(&["connect", &format!("unix:{}", path.display())]);
+    let mut guard = StrayGuard::new();
+
+    let env = FakeEnv::from_result(&bridge.call(json!(1), "fake/env", json!({}))["result"]);
+    guard.watch_env(&env);
+    assert_echo(
+        &bridge.call(json!(2), "via-unix", json!({})),
+        &json!(2),
+        "via-unix",
+    );
+    bridge.close_stdin();
+    let status = bridge.wait_exit(PATIENCE);
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "connect exit after stdin EOF; stderr:\n{}",
+        bridge.stderr_text()
+    );
+    assert_all_gone(&[env.pid], "session child after connect ended");
+}
+
+#[test]
+fn connect_exits_0_when_the_server_ends_the_session() {
+    let server = serve_fake(&["--idle-timeout", "0.5"]);
+    let mut bridge = Piped::spawn(&["connect", &format!("tcp://{}", server.tcp_addr())]);
+    assert_echo(
+        &bridge.call(json!(1), "hello", json!({})),
+        &json!(1),
+        "hello",
+    );
+    // Stdin stays open: the session ends on the server's idle timeout.
+    assert!(
+        bridge.stdout_closed_within(PATIENCE),
+        "connect kept stdout open after the session ended"
+    );
+    let status = bridge.wait_exit(PATIENCE);
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "connect exit when the session ended; stderr:\n{}",
+        bridge.stderr_text()
+    );
+    server.wait_for_log("reason=idle_timeout");
+}
+
+#[test]
+fn connect_to_a_port_nobody_listens_on_fails_clearly() {
+    let free = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = free.local_addr().unwrap();
+    drop(free);
+    let run = run_forkline(&["connect", &format!("tcp://{addr}")], b"");
+    assert!(
+        !run.status.success(),
+        "connect to a dead port succeeded: {run:?}"
+    );
+    assert!(run.stdout.is_empty(), "connect wrote to stdout: {run:?}");
+    assert!(
+        run.stderr.contains(&addr.to_string()) || run.stderr.contains(&format!("tcp://{addr}")),
+        "error does not name the address {addr}: {}",
+        run.stderr
+    );
+}
+
+#[test]
+fn connect_to_a_missing_unix_socket_fails_clearly() {
+    let dir = TempDir::new("forkline-connect-missing");
+    let path = dir.path.join("nobody.sock");
+    let run = run_forkline(&["connect", &format!("unix:{}", path.display())], b"");
+    assert!(
+        !run.status.success(),
+        "connect to a missing socket succeeded: {run:?}"
+    );
+    assert!(
+        run.stderr.contains(&path.display().to_string()),
+        "error does not name the path: {}",
+        run.stderr
+    );
+}
