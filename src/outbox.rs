@@ -107,7 +107,7 @@ impl<'a> FdWriter<'a> {
     pub fn resume(&mut self) -> io::Result<()> {
         self.watch = None;
         while !self.backlog.is_empty() {
-            let n = match self.write_now(&[&self.backlog]) {
+            let n = match self.write_now(&[&self.backlog, &[]]) {
                 Ok(n) => n,
                 Err(e) => {
                     // The side is gone: nothing left to wait for.
@@ -134,7 +134,7 @@ impl<'a> FdWriter<'a> {
     }
 
     /// One non-blocking write; 0 when the fd cannot take anything now.
-    fn write_now(&self, parts: &[&[u8]]) -> io::Result<usize> {
+    fn write_now(&self, parts: &[&[u8]; 2]) -> io::Result<usize> {
         let fd = self.fd.as_raw_fd();
         loop {
             let n = match self.kind {
@@ -177,14 +177,10 @@ impl<'a> FdWriter<'a> {
     }
 }
 
-fn iovecs(parts: &[&[u8]]) -> Vec<libc::iovec> {
-    parts
-        .iter()
-        .map(|p| libc::iovec {
-            iov_base: p.as_ptr() as *mut _,
-            iov_len: p.len(),
-        })
-        .collect()
+/// A line and its newline, or a backlog: never more than two parts, so
+/// the iovecs live on the stack (this is the per-message hot path).
+fn iovecs(parts: &[&[u8]; 2]) -> [libc::iovec; 2] {
+    parts.map(|p| libc::iovec { iov_base: p.as_ptr() as *mut _, iov_len: p.len() })
 }
 
 fn cap_iovecs(iov: &mut [libc::iovec], mut budget: usize) {
