@@ -180,7 +180,10 @@ impl<'a> FdWriter<'a> {
 /// A line and its newline, or a backlog: never more than two parts, so
 /// the iovecs live on the stack (this is the per-message hot path).
 fn iovecs(parts: &[&[u8]; 2]) -> [libc::iovec; 2] {
-    parts.map(|p| libc::iovec { iov_base: p.as_ptr() as *mut _, iov_len: p.len() })
+    parts.map(|p| libc::iovec {
+        iov_base: p.as_ptr() as *mut _,
+        iov_len: p.len(),
+    })
 }
 
 fn cap_iovecs(iov: &mut [libc::iovec], mut budget: usize) {
