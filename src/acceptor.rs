@@ -22,11 +22,11 @@ use crate::error::{Context, Error};
 use crate::hub::Hub;
 use crate::listener::{Accepted, Listener};
 use crate::message::{Message, code};
-use crate::outbox::FdKind;
 use crate::pool::Pool;
 use crate::session::{self, ClientStream, Shared};
 use crate::table::{Sessions, Slot};
 use crate::trigger::Trigger;
+use crate::writer::FdKind;
 
 const SIGNALS: Token = Token(0);
 const WAKER: Token = Token(1);
@@ -209,12 +209,12 @@ fn run_session(slot: Slot, stream: crate::listener::Stream, peer: &str, proxy: &
         hurry: &proxy.hurry,
         hub: &proxy.hub,
     };
-    let close = || stream.shutdown();
+    let stop_reading = || stream.shutdown_read();
     let client = ClientStream {
         reader: &stream,
         writer: stream.as_fd(),
         writer_kind: FdKind::Socket,
-        close: &close,
+        stop_reading: &stop_reading,
     };
     session::run(slot.id(), peer, &shared, client, |pid| {
         slot.set_child_pid(pid)

@@ -1,20 +1,17 @@
-//! The I/O hub: one thread and one `mio::Poll` for the waits every session
-//! has but rarely uses — its child's stderr, and "tell me when this fd can
-//! take more bytes" after a write would have blocked.
+//! The I/O hub: one thread and one `mio::Poll` that log every child's
+//! stderr, line by line, tagged with its session.
 //!
-//! Giving each session a thread for these would cost a stack per session
-//! for work that is idle nearly always. The hub owns every fd it watches
-//! (the stderr pipe itself, or a `dup` of a blocked output), so a session
-//! that ends can never leave a registration behind that matches a recycled
-//! fd number. Requests arrive on a channel and a `Waker`; dropping the
-//! `Hub` stops and joins the thread.
+//! A drain thread per session would cost a stack per session for output
+//! that is idle nearly always. The hub owns every pipe it watches, so a
+//! session that ends can never leave a registration behind that matches a
+//! recycled fd number. Requests arrive on a channel and a `Waker`; dropping
+//! the `Hub` stops and joins the thread.
 
 use std::collections::HashMap;
 use std::io::{self, Read};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd};
 use std::process::ChildStderr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread::JoinHandle;
 
 use crossbeam_channel::{Receiver, Sender};
@@ -34,7 +31,6 @@ const STDERR_LINE_BYTES: usize = 8 * 1024;
 pub struct Hub {
     requests: Sender<Request>,
     waker: Arc<Waker>,
-    next_token: AtomicU64,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -46,37 +42,6 @@ enum Request {
     },
     /// Log what is left of the session's stderr, then close it.
     Release { session: SessionId },
-    /// Send `()` on `ready` once `fd` is ready `for` that, then close it.
-    Watch {
-        token: u64,
-        fd: OwnedFd,
-        ready: Sender<()>,
-        until: Until,
-    },
-    /// Forget a `Watch` that is no longer wanted.
-    Cancel { token: u64 },
-}
-
-/// What a watch waits for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Until {
-    /// The fd can take more bytes (or is broken).
-    Writable,
-    /// The connection is gone for good: reset, or closed both ways. A peer
-    /// that only half-closed is still waiting for answers and does not count.
-    HungUp,
-}
-
-/// A pending notification; cancelled on drop.
-pub struct Watch<'h> {
-    hub: &'h Hub,
-    token: u64,
-}
-
-impl Drop for Watch<'_> {
-    fn drop(&mut self) {
-        self.hub.send(Request::Cancel { token: self.token });
-    }
 }
 
 impl Hub {
@@ -95,7 +60,6 @@ impl Hub {
         Ok(Hub {
             requests,
             waker,
-            next_token: AtomicU64::new(1),
             thread: Some(thread),
         })
     }
@@ -117,26 +81,6 @@ impl Hub {
     /// is gone, but an escaped grandchild could hold the pipe open.
     pub fn release_stderr(&self, session: SessionId) {
         self.send(Request::Release { session });
-    }
-
-    /// Asks for `()` on `ready` once `fd` is ready as `until` says. The
-    /// hub watches a duplicate of `fd`, so the caller may close its own at
-    /// any time.
-    pub fn watch(
-        &self,
-        fd: BorrowedFd<'_>,
-        until: Until,
-        ready: Sender<()>,
-    ) -> io::Result<Watch<'_>> {
-        let fd = fd.try_clone_to_owned()?;
-        let token = self.next_token.fetch_add(1, Ordering::Relaxed);
-        self.send(Request::Watch {
-            token,
-            fd,
-            ready,
-            until,
-        });
-        Ok(Watch { hub: self, token })
     }
 }
 
@@ -162,21 +106,10 @@ struct StderrPipe {
     dropped: usize,
 }
 
-/// A watch: the caller's id, our duplicate of the fd, whom to tell, when.
-struct Watched {
-    id: u64,
-    fd: OwnedFd,
-    ready: Sender<()>,
-    until: Until,
-}
-
 struct HubLoop {
     poll: Poll,
     inbox: Receiver<Request>,
-    /// Registered fds by token; stderr pipes and watches share the space.
     stderr: HashMap<Token, StderrPipe>,
-    watches: HashMap<Token, Watched>,
-    watch_ids: HashMap<u64, Token>,
     by_session: HashMap<SessionId, Token>,
     next: usize,
 }
@@ -187,10 +120,8 @@ impl HubLoop {
             poll,
             inbox,
             stderr: HashMap::new(),
-            watches: HashMap::new(),
-            watch_ids: HashMap::new(),
             by_session: HashMap::new(),
-            next: 1,
+            next: 0,
         }
     }
 
@@ -204,10 +135,8 @@ impl HubLoop {
                 return Err(e);
             }
             for event in events.iter() {
-                match event.token() {
-                    WAKER => {}
-                    token if self.stderr.contains_key(&token) => self.read_stderr(token, false),
-                    token => self.fire_watch(token, event),
+                if event.token() != WAKER {
+                    self.read_stderr(event.token(), false);
                 }
             }
             loop {
@@ -220,15 +149,11 @@ impl HubLoop {
         }
     }
 
-    fn token(&mut self) -> Token {
-        self.next += 1;
-        Token(self.next)
-    }
-
     fn handle(&mut self, request: Request) {
         match request {
             Request::Stderr { session, pipe } => {
-                let token = self.token();
+                self.next += 1;
+                let token = Token(self.next);
                 let fd = pipe.as_raw_fd();
                 let registered = set_nonblocking(pipe.as_fd()).and_then(|()| {
                     self.poll
@@ -238,13 +163,15 @@ impl HubLoop {
                 match registered {
                     Ok(()) => {
                         self.by_session.insert(session, token);
-                        let pipe = StderrPipe {
-                            session,
-                            pipe,
-                            line: Vec::new(),
-                            dropped: 0,
-                        };
-                        self.stderr.insert(token, pipe);
+                        self.stderr.insert(
+                            token,
+                            StderrPipe {
+                                session,
+                                pipe,
+                                line: Vec::new(),
+                                dropped: 0,
+                            },
+                        );
                     }
                     Err(e) => error!("[{session}] cannot watch the child's stderr: {e}"),
                 }
@@ -254,70 +181,6 @@ impl HubLoop {
                     self.read_stderr(token, true);
                 }
             }
-            Request::Watch {
-                token: id,
-                fd,
-                ready,
-                until,
-            } => {
-                let token = self.token();
-                let raw = fd.as_raw_fd();
-                let interest = match until {
-                    Until::Writable => Interest::WRITABLE,
-                    Until::HungUp => Interest::READABLE,
-                };
-                match self
-                    .poll
-                    .registry()
-                    .register(&mut SourceFd(&raw), token, interest)
-                {
-                    Ok(()) => {
-                        self.watch_ids.insert(id, token);
-                        self.watches.insert(
-                            token,
-                            Watched {
-                                id,
-                                fd,
-                                ready,
-                                until,
-                            },
-                        );
-                    }
-                    // Not pollable: say "ready" so the writer finds out.
-                    Err(_) => {
-                        let _ = ready.try_send(());
-                    }
-                }
-            }
-            Request::Cancel { token: id } => {
-                if let Some(token) = self.watch_ids.get(&id).copied() {
-                    self.unwatch(token);
-                }
-            }
-        }
-    }
-
-    fn fire_watch(&mut self, token: Token, event: &mio::event::Event) {
-        if let Some(watched) = self.watches.get(&token) {
-            // Plain incoming data is not a hang-up; edge-triggered, it does
-            // not come back until more arrives.
-            if watched.until == Until::HungUp && !(event.is_error() || event.is_write_closed()) {
-                return;
-            }
-            let ready = &watched.ready;
-            // Full: a wake-up is already pending; gone: nobody waits.
-            let _ = ready.try_send(());
-            self.unwatch(token);
-        }
-    }
-
-    fn unwatch(&mut self, token: Token) {
-        if let Some(watched) = self.watches.remove(&token) {
-            self.watch_ids.remove(&watched.id);
-            let _ = self
-                .poll
-                .registry()
-                .deregister(&mut SourceFd(&watched.fd.as_raw_fd()));
         }
     }
 

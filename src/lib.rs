@@ -22,13 +22,13 @@ pub mod interrupt;
 pub mod listener;
 pub mod logging;
 pub mod message;
-pub mod outbox;
 pub mod pool;
 pub mod relay;
 pub mod session;
 pub mod stdio;
 pub mod table;
 pub mod trigger;
+pub mod writer;
 
 use cli::{Cli, Command};
 use error::Error;

@@ -198,6 +198,15 @@ pub enum Stream {
 }
 
 impl Stream {
+    /// Wakes a thread blocked reading this stream (it sees EOF), and
+    /// leaves writing possible.
+    pub fn shutdown_read(&self) {
+        let _ = match self {
+            Stream::Tcp(s) => s.shutdown(Shutdown::Read),
+            Stream::Unix(s) => s.shutdown(Shutdown::Read),
+        };
+    }
+
     /// Wakes any thread blocked on this stream; later I/O fails or sees EOF.
     pub fn shutdown(&self) {
         let _ = match self {

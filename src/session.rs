@@ -1,21 +1,20 @@
 //! One session from its first byte to its last: spawn the child, start the
-//! I/O threads, run the relay, end the child, answer what was left
-//! unanswered, and join everything.
+//! two pumps, supervise, end the child, answer what was left unanswered,
+//! and join everything.
 //!
-//! Every thread a session starts is scoped to it, so none can outlive it.
-//! Per session: the relay on the calling (worker) thread, a reader for the
-//! client and a reader for the child's stdout. Each reader turns blocking
-//! I/O into messages on a bounded channel. Writes need no thread: the
-//! relay writes each side's fd without blocking (see `outbox`), and the
-//! shared I/O hub drains the child's stderr and says when a blocked fd
-//! drains.
+//! Per session: the supervisor on the calling (worker) thread, and two
+//! scoped pump threads — `client-in` reads the client, checks each line and
+//! writes it to the child's stdin; `child-out` reads the child's stdout,
+//! checks each line and writes it to the client. The child's stderr goes to
+//! the shared I/O hub. Every thread a session starts is scoped to it, so
+//! none can outlive it.
 
 use std::io::{BufReader, Read};
 use std::os::fd::{AsFd, BorrowedFd};
+use std::sync::Mutex;
 use std::thread::{self, Scope, ScopedJoinHandle};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use crossbeam_channel::{Sender, bounded};
 use log::{debug, error, info, trace, warn};
 
 use crate::child::{self, Exit};
@@ -24,19 +23,14 @@ use crate::framing::{self, Frame};
 use crate::hub::Hub;
 use crate::interrupt::{Alarm, Interruptible, set_nonblocking};
 use crate::message::{self, Message, code};
-use crate::outbox::{FdKind, FdWriter, Outbox};
-use crate::relay::{self, Control, Counters, EndReason, Endpoint, Inbound, Timing};
+use crate::relay::{self, Control, Counters, EndReason, Event, Flow, Timing};
 use crate::table::SessionId;
 use crate::trigger::Trigger;
+use crate::writer::{FdKind, LineWriter, WriteError};
 
-/// Messages queued per direction per channel. Small on purpose: memory per
-/// session is bounded by roughly (capacity + 2) × the message limit per
-/// direction, and a short queue already keeps both ends busy.
-const CHANNEL_CAPACITY: usize = 16;
-
-/// The I/O threads need little stack: a reader parses one JSON envelope
-/// (serde_json's nesting limit bounds its recursion), a writer copies.
-const IO_STACK_BYTES: usize = 256 * 1024;
+/// The pumps need little stack: a pump parses one JSON envelope
+/// (serde_json's nesting limit bounds its recursion) and copies it.
+const PUMP_STACK_BYTES: usize = 256 * 1024;
 
 const READ_BUFFER_BYTES: usize = 4 * 1024;
 
@@ -52,13 +46,15 @@ pub struct Shared<'a> {
 }
 
 /// The client end of a byte-stream session (a socket, or forkline's own
-/// stdin/stdout). `close` must wake a thread blocked reading `reader`.
+/// stdin/stdout).
 pub struct ClientStream<'a, R> {
     pub reader: R,
     /// Where the client's messages are written, and how.
     pub writer: BorrowedFd<'a>,
     pub writer_kind: FdKind,
-    pub close: &'a (dyn Fn() + Sync),
+    /// Must wake a thread blocked reading `reader`, and leave `writer`
+    /// usable for the last answers.
+    pub stop_reading: &'a (dyn Fn() + Sync),
 }
 
 /// How a session went, for the caller's exit status and tests.
@@ -70,62 +66,35 @@ pub struct Summary {
     pub counters: Counters,
 }
 
+/// Where the client pump sends what it reads.
+enum Destination<'a> {
+    Child(LineWriter<'a>),
+    /// No child could be started: every request is answered with this.
+    Nowhere(&'a str),
+}
+
 /// Runs a session to its end. Blocks the calling thread for the session's
 /// life; every thread it starts is joined before it returns. `on_spawn`
 /// learns the child's pid.
-pub fn run<R>(
+pub fn run<R: Read + Send>(
     id: SessionId,
     peer: &str,
     shared: &Shared,
     client: ClientStream<'_, R>,
     on_spawn: impl FnOnce(u32),
-) -> Summary
-where
-    R: Read + Send,
-{
+) -> Summary {
     let started = Instant::now();
-    let max = shared.limits.max_message_bytes;
-    let close = client.close;
-    let alarm = Alarm::new();
-    let summary = thread::scope(|s| {
-        let mut threads = Threads::default();
-        let (from_client, to_relay) = bounded(CHANNEL_CAPACITY);
-        let reader = client.reader;
-        threads.spawn(s, format!("{id}-client-in"), move || {
-            read_client(id, reader, max, &from_client)
-        });
-        let writer = FdWriter::new(client.writer, client.writer_kind, shared.hub);
-        let mut client_end = Endpoint {
-            from: to_relay,
-            to: Outbox::Fd(writer),
-        };
-
-        let (reason, exit, counters) = match &alarm {
-            Ok(alarm) => with_child(
-                s,
-                &mut threads,
-                id,
-                peer,
-                shared,
-                &mut client_end,
-                alarm,
-                on_spawn,
-            ),
-            Err(e) => {
-                error!("[{id}] cannot create the session's wake-up fd: {e}");
-                (EndReason::ChildExited, None, Counters::default())
+    let summary = match Alarm::new() {
+        Ok(alarm) => run_with_alarm(id, peer, shared, client, on_spawn, &alarm),
+        Err(e) => {
+            error!("[{id}] cannot create the session's wake-up fd: {e}");
+            Summary {
+                reason: EndReason::ChildExited,
+                exit: None,
+                counters: Counters::default(),
             }
-        };
-        finish_writing(&mut client_end.to, shared);
-        drop(client_end);
-        close();
-        threads.join_all(id);
-        Summary {
-            reason,
-            exit,
-            counters,
         }
-    });
+    };
     info!(
         "[{id}] session closed reason={} dur_ms={} in={} out={}{}",
         summary.reason.as_str(),
@@ -140,38 +109,31 @@ where
     summary
 }
 
-/// Lets the client take what is still queued for it (final errors
-/// included), but never waits on a client that does not read past the
-/// grace, and not at all once told to hurry.
-fn finish_writing(outbox: &mut Outbox, shared: &Shared) {
-    let Outbox::Fd(writer) = outbox else { return };
-    let deadline = Instant::now() + shared.limits.shutdown_grace;
-    while writer.is_blocked() {
-        crossbeam_channel::select! {
-            recv(writer.ready()) -> _ => {
-                if writer.resume().is_err() {
-                    return;
-                }
-            }
-            recv(shared.hurry.receiver()) -> _ => return,
-            default(deadline.saturating_duration_since(Instant::now())) => return,
-        }
-    }
-}
-
-/// Spawns the child and relays until the session ends; then ends the
-/// child and answers what it left unanswered.
-#[allow(clippy::too_many_arguments)]
-fn with_child<'scope, 'env>(
-    s: &'scope Scope<'scope, 'env>,
-    threads: &mut Threads<'scope>,
+fn run_with_alarm<R: Read + Send>(
     id: SessionId,
     peer: &str,
     shared: &Shared,
-    client: &mut Endpoint,
-    alarm: &'scope Alarm,
+    client: ClientStream<'_, R>,
     on_spawn: impl FnOnce(u32),
-) -> (EndReason, Option<Exit>, Counters) {
+    alarm: &Alarm,
+) -> Summary {
+    let client_out = Mutex::new(LineWriter::new(client.writer, client.writer_kind, alarm));
+    // While the client pump waits on a full child stdin it is not reading
+    // the client; a reset connection must still end the session.
+    let client_socket = (client.writer_kind == FdKind::Socket).then_some(client.writer);
+    let (events_tx, events) = crossbeam_channel::unbounded();
+    let flow = Flow::new(events_tx);
+    let control = Control {
+        shutdown: shared.shutdown,
+        hurry: shared.hurry,
+    };
+    let timing = Timing {
+        idle_timeout: shared.limits.idle_timeout,
+        grace: shared.limits.shutdown_grace,
+    };
+    let max = shared.limits.max_message_bytes;
+    let reader = client.reader;
+
     let session_id = id.to_string();
     let env = [
         ("FORKLINE_SESSION_ID", session_id.as_str()),
@@ -181,8 +143,23 @@ fn with_child<'scope, 'env>(
         Ok(spawned) => spawned,
         Err(e) => {
             warn!("[{id}] {e}");
-            let reason = answer_without_child(client, shared, &e.to_string());
-            return (reason, None, Counters::default());
+            let why = e.to_string();
+            let nowhere = Destination::Nowhere(&why);
+            let reason = thread::scope(|s| {
+                let mut threads = Threads::default();
+                threads.spawn(s, format!("{id}-client-in"), || {
+                    pump_client(id, reader, max, &flow, &nowhere, &client_out)
+                });
+                let reason = relay::supervise(&flow, &events, &control, timing);
+                (client.stop_reading)();
+                threads.join_all(id);
+                reason
+            });
+            return Summary {
+                reason,
+                exit: None,
+                counters: flow.finish().1,
+            };
         }
     };
     on_spawn(child.pid());
@@ -192,37 +169,39 @@ fn with_child<'scope, 'env>(
         shared.command
     );
 
-    let max = shared.limits.max_message_bytes;
-    let (from_child, to_relay) = bounded(CHANNEL_CAPACITY);
-    let stdout = Interruptible::ending_with(pipes.stdout, alarm, child.exit_watch());
-    threads.spawn(s, format!("{id}-child-out"), move || {
-        read_child(id, stdout, max, &from_child)
-    });
     shared.hub.drain_stderr(id, pipes.stderr);
     let stdin = pipes.stdin;
     if let Err(e) = set_nonblocking(stdin.as_fd()) {
         warn!("[{id}] cannot make the child's stdin non-blocking: {e}");
     }
-    let writer = FdWriter::new(stdin.as_fd(), FdKind::NonBlocking, shared.hub);
-    let mut child_end = Endpoint {
-        from: to_relay,
-        to: Outbox::Fd(writer),
-    };
+    let child_exit = child.exit_watch();
+    let to_child = Destination::Child(
+        LineWriter::new(stdin.as_fd(), FdKind::NonBlocking, alarm).giving_up_on(client_socket),
+    );
+    let stdout = Interruptible::ending_with(pipes.stdout, alarm, child.exit_watch());
 
-    let mut counters = Counters::default();
-    let control = Control {
-        shutdown: shared.shutdown,
-        hurry: shared.hurry,
+    let child_out = ClientOut {
+        lock: &client_out,
+        give_up_on: child_exit.as_ref().map(|fd| fd.as_fd()),
     };
-    let timing = Timing {
-        idle_timeout: shared.limits.idle_timeout,
-        grace: shared.limits.shutdown_grace,
-    };
-    let outcome = relay::run(client, &mut child_end, &control, timing, &mut counters);
+    let reason = thread::scope(|s| {
+        let mut threads = Threads::default();
+        threads.spawn(s, format!("{id}-client-in"), || {
+            pump_client(id, reader, max, &flow, &to_child, &client_out)
+        });
+        threads.spawn(s, format!("{id}-child-out"), || {
+            pump_child(id, stdout, max, &flow, &child_out)
+        });
+        let reason = relay::supervise(&flow, &events, &control, timing);
+        // Both pumps give up their waits and reads; the client's reader is
+        // woken separately, leaving its writer for the last answers.
+        alarm.ring();
+        (client.stop_reading)();
+        threads.join_all(id);
+        reason
+    });
 
-    // Closing the child's stdin is the polite end (MCP stdio, Shutdown);
-    // dropping our receiver stops its stdout reader at the next message.
-    drop(child_end);
+    // Closing its stdin is the polite end (MCP stdio, "Shutdown").
     drop(stdin);
     let exit = child.stop(shared.limits.shutdown_grace, shared.hurry.alarm());
     if exit.forced {
@@ -232,10 +211,9 @@ fn with_child<'scope, 'env>(
         );
     }
     shared.hub.release_stderr(id);
-    // Wake the stdout reader if an escaped grandchild still holds the pipe.
-    alarm.ring();
 
-    let (code, text) = match outcome.reason {
+    let (unanswered, mut counters) = flow.finish();
+    let (code, text) = match reason {
         EndReason::Shutdown => (
             code::SHUTTING_DOWN,
             format!("forkline is shutting down; the MCP server ended ({exit}) before answering"),
@@ -245,105 +223,176 @@ fn with_child<'scope, 'env>(
             format!("the MCP server ended ({exit}) before answering this request"),
         ),
     };
-    for request in &outcome.unanswered {
-        relay::put_if_free(&mut client.to, Message::error(Some(request), code, &text));
+    // The alarm has rung: these go out only if the client has room now.
+    let out = client_out.lock().unwrap_or_else(|e| e.into_inner());
+    for request in &unanswered {
+        if out
+            .write_line(&Message::error(Some(request), code, &text).line)
+            .is_err()
+        {
+            break;
+        }
         counters.messages_out += 1;
     }
-    (outcome.reason, Some(exit), counters)
-}
-
-/// With no child to talk to, answers every request with the spawn error
-/// until the client leaves, goes quiet, or the proxy shuts down, so a
-/// client sees why in its own error display instead of a bare hang-up.
-fn answer_without_child(client: &mut Endpoint, shared: &Shared, why: &str) -> EndReason {
-    let idle = shared.limits.idle_timeout.unwrap_or(Duration::MAX);
-    loop {
-        let deadline = Instant::now().checked_add(idle);
-        let inbound = crossbeam_channel::select! {
-            recv(client.from) -> inbound => inbound,
-            recv(shared.shutdown.receiver()) -> _ => return EndReason::Shutdown,
-            default(deadline.map_or(Duration::MAX, |d| d.saturating_duration_since(Instant::now()))) => {
-                return EndReason::IdleTimeout;
-            }
-        };
-        let reply = match inbound {
-            Err(_) => return EndReason::ClientClosed,
-            Ok(Inbound::Refused { id, code, reason }) => Message::error(id.as_ref(), code, &reason),
-            Ok(Inbound::Message(m)) => {
-                let mut first = None;
-                m.kind.for_each_request_id(&mut |id| {
-                    first.get_or_insert_with(|| id.clone());
-                });
-                match first {
-                    Some(id) => Message::error(Some(&id), code::CHILD_GONE, why),
-                    None => continue,
-                }
-            }
-        };
-        if client.to.is_blocked() {
-            // A client that sends without reading gets no more answers.
-            continue;
-        }
-        if client.to.put(reply).is_err() {
-            return EndReason::ClientClosed;
-        }
+    Summary {
+        reason,
+        exit: Some(exit),
+        counters,
     }
 }
 
-/// Frames, validates and queues what the client sends. Ends at EOF, on a
-/// read error, or when the relay is gone.
-fn read_client(id: SessionId, reader: impl Read, max: usize, to_relay: &Sender<Inbound>) {
+/// The child pump's view of the client writer: the same lock, but a wait
+/// for room also ends when the child exits.
+struct ClientOut<'a> {
+    lock: &'a Mutex<LineWriter<'a>>,
+    give_up_on: Option<BorrowedFd<'a>>,
+}
+
+impl ClientOut<'_> {
+    fn write(&self, message: &Message) -> Result<(), WriteError> {
+        let writer = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+        writer
+            .giving_up_on(self.give_up_on)
+            .write_line(&message.line)
+    }
+}
+
+/// Sends forkline's own reply to the client, under the client lock.
+fn reply(flow: &Flow, client_out: &Mutex<LineWriter>, message: Message) -> Result<(), WriteError> {
+    let writer = client_out.lock().unwrap_or_else(|e| e.into_inner());
+    writer.write_line(&message.line)?;
+    drop(writer);
+    flow.to_client(&message);
+    Ok(())
+}
+
+/// Reads, checks and forwards what the client sends, until it ends.
+fn pump_client(
+    id: SessionId,
+    reader: impl Read,
+    max: usize,
+    flow: &Flow,
+    destination: &Destination,
+    client_out: &Mutex<LineWriter>,
+) {
     let mut reader = BufReader::with_capacity(READ_BUFFER_BYTES, reader);
     let mut line = Vec::new();
     loop {
-        let inbound = match framing::read_frame(&mut reader, max, &mut line) {
+        let replied = match framing::read_frame(&mut reader, max, &mut line) {
             Ok(Frame::Message) => match Message::parse(std::mem::take(&mut line)) {
                 Ok(message) => {
                     trace!("[{id}] client: {}", String::from_utf8_lossy(&message.line));
-                    Inbound::Message(message)
+                    match forward(flow, destination, client_out, message) {
+                        Ok(()) => Ok(()),
+                        Err(WriteError::GaveUp) => {
+                            flow.report(Event::ClientGone);
+                            return;
+                        }
+                        Err(e) => Err(e),
+                    }
                 }
                 Err(invalid) => {
                     debug!("[{id}] refused a client line: {}", invalid.message());
-                    Inbound::Refused {
-                        id: None,
-                        code: invalid.code(),
-                        reason: invalid.message(),
-                    }
+                    reply(
+                        flow,
+                        client_out,
+                        Message::error(None, invalid.code(), &invalid.message()),
+                    )
                 }
             },
             Ok(Frame::Oversized { len }) => {
                 debug!("[{id}] refused a client message of {len} bytes");
-                Inbound::Refused {
-                    id: message::sniff_id(&line),
-                    code: code::TOO_LARGE,
-                    reason: format!(
-                        "message of {len} bytes exceeds --max-message-bytes ({max}); it was discarded"
-                    ),
-                }
+                let text = format!(
+                    "message of {len} bytes exceeds --max-message-bytes ({max}); it was discarded"
+                );
+                reply(
+                    flow,
+                    client_out,
+                    Message::error(message::sniff_id(&line).as_ref(), code::TOO_LARGE, &text),
+                )
             }
-            Ok(Frame::Eof) => return,
+            Ok(Frame::Eof) => {
+                flow.report(Event::ClientEof);
+                return;
+            }
             Err(e) => {
                 debug!("[{id}] client read ended: {e}");
+                flow.report(Event::ClientGone);
                 return;
             }
         };
-        if to_relay.send(inbound).is_err() {
-            return;
+        match replied {
+            Ok(()) => {}
+            Err(WriteError::Ending) => return,
+            Err(_) => {
+                flow.report(Event::ClientGone);
+                return;
+            }
         }
     }
 }
 
-/// Frames and validates what the child prints; garbage is logged and
-/// dropped here, so the client never sees it.
-fn read_child(id: SessionId, reader: impl Read, max: usize, to_relay: &Sender<Inbound>) {
+/// Sends one valid client message where it goes. Only errors writing to
+/// the client come back; a child that stopped reading is its stdout's
+/// business (it is exiting, and its requests get -32002).
+fn forward(
+    flow: &Flow,
+    destination: &Destination,
+    client_out: &Mutex<LineWriter>,
+    message: Message,
+) -> Result<(), WriteError> {
+    if flow.is_refusing() {
+        return answer_requests(
+            flow,
+            client_out,
+            &message,
+            code::SHUTTING_DOWN,
+            "forkline is shutting down",
+        );
+    }
+    match destination {
+        Destination::Nowhere(why) => {
+            answer_requests(flow, client_out, &message, code::CHILD_GONE, why)
+        }
+        Destination::Child(to_child) => {
+            flow.client_to_child(&message);
+            match to_child.write_line(&message.line) {
+                Ok(()) | Err(WriteError::Io(_)) => Ok(()),
+                Err(e) => Err(e),
+            }
+        }
+    }
+}
+
+/// Answers every request in `message` with an error instead of forwarding.
+fn answer_requests(
+    flow: &Flow,
+    client_out: &Mutex<LineWriter>,
+    message: &Message,
+    code: i64,
+    why: &str,
+) -> Result<(), WriteError> {
+    let mut ids = Vec::new();
+    message
+        .kind
+        .for_each_request_id(&mut |id| ids.push(id.clone()));
+    for request in ids {
+        reply(flow, client_out, Message::error(Some(&request), code, why))?;
+    }
+    Ok(())
+}
+
+/// Reads and checks what the child prints and passes it to the client;
+/// garbage is logged and dropped here, so the client never sees it.
+fn pump_child(id: SessionId, reader: impl Read, max: usize, flow: &Flow, client_out: &ClientOut) {
     let mut reader = BufReader::with_capacity(READ_BUFFER_BYTES, reader);
     let mut line = Vec::new();
     loop {
-        let inbound = match framing::read_frame(&mut reader, max, &mut line) {
+        let message = match framing::read_frame(&mut reader, max, &mut line) {
             Ok(Frame::Message) => match Message::parse(std::mem::take(&mut line)) {
                 Ok(message) => {
                     trace!("[{id}] server: {}", String::from_utf8_lossy(&message.line));
-                    Inbound::Message(message)
+                    message
                 }
                 Err(invalid) => {
                     warn!(
@@ -357,22 +406,35 @@ fn read_child(id: SessionId, reader: impl Read, max: usize, to_relay: &Sender<In
                 warn!(
                     "[{id}] dropped a server message of {len} bytes: over --max-message-bytes ({max})"
                 );
-                Inbound::Refused {
-                    id: message::sniff_id(&line),
-                    code: code::TOO_LARGE,
-                    reason: format!(
-                        "the server's answer of {len} bytes exceeds --max-message-bytes ({max}); it was discarded"
+                // The request it answered must not wait forever.
+                match message::sniff_id(&line).filter(|request| flow.was_awaited(request)) {
+                    Some(request) => Message::error(
+                        Some(&request),
+                        code::TOO_LARGE,
+                        &format!(
+                            "the server's answer of {len} bytes exceeds --max-message-bytes ({max}); it was discarded"
+                        ),
                     ),
+                    None => continue,
                 }
             }
-            Ok(Frame::Eof) => return,
-            Err(e) => {
-                debug!("[{id}] server stdout ended: {e}");
+            Ok(Frame::Eof) | Err(_) => {
+                flow.report(Event::ChildEnded);
                 return;
             }
         };
-        if to_relay.send(inbound).is_err() {
-            return;
+        match client_out.write(&message) {
+            Ok(()) => flow.to_client(&message),
+            Err(WriteError::Ending) => return,
+            Err(WriteError::GaveUp) => {
+                flow.report(Event::ChildEnded);
+                return;
+            }
+            Err(WriteError::Io(e)) => {
+                debug!("[{id}] client write failed: {e}");
+                flow.report(Event::ClientGone);
+                return;
+            }
         }
     }
 }
@@ -392,12 +454,12 @@ impl<'scope> Threads<'scope> {
     ) {
         match thread::Builder::new()
             .name(name.clone())
-            .stack_size(IO_STACK_BYTES)
+            .stack_size(PUMP_STACK_BYTES)
             .spawn_scoped(s, f)
         {
             Ok(handle) => self.handles.push(handle),
-            // Its channel ends were moved into `f` and dropped with it, so
-            // the session sees that side as closed and ends.
+            // Without its pump the session cannot work; the supervisor ends
+            // it at the idle timeout or shutdown.
             Err(e) => error!("cannot start thread {name}: {e}"),
         }
     }

@@ -16,10 +16,10 @@ use crate::config::StdioConfig;
 use crate::error::{Context, Error};
 use crate::hub::Hub;
 use crate::interrupt::{Alarm, Interruptible};
-use crate::outbox::FdKind;
 use crate::session::{self, ClientStream, Shared};
 use crate::table::SessionId;
 use crate::trigger::Trigger;
+use crate::writer::FdKind;
 
 /// Runs the one session. `Ok(true)` if the child ran, `Ok(false)` if it
 /// could not be started (the client was told why).
@@ -58,12 +58,12 @@ pub fn run(config: &StdioConfig) -> Result<bool, Error> {
             shutdown: &shutdown,
             hurry: &hurry,
         };
-        let close = || client_alarm.ring();
+        let stop_reading = || client_alarm.ring();
         let client = ClientStream {
             reader: Interruptible::new(stdin_fd(), &client_alarm),
             writer: stdout_fd(),
             writer_kind: FdKind::for_shared_fd(stdout_fd()),
-            close: &close,
+            stop_reading: &stop_reading,
         };
         let summary = session::run(SessionId(1), "stdio", &shared, client, |_| {});
         signals_handle.close();
