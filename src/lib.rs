@@ -4,8 +4,9 @@
 //! for every client session, spawns a fresh child process of that server
 //! and relays newline-framed JSON-RPC between the two, with limits,
 //! isolation and a clean shutdown. It is synchronous by design: a mio
-//! acceptor, a bounded pool of worker threads, crossbeam channels between
-//! each session's I/O threads and its relay, and a slab of sessions.
+//! acceptor, a bounded pool of worker threads, two pump threads per session
+//! that report to its supervisor over crossbeam channels, and a slab of
+//! sessions.
 //!
 //! The binary is a thin shell over these modules; `run` is its entry.
 
@@ -16,6 +17,7 @@ pub mod config;
 pub mod connect;
 pub mod echo_server;
 pub mod error;
+pub mod flow;
 pub mod framing;
 pub mod hub;
 pub mod interrupt;
@@ -23,7 +25,6 @@ pub mod listener;
 pub mod logging;
 pub mod message;
 pub mod pool;
-pub mod relay;
 pub mod session;
 pub mod stdio;
 pub mod table;

@@ -19,11 +19,11 @@ use log::{debug, error, info, trace, warn};
 
 use crate::child::{self, Exit};
 use crate::config::{ChildCommand, Limits};
+use crate::flow::{self, Control, Counters, EndReason, Event, Flow, Timing};
 use crate::framing::{self, Frame};
 use crate::hub::Hub;
 use crate::interrupt::{Alarm, Interruptible, set_nonblocking};
 use crate::message::{self, Message, code};
-use crate::relay::{self, Control, Counters, EndReason, Event, Flow, Timing};
 use crate::table::SessionId;
 use crate::trigger::Trigger;
 use crate::writer::{FdKind, LineWriter, WriteError};
@@ -150,7 +150,7 @@ fn run_with_alarm<R: Read + Send>(
                 threads.spawn(s, format!("{id}-client-in"), || {
                     pump_client(id, reader, max, &flow, &nowhere, &client_out)
                 });
-                let reason = relay::supervise(&flow, &events, &control, timing);
+                let reason = flow::supervise(&flow, &events, &control, timing);
                 (client.stop_reading)();
                 threads.join_all(id);
                 reason
@@ -192,7 +192,7 @@ fn run_with_alarm<R: Read + Send>(
         threads.spawn(s, format!("{id}-child-out"), || {
             pump_child(id, stdout, max, &flow, &child_out)
         });
-        let reason = relay::supervise(&flow, &events, &control, timing);
+        let reason = flow::supervise(&flow, &events, &control, timing);
         // Both pumps give up their waits and reads; the client's reader is
         // woken separately, leaving its writer for the last answers.
         alarm.ring();
