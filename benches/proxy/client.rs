@@ -1,0 +1,459 @@
+//! The load driver's clients: one MCP session each, over a raw TCP line
+//! stream (forkline, the twin, socat), Streamable HTTP (supergateway,
+//! mcp-proxy) or pipes straight to a child (the floor row). All blocking,
+//! std only, with a read timeout so nothing can hang the run.
+
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde::Deserialize;
+use serde::de::IgnoredAny;
+use serde_json::value::RawValue;
+
+const IO_TIMEOUT: Duration = Duration::from_secs(20);
+pub const PROTOCOL_VERSION: &str = "2025-06-18";
+
+pub fn initialize(id: u64) -> String {
+    format!(
+        r#"{{"jsonrpc":"2.0","id":{id},"method":"initialize","params":{{"protocolVersion":"{PROTOCOL_VERSION}","capabilities":{{}},"clientInfo":{{"name":"forkline-bench","version":"0"}}}}}}"#
+    )
+}
+
+pub const INITIALIZED: &str = r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#;
+
+/// The small tools/call every latency and throughput figure is made of.
+pub fn echo_call(id: u64) -> String {
+    format!(
+        r#"{{"jsonrpc":"2.0","id":{id},"method":"tools/call","params":{{"name":"echo","arguments":{{"text":"hello, forkline"}}}}}}"#
+    )
+}
+
+/// How to reach a tool.
+#[derive(Debug, Clone)]
+pub enum Target {
+    /// Newline-delimited JSON-RPC over TCP.
+    Line(SocketAddr),
+    /// MCP Streamable HTTP at this path.
+    Http(SocketAddr, &'static str),
+    /// No proxy: spawn this command and talk to it over pipes.
+    Pipe(Vec<String>),
+}
+
+/// One MCP session. Every call blocks until answered or IO_TIMEOUT.
+pub trait Session: Send {
+    /// Sends request `id` (its JSON text is `body`) and waits for its answer.
+    fn request(&mut self, id: u64, body: &str) -> io::Result<()>;
+    /// Sends a notification.
+    fn notify(&mut self, body: &str) -> io::Result<()>;
+    /// Ends the session politely (HTTP DELETE); dropping also ends it.
+    fn close(&mut self) {}
+}
+
+pub fn open(target: &Target) -> io::Result<Box<dyn Session>> {
+    Ok(match target {
+        Target::Line(addr) => Box::new(LineSession::connect(*addr)?),
+        Target::Http(addr, path) => Box::new(HttpSession::connect(*addr, path)?),
+        Target::Pipe(command) => Box::new(PipeSession::spawn(command)?),
+    })
+}
+
+/// Opens a session and completes the MCP handshake; returns how long
+/// connect → `initialize` answered took.
+pub fn open_initialized(target: &Target) -> io::Result<(Box<dyn Session>, Duration)> {
+    let started = Instant::now();
+    let mut session = open(target)?;
+    session.request(0, &initialize(0))?;
+    let took = started.elapsed();
+    session.notify(INITIALIZED)?;
+    Ok((session, took))
+}
+
+fn other(msg: impl Into<String>) -> io::Error {
+    io::Error::other(msg.into())
+}
+
+#[derive(Deserialize)]
+struct Reply<'a> {
+    #[serde(borrow, default)]
+    id: Option<&'a RawValue>,
+    #[serde(default)]
+    method: Option<IgnoredAny>,
+    #[serde(default)]
+    result: Option<IgnoredAny>,
+    #[serde(borrow, default)]
+    error: Option<&'a RawValue>,
+}
+
+/// `Some(Ok)` if `json` answers request `id`, `Some(Err)` if it is an error
+/// answer to it (or an error with a null id, which is about our line),
+/// `None` if it is something else (a notification, a server request).
+fn answers(json: &[u8], id: u64) -> Option<io::Result<()>> {
+    let reply: Reply = match serde_json::from_slice(json) {
+        Ok(r) => r,
+        Err(e) => return Some(Err(other(format!("unparsable reply: {e}")))),
+    };
+    if reply.method.is_some() {
+        return None;
+    }
+    let raw = reply.id.map(RawValue::get);
+    let ours = raw == Some(&*id.to_string());
+    if let Some(error) = reply.error {
+        if ours || raw == Some("null") {
+            return Some(Err(other(format!("error reply: {}", error.get()))));
+        }
+        return None;
+    }
+    (ours && reply.result.is_some()).then_some(Ok(()))
+}
+
+/// Newline-delimited JSON-RPC over any byte stream.
+struct Lines<R, W> {
+    reader: BufReader<R>,
+    writer: W,
+    out: Vec<u8>,
+    line: Vec<u8>,
+}
+
+impl<R: Read, W: Write> Lines<R, W> {
+    fn new(reader: R, writer: W) -> Self {
+        Lines {
+            reader: BufReader::with_capacity(64 * 1024, reader),
+            writer,
+            out: Vec::with_capacity(512),
+            line: Vec::with_capacity(512),
+        }
+    }
+
+    fn send(&mut self, body: &str) -> io::Result<()> {
+        // One write per message: body and newline together.
+        self.out.clear();
+        self.out.extend_from_slice(body.as_bytes());
+        self.out.push(b'\n');
+        self.writer.write_all(&self.out)?;
+        self.writer.flush()
+    }
+
+    fn request(&mut self, id: u64, body: &str) -> io::Result<()> {
+        self.send(body)?;
+        loop {
+            self.line.clear();
+            if self.reader.read_until(b'\n', &mut self.line)? == 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "the peer closed the session",
+                ));
+            }
+            if let Some(result) = answers(&self.line, id) {
+                return result;
+            }
+        }
+    }
+}
+
+struct LineSession(Lines<TcpStream, TcpStream>);
+
+impl LineSession {
+    fn connect(addr: SocketAddr) -> io::Result<LineSession> {
+        let stream = TcpStream::connect_timeout(&addr, IO_TIMEOUT)?;
+        stream.set_nodelay(true)?;
+        stream.set_read_timeout(Some(IO_TIMEOUT))?;
+        stream.set_write_timeout(Some(IO_TIMEOUT))?;
+        let writer = stream.try_clone()?;
+        Ok(LineSession(Lines::new(stream, writer)))
+    }
+}
+
+impl Session for LineSession {
+    fn request(&mut self, id: u64, body: &str) -> io::Result<()> {
+        self.0.request(id, body)
+    }
+
+    fn notify(&mut self, body: &str) -> io::Result<()> {
+        self.0.send(body)
+    }
+}
+
+/// The floor: the child on our own pipes, no proxy at all.
+struct PipeSession {
+    lines: Option<Lines<ChildStdout, ChildStdin>>,
+    child: Child,
+}
+
+impl PipeSession {
+    fn spawn(command: &[String]) -> io::Result<PipeSession> {
+        let mut child = Command::new(&command[0])
+            .args(&command[1..])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()?;
+        let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
+            return Err(other("pipes missing"));
+        };
+        Ok(PipeSession {
+            lines: Some(Lines::new(stdout, stdin)),
+            child,
+        })
+    }
+
+    fn lines(&mut self) -> &mut Lines<ChildStdout, ChildStdin> {
+        self.lines.as_mut().expect("open until dropped")
+    }
+}
+
+impl Session for PipeSession {
+    fn request(&mut self, id: u64, body: &str) -> io::Result<()> {
+        self.lines().request(id, body)
+    }
+
+    fn notify(&mut self, body: &str) -> io::Result<()> {
+        self.lines().send(body)
+    }
+}
+
+impl Drop for PipeSession {
+    fn drop(&mut self) {
+        // Closing stdin ends the child; kill it if it lingers. Always reap.
+        self.lines.take();
+        let deadline = Instant::now() + Duration::from_secs(2);
+        loop {
+            match self.child.try_wait() {
+                Ok(Some(_)) => return,
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(2))
+                }
+                _ => {
+                    let _ = self.child.kill();
+                    let _ = self.child.wait();
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// MCP Streamable HTTP: POST each message to the endpoint over one
+/// keep-alive HTTP/1.1 connection, carrying `Mcp-Session-Id`.
+struct HttpSession {
+    addr: SocketAddr,
+    path: &'static str,
+    conn: Option<BufReader<TcpStream>>,
+    session_id: Option<String>,
+    request: Vec<u8>,
+}
+
+struct Response {
+    status: u16,
+    content_type: String,
+    session_id: Option<String>,
+    body: Vec<u8>,
+}
+
+impl HttpSession {
+    fn connect(addr: SocketAddr, path: &'static str) -> io::Result<HttpSession> {
+        let mut s = HttpSession {
+            addr,
+            path,
+            conn: None,
+            session_id: None,
+            request: Vec::with_capacity(1024),
+        };
+        s.conn = Some(s.dial()?);
+        Ok(s)
+    }
+
+    fn dial(&self) -> io::Result<BufReader<TcpStream>> {
+        let stream = TcpStream::connect_timeout(&self.addr, IO_TIMEOUT)?;
+        stream.set_nodelay(true)?;
+        stream.set_read_timeout(Some(IO_TIMEOUT))?;
+        stream.set_write_timeout(Some(IO_TIMEOUT))?;
+        Ok(BufReader::with_capacity(64 * 1024, stream))
+    }
+
+    fn exchange(&mut self, method: &str, body: &str) -> io::Result<Response> {
+        self.request.clear();
+        write!(
+            self.request,
+            "{method} {} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\nContent-Length: {}\r\n",
+            self.path,
+            self.addr,
+            body.len()
+        )?;
+        if let Some(id) = &self.session_id {
+            write!(
+                self.request,
+                "Mcp-Session-Id: {id}\r\nMCP-Protocol-Version: {PROTOCOL_VERSION}\r\n"
+            )?;
+        }
+        self.request.extend_from_slice(b"\r\n");
+        self.request.extend_from_slice(body.as_bytes());
+        // A kept-alive connection the server has since closed fails before
+        // any byte of the answer: dial again once.
+        for attempt in 0..2 {
+            let mut conn = match self.conn.take() {
+                Some(conn) => conn,
+                None => self.dial()?,
+            };
+            conn.get_mut().write_all(&self.request)?;
+            match read_response(&mut conn) {
+                Ok((response, keep)) => {
+                    if keep {
+                        self.conn = Some(conn);
+                    }
+                    return Ok(response);
+                }
+                Err(e) if attempt == 0 && e.kind() == io::ErrorKind::ConnectionAborted => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(other("the server closed the connection twice"))
+    }
+}
+
+impl Session for HttpSession {
+    fn request(&mut self, id: u64, body: &str) -> io::Result<()> {
+        let response = self.exchange("POST", body)?;
+        if response.status != 200 {
+            return Err(other(format!(
+                "HTTP {}: {}",
+                response.status,
+                String::from_utf8_lossy(&response.body)
+            )));
+        }
+        if self.session_id.is_none() {
+            self.session_id = response.session_id.clone();
+        }
+        let found = if response.content_type.starts_with("text/event-stream") {
+            sse_data(&response.body)
+                .into_iter()
+                .find_map(|data| answers(data.as_bytes(), id))
+        } else {
+            answers(&response.body, id)
+        };
+        found.unwrap_or_else(|| Err(other("the response did not answer the request")))
+    }
+
+    fn notify(&mut self, body: &str) -> io::Result<()> {
+        let response = self.exchange("POST", body)?;
+        match response.status {
+            200 | 202 | 204 => Ok(()),
+            status => Err(other(format!("HTTP {status} to a notification"))),
+        }
+    }
+
+    fn close(&mut self) {
+        if self.session_id.is_some() {
+            let _ = self.exchange("DELETE", "");
+        }
+    }
+}
+
+/// The `data:` payloads of an SSE body, one string per event.
+fn sse_data(body: &[u8]) -> Vec<String> {
+    let text = String::from_utf8_lossy(body);
+    let mut events = Vec::new();
+    let mut data = String::new();
+    for line in text.split('\n') {
+        let line = line.strip_suffix('\r').unwrap_or(line);
+        if line.is_empty() {
+            if !data.is_empty() {
+                events.push(std::mem::take(&mut data));
+            }
+        } else if let Some(rest) = line.strip_prefix("data:") {
+            if !data.is_empty() {
+                data.push('\n');
+            }
+            data.push_str(rest.strip_prefix(' ').unwrap_or(rest));
+        }
+    }
+    if !data.is_empty() {
+        events.push(data);
+    }
+    events
+}
+
+/// Reads one HTTP/1.1 response; also says whether the connection stays
+/// open. `ConnectionAborted` means nothing at all was read.
+fn read_response(conn: &mut BufReader<TcpStream>) -> io::Result<(Response, bool)> {
+    let mut line = String::new();
+    if conn.read_line(&mut line)? == 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::ConnectionAborted,
+            "closed before answering",
+        ));
+    }
+    let status: u16 = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| other(format!("bad status line {line:?}")))?;
+    let mut content_length = None;
+    let mut chunked = false;
+    let mut keep = true;
+    let mut content_type = String::new();
+    let mut session_id = None;
+    loop {
+        line.clear();
+        if conn.read_line(&mut line)? == 0 {
+            return Err(other("EOF in headers"));
+        }
+        let header = line.trim_end();
+        if header.is_empty() {
+            break;
+        }
+        let Some((name, value)) = header.split_once(':') else {
+            continue;
+        };
+        let value = value.trim();
+        match name.to_ascii_lowercase().as_str() {
+            "content-length" => content_length = value.parse::<usize>().ok(),
+            "transfer-encoding" => chunked = value.eq_ignore_ascii_case("chunked"),
+            "connection" => keep = !value.eq_ignore_ascii_case("close"),
+            "content-type" => content_type = value.to_ascii_lowercase(),
+            "mcp-session-id" => session_id = Some(value.to_string()),
+            _ => {}
+        }
+    }
+    let mut body = Vec::new();
+    if chunked {
+        loop {
+            line.clear();
+            conn.read_line(&mut line)?;
+            let size_text = line.trim().split(';').next().unwrap_or("");
+            let size = usize::from_str_radix(size_text, 16)
+                .map_err(|_| other(format!("bad chunk size {line:?}")))?;
+            if size == 0 {
+                // Trailers, then the empty line.
+                loop {
+                    line.clear();
+                    if conn.read_line(&mut line)? == 0 || line.trim().is_empty() {
+                        break;
+                    }
+                }
+                break;
+            }
+            let start = body.len();
+            body.resize(start + size, 0);
+            conn.read_exact(&mut body[start..])?;
+            let mut crlf = [0u8; 2];
+            conn.read_exact(&mut crlf)?;
+        }
+    } else if let Some(n) = content_length {
+        body.resize(n, 0);
+        conn.read_exact(&mut body)?;
+    } else if !(status == 204 || status == 304 || (100..200).contains(&status)) {
+        conn.read_to_end(&mut body)?;
+        keep = false;
+    }
+    Ok((
+        Response {
+            status,
+            content_type,
+            session_id,
+            body,
+        },
+        keep,
+    ))
+}

@@ -1,0 +1,849 @@
+//! The figures of one run and their rendering: one table (rows = tools),
+//! each tool's ratios to socat and to the async twin, forkline against the
+//! targets of issue 5, the notes, and the machine it ran on.
+
+use std::fmt::Write as _;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use crate::Settings;
+use crate::tools::{Kind, Paths, which};
+
+/// A figure, or why there is none.
+pub type Fig = Result<f64, String>;
+
+fn none() -> Fig {
+    Err(String::new())
+}
+
+pub struct Throughput {
+    /// Median over rounds.
+    pub rps: f64,
+    /// Each round's requests/s, in order.
+    pub round_rps: Vec<f64>,
+    pub p99_ms: f64,
+    pub cpu_ms_per_10k: f64,
+    pub errors: u64,
+    pub first_error: Option<String>,
+}
+
+pub struct Row {
+    pub kind: Kind,
+    /// The whole row could not be measured, and why.
+    pub skipped: Option<String>,
+    pub p50_us: Fig,
+    pub p99_us: Fig,
+    pub cpu_1: Fig,
+    /// Context switches of the proxy's threads per call, one session.
+    pub switches_per_call: Fig,
+    /// The single-session p50 of each round, in order.
+    pub round_p50s: Vec<f64>,
+    pub throughput: Vec<(usize, Result<Throughput, String>)>,
+    pub cpu_64: Fig,
+    pub setup_echo_ms: Fig,
+    pub setup_trivial_ms: Fig,
+    /// KiB.
+    pub rss_idle: Fig,
+    pub rss_small: Fig,
+    pub rss_large: Fig,
+    pub kib_per_session: Fig,
+    pub pss_per_session: Fig,
+    pub children_large: Fig,
+    pub children_count: Option<usize>,
+    pub threads_small: Option<usize>,
+    pub wake_idle: Fig,
+    pub wake_small: Fig,
+    pub binary: String,
+    pub deps: String,
+    pub binary_bytes: Option<u64>,
+    pub notes: Vec<String>,
+}
+
+impl Row {
+    pub fn new(kind: Kind) -> Row {
+        Row {
+            kind,
+            skipped: None,
+            p50_us: none(),
+            p99_us: none(),
+            cpu_1: none(),
+            switches_per_call: none(),
+            round_p50s: Vec::new(),
+            throughput: Vec::new(),
+            cpu_64: none(),
+            setup_echo_ms: none(),
+            setup_trivial_ms: none(),
+            rss_idle: none(),
+            rss_small: none(),
+            rss_large: none(),
+            kib_per_session: none(),
+            pss_per_session: none(),
+            children_large: none(),
+            children_count: None,
+            threads_small: None,
+            wake_idle: none(),
+            wake_small: none(),
+            binary: "—".into(),
+            deps: "—".into(),
+            binary_bytes: None,
+            notes: Vec::new(),
+        }
+    }
+
+    fn rps(&self, sessions: usize) -> Fig {
+        self.tput(sessions).map(|t| t.rps)
+    }
+
+    fn tput(&self, sessions: usize) -> Result<&Throughput, String> {
+        match self.throughput.iter().find(|(n, _)| *n == sessions) {
+            Some((_, Ok(t))) => Ok(t),
+            Some((_, Err(e))) => Err(e.clone()),
+            None => Err(String::new()),
+        }
+    }
+}
+
+// ---------------------------------------------------------------- footprint
+
+fn run(cmd: &str, args: &[&str], dir: &Path) -> Option<String> {
+    let out = Command::new(cmd)
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Size of a stripped copy of `binary`.
+fn stripped_size(binary: &Path, work: &Path) -> Option<u64> {
+    let copy = work.join(format!(
+        "{}.stripped",
+        binary.file_name()?.to_string_lossy()
+    ));
+    std::fs::copy(binary, &copy).ok()?;
+    if which("strip").is_some() {
+        let _ = Command::new("strip").arg(&copy).status();
+    }
+    std::fs::metadata(&copy).ok().map(|m| m.len())
+}
+
+/// Crates in the normal (non-dev, non-build) dependency tree, not counting
+/// the package itself.
+fn crate_count(manifest: &Path, root: &Path) -> Option<usize> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let manifest = manifest.display().to_string();
+    let out = run(
+        &cargo,
+        &[
+            "tree",
+            "-e",
+            "normal",
+            "--prefix",
+            "none",
+            "--manifest-path",
+            &manifest,
+        ],
+        root,
+    )?;
+    let mut crates: Vec<String> = out
+        .lines()
+        .filter_map(|l| {
+            let mut words = l.split_whitespace();
+            Some(format!("{} {}", words.next()?, words.next()?))
+        })
+        .collect();
+    crates.sort();
+    crates.dedup();
+    Some(crates.len().saturating_sub(1))
+}
+
+fn dir_bytes(dir: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| match e.file_type() {
+            Ok(t) if t.is_dir() => dir_bytes(&e.path()),
+            Ok(t) if t.is_file() => e.metadata().map(|m| m.len()).unwrap_or(0),
+            _ => 0,
+        })
+        .sum()
+}
+
+/// npm packages installed under a node_modules tree.
+fn npm_packages(node_modules: &Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(node_modules) else {
+        return 0;
+    };
+    let mut n = 0;
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let path = e.path();
+        if name.starts_with('.') {
+            continue;
+        }
+        if name.starts_with('@') {
+            n += npm_packages(&path);
+        } else if path.join("package.json").is_file() {
+            n += 1 + npm_packages(&path.join("node_modules"));
+        }
+    }
+    n
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.2} MiB", bytes as f64 / (1024.0 * 1024.0))
+}
+
+/// Binary size and dependency count of a tool.
+pub fn footprint(row: &mut Row, paths: &Paths) {
+    let peers = paths.root.join("benches/.peers");
+    match row.kind {
+        Kind::Direct => {}
+        Kind::Forkline => {
+            row.binary_bytes = stripped_size(&paths.forkline, &paths.work);
+            row.binary = row.binary_bytes.map_or("?".into(), mib);
+            row.deps = crate_count(&paths.root.join("Cargo.toml"), &paths.root)
+                .map_or("?".into(), |n| format!("{n} crates"));
+        }
+        Kind::Twin => {
+            row.binary_bytes = stripped_size(&paths.twin, &paths.work);
+            row.binary = row.binary_bytes.map_or("not built".into(), mib);
+            row.deps = crate_count(
+                &paths.root.join("benches/async-twin/Cargo.toml"),
+                &paths.root,
+            )
+            .map_or("?".into(), |n| format!("{n} crates"));
+        }
+        Kind::Socat => {
+            if let Some(p) = which("socat") {
+                row.binary_bytes = std::fs::metadata(&p).ok().map(|m| m.len());
+                row.binary = row.binary_bytes.map_or("?".into(), mib);
+                let libs = run("ldd", &[&p.display().to_string()], &paths.root)
+                    .map(|o| o.lines().filter(|l| l.contains("=>")).count());
+                row.deps = libs.map_or("C".into(), |n| format!("C, {n} shared libs"));
+            }
+        }
+        Kind::Supergateway => {
+            let nm = peers.join("node_modules");
+            if nm.is_dir() {
+                row.binary = format!("{} node_modules + node", mib(dir_bytes(&nm)));
+                row.deps = format!("{} npm packages", npm_packages(&nm));
+            }
+        }
+        Kind::McpProxy => {
+            let venv = peers.join("venv");
+            let site = std::fs::read_dir(venv.join("lib"))
+                .ok()
+                .and_then(|mut d| d.next())
+                .and_then(Result::ok)
+                .map(|e| e.path().join("site-packages"));
+            if let Some(site) = site.filter(|s| s.is_dir()) {
+                let dists = std::fs::read_dir(&site)
+                    .map(|d| {
+                        d.flatten()
+                            .filter(|e| e.file_name().to_string_lossy().ends_with(".dist-info"))
+                            .count()
+                    })
+                    .unwrap_or(0);
+                row.binary = format!("{} site-packages + python", mib(dir_bytes(&site)));
+                // pip and setuptools come with every venv; not mcp-proxy's.
+                row.deps = format!("{} PyPI packages", dists.saturating_sub(2));
+            }
+        }
+    }
+}
+
+// ------------------------------------------------------------------ machine
+
+pub struct Machine {
+    pub lines: Vec<String>,
+}
+
+fn first_line(cmd: &str, args: &[&str], dir: &Path) -> Option<String> {
+    let out = Command::new(cmd)
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .ok()?;
+    let text = if out.stdout.is_empty() {
+        out.stderr
+    } else {
+        out.stdout
+    };
+    String::from_utf8_lossy(&text)
+        .lines()
+        .next()
+        .map(|l| l.trim().to_string())
+}
+
+/// The machine, tool versions, and `load` (/proc/loadavg when the run
+/// started: other work on the machine shows in the figures).
+pub fn machine(paths: &Paths, load: &str) -> Machine {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split_once(':'))
+        .map_or("unknown".into(), |(_, v)| v.trim().to_string());
+    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let mem = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            let kib: f64 = m.lines().next()?.split_whitespace().nth(1)?.parse().ok()?;
+            Some(format!("{:.1} GiB", kib / (1024.0 * 1024.0)))
+        })
+        .unwrap_or_default();
+    let date = first_line("date", &["-u", "+%Y-%m-%d %H:%M UTC"], &paths.root).unwrap_or_default();
+    let root = &paths.root;
+    let version = |cmd: &str, args: &[&str]| {
+        first_line(cmd, args, root).unwrap_or_else(|| "not found".into())
+    };
+    let sg_version =
+        std::fs::read_to_string(root.join("benches/.peers/node_modules/supergateway/package.json"))
+            .ok()
+            .and_then(|t| {
+                let v: serde_json::Value = serde_json::from_str(&t).ok()?;
+                Some(v["version"].as_str()?.to_string())
+            })
+            .unwrap_or_else(|| "not installed".into());
+    let mp = paths.mcp_proxy.display().to_string();
+    let read = |p: &str| {
+        std::fs::read_to_string(p)
+            .map(|t| t.trim().to_string())
+            .ok()
+    };
+    let mut idle = read("/sys/devices/system/cpu/cpuidle/current_driver")
+        .unwrap_or_else(|| "unknown driver".into());
+    if let Some(poll) = read("/proc/cmdline").and_then(|c| {
+        c.split_whitespace()
+            .find(|w| w.starts_with("haltpoll.guest_halt_poll_ns="))
+            .map(str::to_owned)
+    }) {
+        idle = format!("{idle} ({poll})");
+    }
+    let commit = first_line("git", &["rev-parse", "--short", "HEAD"], root).unwrap_or_default();
+    let dirty = run(
+        "git",
+        &["status", "--porcelain", "--untracked-files=no", "src"],
+        root,
+    )
+    .is_some_and(|s| !s.trim().is_empty());
+    Machine {
+        lines: vec![
+            format!("- date: {date}"),
+            format!("- CPU: {model}, {cpus} logical CPUs (nproc); memory {mem}"),
+            format!("- kernel: Linux {}", kernel.trim()),
+            format!("- load average (1, 5, 15 min) when the run started: {load}"),
+            format!("- cpuidle: {idle}"),
+            format!(
+                "- forkline: commit {commit}{}; {}",
+                if dirty {
+                    " with uncommitted changes in src/"
+                } else {
+                    ""
+                },
+                version("rustc", &["--version"])
+            ),
+            format!(
+                "- peers: {}; supergateway {sg_version} on node {}; {} on {}",
+                run("socat", &["-V"], root)
+                    .and_then(|out| out
+                        .lines()
+                        .find(|l| l.starts_with("socat version"))
+                        .and_then(|l| l.split(" on ").next())
+                        .map(str::to_owned))
+                    .unwrap_or_else(|| "socat: version unknown".into()),
+                version("node", &["--version"]),
+                version(&mp, &["--version"]),
+                version(
+                    &root
+                        .join("benches/.peers/venv/bin/python")
+                        .display()
+                        .to_string(),
+                    &["--version"]
+                ),
+            ),
+        ],
+    }
+}
+
+// ------------------------------------------------------------------- render
+
+fn group(n: f64) -> String {
+    let s = format!("{:.0}", n);
+    let (sign, digits) = s.strip_prefix('-').map_or(("", s.as_str()), |d| ("-", d));
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    format!("{sign}{out}")
+}
+
+/// Renders a figure; an error becomes "n/a" plus a note (an empty error
+/// means "not measured" and renders as "—").
+struct Cells<'a> {
+    notes: &'a mut Vec<String>,
+    tool: &'a str,
+}
+
+impl Cells<'_> {
+    fn fig(&mut self, what: &str, fig: &Fig, show: impl Fn(f64) -> String) -> String {
+        match fig {
+            Ok(v) if v.is_finite() => show(*v),
+            Ok(_) => "n/a".into(),
+            Err(e) if e.is_empty() => "—".into(),
+            Err(e) => {
+                let note = format!("{}: {what}: {e}", self.tool);
+                if !self.notes.contains(&note) {
+                    self.notes.push(note);
+                }
+                "n/a".into()
+            }
+        }
+    }
+}
+
+fn ratio(a: &Fig, b: &Fig) -> String {
+    match (a, b) {
+        (Ok(a), Ok(b)) if *b > 0.0 && a.is_finite() && b.is_finite() => format!("{:.2}×", a / b),
+        _ => "—".into(),
+    }
+}
+
+fn plain(kind: Kind) -> String {
+    kind.label().replace("**", "")
+}
+
+pub fn render(
+    rows: &[Row],
+    s: &Settings,
+    machine: &Machine,
+    command: &str,
+    took: Duration,
+) -> String {
+    let mut notes: Vec<String> = Vec::new();
+    let mut md = String::new();
+    let _ = writeln!(md, "# Benchmarks\n");
+    let _ = writeln!(
+        md,
+        "Generated by `cargo bench --bench proxy` (benches/proxy.rs){}; do not edit by hand. \
+         Reproduce with one command from the repository root:\n\n```sh\n{command}\n```\n",
+        if s.quick {
+            " in **--quick** mode (small counts: a smoke run, not figures to quote)"
+        } else {
+            ""
+        }
+    );
+    let _ = writeln!(md, "Machine:\n");
+    for l in &machine.lines {
+        let _ = writeln!(md, "{l}");
+    }
+    let _ = writeln!(md, "- whole run: {:.0} s\n", took.as_secs_f64());
+
+    let conc = &s.concurrency;
+    let mut header = vec!["tool".to_string(), "RTT p50 µs".into(), "RTT p99 µs".into()];
+    for n in conc {
+        header.push(format!("req/s @{n}"));
+        header.push(format!("p99 ms @{n}"));
+    }
+    header.extend([
+        "set-up ms (echo-server)".into(),
+        "set-up ms (trivial child)".into(),
+        "proxy RSS idle MiB".into(),
+        format!("proxy RSS @{} MiB", s.idle_small),
+        format!("proxy RSS @{} MiB", s.idle_large),
+        "KiB/session (RSS)".into(),
+        "KiB/session (PSS)".into(),
+        format!("children RSS @{} MiB", s.idle_large),
+        "CPU ms/10k msgs (1 session)".into(),
+        "CPU ms/10k msgs (64 sessions)".into(),
+        "proxy ctx switches/call (1 session)".into(),
+        "wake-ups/s idle (0 sessions)".into(),
+        format!("wake-ups/s idle ({} sessions)", s.idle_small),
+        "stripped binary".into(),
+        "dependencies".into(),
+    ]);
+    let _ = writeln!(md, "## Results\n");
+    let _ = writeln!(md, "| {} |", header.join(" | "));
+    let _ = writeln!(
+        md,
+        "|{}",
+        header
+            .iter()
+            .enumerate()
+            .map(|(i, _)| if i == 0 { "---|" } else { "---:|" })
+            .collect::<String>()
+    );
+    let us = |v: f64| format!("{v:.0}");
+    let ms = |v: f64| format!("{v:.2}");
+    let mib = |v: f64| format!("{:.1}", v / 1024.0);
+    let kib = |v: f64| format!("{v:.0}");
+    let rate = |v: f64| format!("{v:.1}");
+    for row in rows {
+        let tool = plain(row.kind);
+        if let Some(why) = &row.skipped {
+            let mut cells = vec![row.kind.label().to_string(), format!("not run: {why}")];
+            cells.resize(header.len(), String::new());
+            let _ = writeln!(md, "| {} |", cells.join(" | "));
+            continue;
+        }
+        let mut c = Cells {
+            notes: &mut notes,
+            tool: &tool,
+        };
+        let mut cells = vec![
+            row.kind.label().to_string(),
+            c.fig("latency", &row.p50_us, us),
+            c.fig("latency", &row.p99_us, us),
+        ];
+        for n in conc {
+            match row.tput(*n) {
+                Ok(t) => {
+                    let flag = if t.errors > 0 {
+                        format!(" ({} err)", t.errors)
+                    } else {
+                        String::new()
+                    };
+                    cells.push(format!("{}{flag}", group(t.rps)));
+                    cells.push(ms(t.p99_ms));
+                }
+                Err(e) => {
+                    let fig: Fig = Err(e);
+                    cells.push(c.fig(&format!("{n} sessions"), &fig, us));
+                    cells.push("n/a".into());
+                }
+            }
+        }
+        let cpu_note = |f: &Fig| -> Fig {
+            match (row.kind, f) {
+                (Kind::Direct, Ok(v)) => Ok(*v),
+                _ => f.clone(),
+            }
+        };
+        cells.extend([
+            c.fig("set-up (echo-server)", &row.setup_echo_ms, ms),
+            c.fig("set-up (trivial child)", &row.setup_trivial_ms, ms),
+            c.fig("RSS idle", &row.rss_idle, mib),
+            c.fig("RSS with idle sessions", &row.rss_small, mib),
+            c.fig("RSS with idle sessions", &row.rss_large, mib),
+            c.fig("per-session memory", &row.kib_per_session, kib),
+            c.fig("per-session memory", &row.pss_per_session, kib),
+            c.fig("children RSS", &row.children_large, mib),
+            c.fig("CPU", &cpu_note(&row.cpu_1), |v| format!("{v:.0}")),
+            c.fig("CPU", &cpu_note(&row.cpu_64), |v| format!("{v:.0}")),
+            c.fig("context switches", &row.switches_per_call, |v| {
+                format!("{v:.1}")
+            }),
+            c.fig("wake-ups", &row.wake_idle, rate),
+            c.fig("wake-ups", &row.wake_small, rate),
+            row.binary.clone(),
+            row.deps.clone(),
+        ]);
+        if row.kind == Kind::Direct {
+            // The floor row's CPU is the driver's own.
+            let i = header
+                .iter()
+                .position(|h| h.starts_with("CPU ms/10k msgs (1"))
+                .unwrap_or(0);
+            cells[i] = format!("({}) driver", cells[i]);
+            cells[i + 1] = format!("({}) driver", cells[i + 1]);
+        }
+        let _ = writeln!(md, "| {} |", cells.join(" | "));
+    }
+
+    // Ratios.
+    let find = |k: Kind| rows.iter().find(|r| r.kind == k && r.skipped.is_none());
+    let socat = find(Kind::Socat);
+    let twin = find(Kind::Twin);
+    let _ = writeln!(
+        md,
+        "\n## Ratios\n\nEach tool's figure divided by socat's and by the async twin's, from the same run. \
+         Latency and memory: lower is better. Requests/s: higher is better.\n"
+    );
+    let mut rh = vec![
+        "tool".to_string(),
+        "p50 ÷ socat".into(),
+        "p50 ÷ twin".into(),
+    ];
+    for n in conc {
+        rh.push(format!("req/s @{n} ÷ socat"));
+        rh.push(format!("req/s @{n} ÷ twin"));
+    }
+    rh.extend([
+        "KiB/session (RSS) ÷ twin".into(),
+        "KiB/session (PSS) ÷ socat".into(),
+        "KiB/session (PSS) ÷ twin".into(),
+    ]);
+    let _ = writeln!(md, "| {} |", rh.join(" | "));
+    let _ = writeln!(
+        md,
+        "|{}",
+        rh.iter()
+            .enumerate()
+            .map(|(i, _)| if i == 0 { "---|" } else { "---:|" })
+            .collect::<String>()
+    );
+    let missing: Fig = Err(String::new());
+    for row in rows
+        .iter()
+        .filter(|r| r.skipped.is_none() && r.kind != Kind::Direct)
+    {
+        let sf = |f: fn(&Row) -> Fig| socat.map_or(missing.clone(), f);
+        let tf = |f: fn(&Row) -> Fig| twin.map_or(missing.clone(), f);
+        let mut cells = vec![
+            row.kind.label().to_string(),
+            ratio(&row.p50_us, &sf(|r| r.p50_us.clone())),
+            ratio(&row.p50_us, &tf(|r| r.p50_us.clone())),
+        ];
+        for n in conc {
+            let n = *n;
+            cells.push(ratio(
+                &row.rps(n),
+                &socat.map_or(missing.clone(), |r| r.rps(n)),
+            ));
+            cells.push(ratio(
+                &row.rps(n),
+                &twin.map_or(missing.clone(), |r| r.rps(n)),
+            ));
+        }
+        cells.push(ratio(
+            &row.kib_per_session,
+            &tf(|r| r.kib_per_session.clone()),
+        ));
+        cells.push(ratio(
+            &row.pss_per_session,
+            &sf(|r| r.pss_per_session.clone()),
+        ));
+        cells.push(ratio(
+            &row.pss_per_session,
+            &tf(|r| r.pss_per_session.clone()),
+        ));
+        let _ = writeln!(md, "| {} |", cells.join(" | "));
+    }
+
+    // forkline against the targets of issue 5.
+    if let Some(f) = find(Kind::Forkline) {
+        let _ = writeln!(md, "\n## forkline against its targets (issue 5)\n");
+        let _ = writeln!(md, "| target | measured | met? |\n|---|---|---|");
+        let verdict = |ok: Option<bool>| match ok {
+            Some(true) => "yes",
+            Some(false) => "**no**",
+            None => "not measured",
+        };
+        let both = |a: &Fig, b: &Fig| match (a, b) {
+            (Ok(a), Ok(b)) => Some((*a, *b)),
+            _ => None,
+        };
+        let p50 = both(
+            &f.p50_us,
+            &socat.map_or(missing.clone(), |r| r.p50_us.clone()),
+        );
+        let _ = writeln!(
+            md,
+            "| single-session p50 ≤ 1.2 × socat | {} | {} |",
+            p50.map_or("—".into(), |(a, b)| format!(
+                "{a:.0} µs vs {b:.0} µs = {:.2}×",
+                a / b
+            )),
+            verdict(p50.map(|(a, b)| a <= 1.2 * b))
+        );
+        for n in [16, 64] {
+            let fr = f.rps(n);
+            let sr = socat.map_or(missing.clone(), |r| r.rps(n));
+            let tr = twin.map_or(missing.clone(), |r| r.rps(n));
+            let vs = |other: &Fig, name: &str| match both(&fr, other) {
+                Some((a, b)) => format!("{} vs {name} {} = {:.2}×", group(a), group(b), a / b),
+                None => format!("{name}: —"),
+            };
+            let ok = match (both(&fr, &sr), both(&fr, &tr)) {
+                (Some((a, b)), Some((_, c))) => Some(a >= b && a >= c),
+                _ => None,
+            };
+            let _ = writeln!(
+                md,
+                "| req/s @{n} ≥ socat and ≥ twin | {}; {} | {} |",
+                vs(&sr, "socat"),
+                vs(&tr, "twin"),
+                verdict(ok)
+            );
+        }
+        let _ = writeln!(
+            md,
+            "| ≤ 64 KiB proxy RSS per idle session | {} | {} |",
+            f.kib_per_session
+                .as_ref()
+                .map_or("—".into(), |v| format!("{v:.0} KiB")),
+            verdict(f.kib_per_session.as_ref().ok().map(|v| *v <= 64.0))
+        );
+        let wake = both(&f.wake_idle, &f.wake_small);
+        let _ = writeln!(
+            md,
+            "| zero wake-ups when idle | {} | {} |",
+            wake.map_or("—".into(), |(a, b)| format!(
+                "{a:.1}/s with 0 sessions, {b:.1}/s with {}",
+                s.idle_small
+            )),
+            verdict(wake.map(|(a, b)| a == 0.0 && b == 0.0))
+        );
+        let _ = writeln!(
+            md,
+            "| stripped binary ≤ 1.5 MiB | {} | {} |",
+            f.binary,
+            verdict(f.binary_bytes.map(|b| b as f64 <= 1.5 * 1024.0 * 1024.0))
+        );
+    }
+
+    // Notes.
+    let mut all_notes = notes;
+    for row in rows.iter().filter(|r| r.skipped.is_none()) {
+        let mut spread = Vec::new();
+        if !row.round_p50s.is_empty() {
+            let p: Vec<String> = row.round_p50s.iter().map(|v| format!("{v:.0}")).collect();
+            spread.push(format!("RTT p50 µs {}", p.join(" / ")));
+        }
+        for (n, t) in &row.throughput {
+            if let Ok(t) = t {
+                let r: Vec<String> = t
+                    .round_rps
+                    .iter()
+                    .map(|v| format!("{:.1}k", v / 1e3))
+                    .collect();
+                spread.push(format!("req/s @{n} {}", r.join(" / ")));
+            }
+        }
+        if !spread.is_empty() {
+            all_notes.push(format!(
+                "{} by round: {}",
+                plain(row.kind),
+                spread.join("; ")
+            ));
+        }
+    }
+    for row in rows {
+        for n in &row.notes {
+            all_notes.push(format!("{}: {n}", plain(row.kind)));
+        }
+        if let (Some(c), Ok(_)) = (row.children_count, &row.children_large) {
+            all_notes.push(format!(
+                "{}: {c} child processes alive with {} idle sessions{}",
+                plain(row.kind),
+                s.idle_large,
+                row.threads_small
+                    .map(|t| format!("; proxy threads with {} idle sessions: {t}", s.idle_small))
+                    .unwrap_or_default()
+            ));
+        }
+    }
+    if !all_notes.is_empty() {
+        let _ = writeln!(md, "\n## Notes from this run\n");
+        for n in &all_notes {
+            let _ = writeln!(md, "- {}", n.replace('|', "\\|"));
+        }
+    }
+
+    let _ = write!(md, "{}", method(s));
+    md
+}
+
+fn method(s: &Settings) -> String {
+    format!(
+        "
+## How each figure is measured
+
+The driver (benches/proxy.rs, std + libc + serde_json) starts every tool
+itself on a 127.0.0.1 port, waits until it listens, measures, then stops it
+(SIGTERM, then SIGKILL to its process group) and kills and reaps by PID
+everything of its process tree. All traffic is loopback. The child is
+`forkline echo-server` unless said otherwise; the call is a small
+`tools/call` of its `echo` tool.
+
+- **direct pipe**: no proxy; the driver spawns the child and talks to it
+  over its stdin/stdout. The floor that shows the driver's own cost. Its
+  CPU figures are the driver's own CPU per 10,000 messages.
+- **socat**: `socat TCP-LISTEN:PORT,bind=127.0.0.1,fork,reuseaddr,backlog=1024
+  EXEC:\"forkline echo-server\"`, a raw byte relay with no framing, no
+  validation, no limits: the floor for any relay. Each connection is a
+  forked socat process plus the child.
+- **forkline**: `forkline -q serve --tcp 127.0.0.1:0 --max-sessions 1100
+  --max-sessions-per-client 1100 --shutdown-grace 1 -- CHILD` (default
+  idle timeout, 300 s).
+- **async twin**: benches/async-twin, the same TCP session proxy written
+  with tokio (multi-threaded runtime, `tokio::process`, a framed line
+  codec, the same validation, limits and flags).
+- **supergateway**: `supergateway --stdio CHILD --outputTransport
+  streamableHttp --stateful --port PORT --logLevel none` (one child per
+  session, spawned through `sh -c`). Driven over Streamable HTTP at `/mcp`
+  (POST per message on one keep-alive connection, `Mcp-Session-Id`, SSE
+  answers).
+- **mcp-proxy**: `mcp-proxy --host 127.0.0.1 --port PORT --log-level
+  WARNING -- CHILD`, Streamable HTTP at `/mcp` (JSON answers). Note that
+  mcp-proxy starts **one** child at start-up and serves every HTTP session
+  from it; its set-up and memory rows therefore include no per-session
+  child, and its children column is that one shared process.
+
+Reading the figures: this is a small VM (see Machine). An idle vCPU halts
+at once, so waking a thread on the other vCPU costs tens of µs when that
+vCPU is idle and a few µs when it is busy: single-session round trips
+through any relay are bimodal, fast when something else keeps the CPUs
+awake and slow on a quiet machine, and the per-round figures in the notes
+show which regime each round met. Compare tools within one run (rounds
+interleave the tools for that reason), not absolute figures across runs.
+
+Figures:
+
+- **rounds**: latency and throughput are measured in {rounds} rounds; each
+  round visits every tool in turn (all tools run side by side during this
+  phase, idle when not measured), so that a slow moment of this shared
+  2-core machine does not land on one tool only.
+- **RTT p50/p99**: per round one new session, {warmup} warm-up calls,
+  then {calls} calls timed one by one; percentiles over all {total} calls.
+- **req/s and p99 @N**: per round, N sessions opened and initialized
+  first, each a driver thread doing closed-loop calls for {dur:.1} s;
+  requests/s is the median over rounds of answered calls per second, p99
+  over all calls of all rounds. The driver's threads share the CPUs with
+  the proxy and the children, as a client on the same host would.
+- **set-up**: connect → `initialize` answered, median over
+  {setup} sequential sessions; with `forkline echo-server` and with a
+  trivial C child (benches/trivial_echo.c), so the child's own start-up
+  does not hide the proxy's.
+- **proxy RSS**: VmRSS summed over the proxy's own processes (the tool and
+  any helper it forks, e.g. socat's per-connection forks), idle, with
+  {small} and with {large} initialized idle sessions, using the trivial C
+  child. Children are counted separately (their RSS summed from /proc).
+  **KiB/session** is (RSS@{large} − RSS@{small}) ÷ {diff}; the **PSS** variant
+  divides shared pages among the processes that map them, the fair sum for
+  a proxy made of forks (socat).
+- **CPU ms/10k msgs**: utime+stime of the proxy's processes over the
+  latency runs (1 session) and over the 64-session throughput runs, per
+  10,000 messages relayed (a call is a request and a response).
+- **proxy ctx switches/call**: voluntary + involuntary context switches of
+  every proxy thread over the latency run, per call: how many times the
+  proxy's threads block and wake to relay one request and its answer.
+- **wake-ups/s idle**: voluntary + involuntary context switches of every
+  proxy thread over {window:.0} s of idleness, from /proc/PID/task/*/status,
+  with no session and with {small} idle sessions.
+- **stripped binary / dependencies**: size of a `strip`ped copy of the
+  release binary; crates in `cargo tree -e normal` (without the package
+  itself). For the peers: their installed size and package count.
+",
+        warmup = s.warmup,
+        calls = s.latency_calls,
+        rounds = s.rounds,
+        total = s.rounds * s.latency_calls,
+        dur = s.duration.as_secs_f64(),
+        setup = s.setup_sessions,
+        small = s.idle_small,
+        large = s.idle_large,
+        diff = s.idle_large - s.idle_small,
+        window = s.idle_window.as_secs_f64(),
+    )
+}

@@ -1,0 +1,428 @@
+//! The tools under test: where each one lives, how it is started on a
+//! loopback port, how we know it is ready, and how it is stopped and every
+//! process it left behind killed and reaped, by PID.
+
+use std::fs::File;
+use std::io::{BufRead, BufReader, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use crate::client::Target;
+use crate::procfs::{self, Tree};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// No proxy: the driver talks to the child over pipes (the floor).
+    Direct,
+    Socat,
+    Forkline,
+    Twin,
+    Supergateway,
+    McpProxy,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 6] = [
+        Kind::Direct,
+        Kind::Socat,
+        Kind::Forkline,
+        Kind::Twin,
+        Kind::Supergateway,
+        Kind::McpProxy,
+    ];
+
+    /// Short name, for `--only` and log files.
+    pub fn key(self) -> &'static str {
+        match self {
+            Kind::Direct => "direct",
+            Kind::Socat => "socat",
+            Kind::Forkline => "forkline",
+            Kind::Twin => "twin",
+            Kind::Supergateway => "supergateway",
+            Kind::McpProxy => "mcp-proxy",
+        }
+    }
+
+    /// Row label in the table.
+    pub fn label(self) -> &'static str {
+        match self {
+            Kind::Direct => "direct pipe (no proxy)",
+            Kind::Socat => "socat (TCP, fork)",
+            Kind::Forkline => "**forkline** (TCP)",
+            Kind::Twin => "async twin (tokio, TCP)",
+            Kind::Supergateway => "supergateway (HTTP)",
+            Kind::McpProxy => "mcp-proxy (HTTP)",
+        }
+    }
+}
+
+/// Where everything is.
+pub struct Paths {
+    pub root: PathBuf,
+    pub forkline: PathBuf,
+    pub twin: PathBuf,
+    pub supergateway: PathBuf,
+    pub mcp_proxy: PathBuf,
+    /// Compiled benches/trivial_echo.c, if a C compiler was found.
+    pub trivial: Option<PathBuf>,
+    pub work: PathBuf,
+}
+
+impl Paths {
+    pub fn new(root: &Path, forkline: &Path) -> Paths {
+        let peers = root.join("benches/.peers");
+        Paths {
+            root: root.to_path_buf(),
+            forkline: forkline.to_path_buf(),
+            twin: root.join("benches/async-twin/target/release/forkline-twin"),
+            supergateway: peers.join("node_modules/.bin/supergateway"),
+            mcp_proxy: peers.join("venv/bin/mcp-proxy"),
+            trivial: None,
+            work: root.join("target/bench-proxy"),
+        }
+    }
+
+    /// `forkline echo-server`: the MCP child of every latency and
+    /// throughput figure.
+    pub fn echo_child(&self) -> Vec<String> {
+        vec![self.forkline.display().to_string(), "echo-server".into()]
+    }
+
+    /// The trivial C child where the child's own cost would hide the
+    /// proxy's (set-up with a trivial child, idle-session memory); falls
+    /// back to the echo server without a C compiler.
+    pub fn trivial_child(&self) -> Vec<String> {
+        match &self.trivial {
+            Some(p) => vec![p.display().to_string()],
+            None => self.echo_child(),
+        }
+    }
+
+    /// Why a tool cannot run here, if it cannot.
+    pub fn unavailable(&self, kind: Kind) -> Option<String> {
+        let missing = |what: &str| Some(format!("{what} not installed: run benches/setup.sh"));
+        match kind {
+            Kind::Direct | Kind::Forkline => None,
+            Kind::Socat => which("socat").is_none().then(|| "socat not installed: run benches/setup.sh".into()),
+            Kind::Twin => (!self.twin.exists()).then(|| {
+                "twin not built: cargo build --release --manifest-path benches/async-twin/Cargo.toml".into()
+            }),
+            Kind::Supergateway if !self.supergateway.exists() => missing("supergateway"),
+            Kind::Supergateway if which("node").is_none() => Some("node not found".into()),
+            Kind::McpProxy if !self.mcp_proxy.exists() => missing("mcp-proxy"),
+            Kind::Supergateway | Kind::McpProxy => None,
+        }
+    }
+}
+
+pub fn which(program: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH")?
+        .to_str()?
+        .split(':')
+        .map(|dir| Path::new(dir).join(program))
+        .find(|p| p.is_file())
+}
+
+/// Sessions the limits must allow: the 1,000-idle-session row plus slack.
+const SESSION_LIMIT: &str = "1100";
+
+/// A tool running on a loopback port.
+pub struct Running {
+    pub kind: Kind,
+    pub pid: i32,
+    pub target: Target,
+    /// argv[0] of its MCP children, to tell them from the proxy in /proc.
+    pub child_program: String,
+    process: Child,
+    log: PathBuf,
+}
+
+fn free_port() -> std::io::Result<u16> {
+    Ok(TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?
+        .local_addr()?
+        .port())
+}
+
+/// Whether anything listens on TCP `port` (IPv4 or IPv6), from
+/// /proc/net/tcp: readiness without opening a session.
+fn listening(port: u16) -> bool {
+    let want = format!(":{port:04X}");
+    ["/proc/net/tcp", "/proc/net/tcp6"].iter().any(|file| {
+        std::fs::read_to_string(file).is_ok_and(|text| {
+            text.lines().skip(1).any(|line| {
+                let f: Vec<&str> = line.split_whitespace().collect();
+                f.len() > 3 && f[1].ends_with(&want) && f[3] == "0A"
+            })
+        })
+    })
+}
+
+/// Starts `kind` serving `child` (argv), in its own process group, its
+/// stderr copied to `<work>/logs/<log_name>.log`. Returns once it accepts
+/// connections.
+pub fn start(
+    kind: Kind,
+    paths: &Paths,
+    child: &[String],
+    log_name: &str,
+) -> Result<Running, String> {
+    let logs = paths.work.join("logs");
+    std::fs::create_dir_all(&logs).map_err(|e| format!("cannot create {}: {e}", logs.display()))?;
+    let log = logs.join(format!("{log_name}.log"));
+    let child_line = child.join(" ");
+    let s = |x: &str| x.to_string();
+    let (argv, port): (Vec<String>, Option<u16>) = match kind {
+        Kind::Direct => return Err("the direct row has no proxy to start".into()),
+        Kind::Forkline => {
+            let mut a = vec![
+                paths.forkline.display().to_string(),
+                s("-q"),
+                s("serve"),
+                s("--tcp"),
+                s("127.0.0.1:0"),
+                s("--max-sessions"),
+                s(SESSION_LIMIT),
+                s("--max-sessions-per-client"),
+                s(SESSION_LIMIT),
+                s("--shutdown-grace"),
+                s("1"),
+                s("--"),
+            ];
+            a.extend(child.iter().cloned());
+            (a, None)
+        }
+        Kind::Twin => {
+            let mut a = vec![
+                paths.twin.display().to_string(),
+                s("-q"),
+                s("--tcp"),
+                s("127.0.0.1:0"),
+                s("--max-sessions"),
+                s(SESSION_LIMIT),
+                s("--max-sessions-per-client"),
+                s(SESSION_LIMIT),
+                s("--shutdown-grace"),
+                s("1"),
+                s("--"),
+            ];
+            a.extend(child.iter().cloned());
+            (a, None)
+        }
+        Kind::Socat => {
+            let port = free_port().map_err(|e| format!("no free port: {e}"))?;
+            // backlog=1024 as forkline's listener has: socat's default of 5
+            // would drop SYNs when 256 sessions connect at once.
+            let a = vec![
+                s("socat"),
+                format!("TCP-LISTEN:{port},bind=127.0.0.1,fork,reuseaddr,backlog=1024"),
+                format!("EXEC:{child_line}"),
+            ];
+            (a, Some(port))
+        }
+        Kind::Supergateway => {
+            let port = free_port().map_err(|e| format!("no free port: {e}"))?;
+            let a = vec![
+                paths.supergateway.display().to_string(),
+                s("--stdio"),
+                child_line.clone(),
+                s("--outputTransport"),
+                s("streamableHttp"),
+                s("--stateful"),
+                s("--port"),
+                port.to_string(),
+                s("--logLevel"),
+                s("none"),
+            ];
+            (a, Some(port))
+        }
+        Kind::McpProxy => {
+            let port = free_port().map_err(|e| format!("no free port: {e}"))?;
+            let mut a = vec![
+                paths.mcp_proxy.display().to_string(),
+                s("--host"),
+                s("127.0.0.1"),
+                s("--port"),
+                port.to_string(),
+                s("--log-level"),
+                s("WARNING"),
+                s("--"),
+            ];
+            a.extend(child.iter().cloned());
+            (a, Some(port))
+        }
+    };
+
+    let mut file =
+        File::create(&log).map_err(|e| format!("cannot create {}: {e}", log.display()))?;
+    let _ = writeln!(file, "$ {}", argv.join(" "));
+    let mut process = Command::new(&argv[0])
+        .args(&argv[1..])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .spawn()
+        .map_err(|e| format!("cannot start {}: {e}", argv[0]))?;
+    let pid = process.id() as i32;
+
+    // Copy stderr to the log for the tool's whole life (it must never
+    // block on a full pipe), and report forkline's "listening on" line.
+    let (addr_tx, addr_rx) = mpsc::channel();
+    let stderr = process.stderr.take().expect("piped");
+    std::thread::Builder::new()
+        .name(format!("log-{log_name}"))
+        .spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if let Some(rest) = line.split("listening on tcp://").nth(1) {
+                    if let Ok(addr) = rest.trim().parse::<SocketAddr>() {
+                        let _ = addr_tx.send(addr);
+                    }
+                }
+                let _ = writeln!(file, "{line}");
+            }
+        })
+        .map_err(|e| format!("cannot start a log thread: {e}"))?;
+
+    let mut running = Running {
+        kind,
+        pid,
+        target: Target::Pipe(Vec::new()),
+        child_program: child[0].clone(),
+        process,
+        log,
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let target = loop {
+        if let Ok(Some(status)) = running.process.try_wait() {
+            let tail = running.log_tail(5);
+            return Err(format!("{} exited at start ({status}): {tail}", kind.key()));
+        }
+        match port {
+            None => {
+                if let Ok(addr) = addr_rx.recv_timeout(Duration::from_millis(20)) {
+                    break Target::Line(addr);
+                }
+            }
+            Some(port) if listening(port) => {
+                let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+                break match kind {
+                    Kind::Socat => Target::Line(addr),
+                    _ => Target::Http(addr, "/mcp"),
+                };
+            }
+            Some(_) => std::thread::sleep(Duration::from_millis(20)),
+        }
+        if Instant::now() > deadline {
+            running.stop();
+            return Err(format!("{} did not listen within 30 s", kind.key()));
+        }
+    };
+    running.target = target;
+    Ok(running)
+}
+
+/// What stopping a tool found.
+pub struct Stopped {
+    /// Processes of its tree still alive after it exited (then killed).
+    pub outlived: usize,
+    /// Warning and error lines from its log.
+    pub complaints: Vec<String>,
+}
+
+impl Running {
+    /// The proxy and child processes right now.
+    pub fn tree(&self) -> Tree {
+        Tree::of(self.pid, &self.child_program)
+    }
+
+    fn log_tail(&self, n: usize) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(n)..].join(" | ")
+    }
+
+    /// SIGTERM, up to 5 s of grace, then SIGKILL to its group; then kills
+    /// whatever of its tree outlived it, and reaps everything.
+    pub fn stop(&mut self) -> Stopped {
+        let before = self.tree();
+        signal(self.pid, libc::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while self.process.try_wait().ok().flatten().is_none() {
+            if Instant::now() > deadline {
+                // SAFETY: plain syscalls on a process group and pid we own.
+                unsafe { libc::killpg(self.pid, libc::SIGKILL) };
+                signal(self.pid, libc::SIGKILL);
+                let _ = self.process.wait();
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        // Children the tool ends itself get a moment to go.
+        let deadline = Instant::now() + Duration::from_secs(3);
+        let mut left: Vec<i32>;
+        loop {
+            reap_orphans();
+            left = before
+                .all()
+                .filter(|p| *p != self.pid && procfs::alive(*p))
+                .collect();
+            if left.is_empty() || Instant::now() > deadline {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        for pid in &left {
+            signal(*pid, libc::SIGKILL);
+        }
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while before.all().any(|p| p != self.pid && procfs::alive(p)) && Instant::now() < deadline {
+            reap_orphans();
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        reap_orphans();
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let complaints = text
+            .lines()
+            .skip(1)
+            .filter(|l| {
+                let l = l.to_ascii_lowercase();
+                l.contains("error") || l.contains("warn") || l.contains("panic")
+            })
+            .map(str::to_owned)
+            .collect();
+        Stopped {
+            outlived: left.len(),
+            complaints,
+        }
+    }
+}
+
+fn signal(pid: i32, sig: i32) {
+    // SAFETY: kill has no memory-safety preconditions.
+    unsafe { libc::kill(pid, sig) };
+}
+
+/// Makes this process the reaper of orphans from the tools' trees, so that
+/// nothing they leave behind becomes a zombie nobody waits for.
+pub fn become_subreaper() {
+    // SAFETY: prctl with integer arguments only.
+    unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+}
+
+/// Waits for every exited orphan handed to us. Call only when no other
+/// child of ours is meant to be waited for by its `Child` handle.
+pub fn reap_orphans() {
+    loop {
+        let mut status = 0;
+        // SAFETY: waitpid with a valid out-pointer.
+        let pid = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
+        if pid <= 0 {
+            return;
+        }
+    }
+}

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# The one command behind docs/benchmarks.md (issue 5):
+#   1. install the peers (benches/setup.sh: socat, supergateway, mcp-proxy),
+#   2. build forkline and its async twin (benches/async-twin) in release,
+#   3. run the side-by-side benchmark, which prints the table and, on a full
+#      run, writes docs/benchmarks.md.
+# Arguments go to the benchmark: `--quick` for a smoke run with small counts
+# (about a minute; writes nothing), `--only forkline,socat` for some rows.
+# A full run takes about 5 minutes on 2 cores.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+benches/setup.sh || echo "run.sh: some peers could not be installed; their rows will say why" >&2
+cargo build --release
+cargo build --release --locked --manifest-path benches/async-twin/Cargo.toml
+exec cargo bench --bench proxy -- "$@"
