@@ -189,9 +189,9 @@ fn peer_uid(stream: &std::os::unix::net::UnixStream) -> io::Result<u32> {
     Ok(cred.uid)
 }
 
-/// A connected client stream. Shared by reference between the session's
-/// reader and writer threads (`&Stream` reads and writes, like
-/// `&TcpStream`), and `shutdown` wakes both.
+/// A connected client stream. The session's client pump reads it through
+/// `&Stream` (like `&TcpStream`); both pumps write its fd without blocking
+/// (see `writer`); `shutdown_read` wakes the reading pump.
 pub enum Stream {
     Tcp(std::net::TcpStream),
     Unix(std::os::unix::net::UnixStream),
