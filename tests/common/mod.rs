@@ -59,6 +59,21 @@ pub fn poll_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
     }
 }
 
+/// Polls until `child` exits; panics after `timeout` with `log()`.
+fn wait_for_exit(child: &mut Child, timeout: Duration, log: impl Fn() -> String) -> ExitStatus {
+    let mut status = None;
+    poll_until(timeout, || {
+        status = child.try_wait().expect("try_wait forkline");
+        status.is_some()
+    });
+    status.unwrap_or_else(|| {
+        panic!(
+            "forkline still running after {timeout:?}; stderr:\n{}",
+            log()
+        )
+    })
+}
+
 /// A running `forkline` process. Dropping it kills and reaps it.
 pub struct Forkline {
     child: Child,
@@ -188,16 +203,8 @@ impl Forkline {
 
     /// Waits for forkline to exit on its own; panics after `timeout`.
     pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
-        let mut status = None;
-        poll_until(timeout, || {
-            status = self.try_exit_status();
-            status.is_some()
-        });
-        let status = status.unwrap_or_else(|| {
-            panic!(
-                "forkline still running after {timeout:?}; stderr:\n{}",
-                self.stderr_text()
-            )
+        let status = wait_for_exit(&mut self.child, timeout, || {
+            self.stderr.lock().unwrap().join("\n")
         });
         if let Some(t) = self.stderr_thread.take() {
             t.join().expect("stderr reader");
@@ -867,16 +874,8 @@ impl Piped {
 
     /// Waits for forkline to exit on its own; panics after `timeout`.
     pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
-        let mut status = None;
-        poll_until(timeout, || {
-            status = self.try_exit_status();
-            status.is_some()
-        });
-        let status = status.unwrap_or_else(|| {
-            panic!(
-                "forkline still running after {timeout:?}; stderr:\n{}",
-                self.stderr_text()
-            )
+        let status = wait_for_exit(&mut self.child, timeout, || {
+            self.stderr.lock().unwrap().join("\n")
         });
         for t in self.threads.drain(..) {
             let _ = t.join();
