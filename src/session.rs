@@ -151,6 +151,8 @@ fn run_with_alarm<R: Read + Send>(
                     pump_client(id, reader, max, &flow, &nowhere, &client_out)
                 });
                 let reason = flow::supervise(&flow, &events, &control, timing);
+                // Also ends a wait for room to answer a client that stopped reading.
+                alarm.ring();
                 (client.stop_reading)();
                 threads.join_all(id);
                 reason
