@@ -50,18 +50,7 @@ fn an_in_flight_request_is_answered_within_the_grace() {
 
     forkline.signal(libc::SIGTERM);
     assert_echo(&client.recv(), &json!(9), "slow");
-    assert!(
-        client.closed_within(PATIENCE),
-        "session not closed at shutdown"
-    );
-    let status = forkline.wait_exit(PATIENCE);
-    assert_eq!(
-        status.code(),
-        Some(0),
-        "exit status; log:\n{}",
-        forkline.stderr_text()
-    );
-    assert_all_gone(&[child], "child after shutdown");
+    closed_and_exited_cleanly(&mut forkline, &mut client, child);
 }
 
 #[test]
@@ -79,18 +68,7 @@ fn an_unanswered_request_gets_shutting_down_error_after_the_grace() {
     forkline.signal(libc::SIGTERM);
     let message = assert_error(&client.recv(), -32004, &json!("h1"));
     assert!(!message.is_empty());
-    assert!(
-        client.closed_within(PATIENCE),
-        "session not closed at shutdown"
-    );
-    let status = forkline.wait_exit(PATIENCE);
-    assert_eq!(
-        status.code(),
-        Some(0),
-        "exit status; log:\n{}",
-        forkline.stderr_text()
-    );
-    assert_all_gone(&[child], "child after shutdown");
+    closed_and_exited_cleanly(&mut forkline, &mut client, child);
     forkline.wait_for_log("reason=shutdown");
 }
 
@@ -206,4 +184,20 @@ fn shutdown_ends_idle_sessions_and_stubborn_children_with_their_grandchildren() 
         forkline.stderr_text()
     );
     assert_all_gone(&pids, "children and grandchildren after shutdown");
+}
+
+/// After a shutdown: the session closed, forkline exited 0, its child is gone.
+fn closed_and_exited_cleanly(forkline: &mut Forkline, client: &mut Client, child: u32) {
+    assert!(
+        client.closed_within(PATIENCE),
+        "session not closed at shutdown"
+    );
+    let status = forkline.wait_exit(PATIENCE);
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "exit status; log:\n{}",
+        forkline.stderr_text()
+    );
+    assert_all_gone(&[child], "child after shutdown");
 }
