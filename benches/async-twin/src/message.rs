@@ -2,6 +2,11 @@
 //! one borrowing serde pass validates the line and yields the request ids
 //! it opens and the response ids it closes; invalid lines are answered with
 //! -32700 (not JSON) or -32600 (JSON, not JSON-RPC).
+//!
+//! A deliberate copy of forkline's `src/message.rs` logic rather than a
+//! dependency on the forkline crate: the twin must stand alone (its own
+//! dependency tree is one of the figures compared), yet do exactly the same
+//! work per message, or the comparison would flatter one side.
 
 use serde::Deserialize;
 use serde::de::IgnoredAny;
