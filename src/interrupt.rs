@@ -111,7 +111,7 @@ pub struct Interruptible<'a, F: AsFd> {
     /// Once readable (and `fd` has nothing more), reads report end of
     /// file: a child's pidfd, so a grandchild that inherited the pipe
     /// cannot keep a session alive after the child itself exited.
-    end: Option<OwnedFd>,
+    end: Option<BorrowedFd<'a>>,
 }
 
 impl<'a, F: AsFd> Interruptible<'a, F> {
@@ -125,7 +125,7 @@ impl<'a, F: AsFd> Interruptible<'a, F> {
 
     /// Like `new`, but reads also end once `end` is readable and `fd` has
     /// no data waiting.
-    pub fn ending_with(fd: F, alarm: &'a Alarm, end: Option<OwnedFd>) -> Self {
+    pub fn ending_with(fd: F, alarm: &'a Alarm, end: Option<BorrowedFd<'a>>) -> Self {
         Interruptible { fd, alarm, end }
     }
 
@@ -136,7 +136,7 @@ impl<'a, F: AsFd> Interruptible<'a, F> {
         let alarm = (self.alarm.as_fd(), libc::POLLIN);
         let fd = (self.fd.as_fd(), events);
         let ready = match &self.end {
-            Some(end) => wait_any(&[alarm, fd, (end.as_fd(), libc::POLLIN)], None)?,
+            Some(end) => wait_any(&[alarm, fd, (*end, libc::POLLIN)], None)?,
             None => wait_any(&[alarm, fd], None)?,
         };
         Ok(ready == Some(1))

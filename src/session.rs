@@ -180,11 +180,12 @@ fn run_with_alarm<R: Read + Send>(
     let to_child = Destination::Child(
         LineWriter::new(stdin.as_fd(), FdKind::NonBlocking, alarm).giving_up_on(client_socket),
     );
-    let stdout = Interruptible::ending_with(pipes.stdout, alarm, child.exit_watch());
+    let child_exit_fd = child_exit.as_ref().map(|fd| fd.as_fd());
+    let stdout = Interruptible::ending_with(pipes.stdout, alarm, child_exit_fd);
 
     let child_out = ClientOut {
         lock: &client_out,
-        give_up_on: child_exit.as_ref().map(|fd| fd.as_fd()),
+        give_up_on: child_exit_fd,
     };
     let reason = thread::scope(|s| {
         let mut threads = Threads::default();

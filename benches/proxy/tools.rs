@@ -177,38 +177,25 @@ pub fn start(
     let s = |x: &str| x.to_string();
     let (argv, port): (Vec<String>, Option<u16>) = match kind {
         Kind::Direct => return Err("the direct row has no proxy to start".into()),
-        Kind::Forkline => {
-            let mut a = vec![
-                paths.forkline.display().to_string(),
-                s("-q"),
-                s("serve"),
-                s("--tcp"),
-                s("127.0.0.1:0"),
-                s("--max-sessions"),
-                s(SESSION_LIMIT),
-                s("--max-sessions-per-client"),
-                s(SESSION_LIMIT),
-                s("--shutdown-grace"),
-                s("1"),
-                s("--"),
-            ];
-            a.extend(child.iter().cloned());
-            (a, None)
-        }
-        Kind::Twin => {
-            let mut a = vec![
-                paths.twin.display().to_string(),
-                s("-q"),
-                s("--tcp"),
-                s("127.0.0.1:0"),
-                s("--max-sessions"),
-                s(SESSION_LIMIT),
-                s("--max-sessions-per-client"),
-                s(SESSION_LIMIT),
-                s("--shutdown-grace"),
-                s("1"),
-                s("--"),
-            ];
+        // The same limits and child for both, so only the proxy differs.
+        Kind::Forkline | Kind::Twin => {
+            let mut a = match kind {
+                Kind::Forkline => vec![paths.forkline.display().to_string(), s("-q"), s("serve")],
+                _ => vec![paths.twin.display().to_string(), s("-q")],
+            };
+            for flag in [
+                "--tcp",
+                "127.0.0.1:0",
+                "--max-sessions",
+                SESSION_LIMIT,
+                "--max-sessions-per-client",
+                SESSION_LIMIT,
+                "--shutdown-grace",
+                "1",
+                "--",
+            ] {
+                a.push(s(flag));
+            }
             a.extend(child.iter().cloned());
             (a, None)
         }
