@@ -10,26 +10,17 @@
 //!
 //! The binary is a thin shell over these modules; `run` is its entry.
 
-pub mod acceptor;
 pub mod child;
 pub mod cli;
+pub mod commands;
 pub mod config;
-pub mod connect;
-pub mod echo_server;
 pub mod error;
-pub mod flow;
-pub mod framing;
-pub mod hub;
-pub mod interrupt;
-pub mod listener;
 pub mod logging;
-pub mod message;
-pub mod pool;
+pub mod net;
+pub mod proto;
 pub mod session;
-pub mod stdio;
-pub mod table;
-pub mod trigger;
-pub mod writer;
+pub mod shutdown;
+pub mod sys;
 
 use cli::{Cli, Command};
 use error::Error;
@@ -40,20 +31,20 @@ pub fn run(cli: Cli) -> Result<i32, Error> {
         Command::Serve(args) => {
             let config = args.to_config()?;
             raise_fd_limit();
-            acceptor::serve(config)?;
+            net::acceptor::serve(config)?;
             Ok(0)
         }
         Command::Stdio(args) => {
             let config = args.to_config()?;
-            let child_ran = stdio::run(&config)?;
+            let child_ran = commands::stdio::run(&config)?;
             Ok(if child_ran { 0 } else { 1 })
         }
         Command::Connect(args) => {
-            connect::run(&args.address)?;
+            commands::connect::run(&args.address)?;
             Ok(0)
         }
         Command::EchoServer => {
-            echo_server::run(std::io::stdin().lock(), std::io::stdout().lock()).map_err(
+            commands::echo_server::run(std::io::stdin().lock(), std::io::stdout().lock()).map_err(
                 |source| Error::Io {
                     what: "echo-server".into(),
                     source,

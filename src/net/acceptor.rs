@@ -17,16 +17,16 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
 
+use crate::child::stderr::Hub;
 use crate::config::ServeConfig;
 use crate::error::{Context, Error};
-use crate::hub::Hub;
-use crate::listener::{Accepted, Listener};
-use crate::message::{Message, code};
-use crate::pool::Pool;
-use crate::session::{self, ClientStream, Shared};
-use crate::table::{Sessions, Slot};
-use crate::trigger::Trigger;
-use crate::writer::FdKind;
+use crate::net::listener::{Accepted, Listener};
+use crate::proto::message::{Message, code};
+use crate::session::pool::Pool;
+use crate::session::run::{self as session, ClientStream, Shared};
+use crate::session::table::{Sessions, Slot};
+use crate::session::writer::FdKind;
+use crate::shutdown::Trigger;
 
 const SIGNALS: Token = Token(0);
 const WAKER: Token = Token(1);
@@ -201,7 +201,7 @@ fn admit(
     }
 }
 
-fn run_session(slot: Slot, stream: crate::listener::Stream, peer: &str, proxy: &Proxy) {
+fn run_session(slot: Slot, stream: crate::net::listener::Stream, peer: &str, proxy: &Proxy) {
     let shared = Shared {
         command: &proxy.config.command,
         limits: &proxy.config.limits,

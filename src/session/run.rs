@@ -17,16 +17,16 @@ use std::time::Instant;
 
 use log::{debug, error, info, trace, warn};
 
-use crate::child::{self, Exit};
+use crate::child::process::{self as child, Exit};
+use crate::child::stderr::Hub;
 use crate::config::{ChildCommand, Limits};
-use crate::flow::{self, Control, Counters, EndReason, Event, Flow, Timing};
-use crate::framing::{self, Frame};
-use crate::hub::Hub;
-use crate::interrupt::{Alarm, Interruptible, set_nonblocking};
-use crate::message::{self, Message, code};
-use crate::table::SessionId;
-use crate::trigger::Trigger;
-use crate::writer::{FdKind, LineWriter, WriteError};
+use crate::proto::framing::{self, Frame};
+use crate::proto::message::{self, Message, code};
+use crate::session::flow::{self, Control, Counters, EndReason, Event, Flow, Timing};
+use crate::session::table::SessionId;
+use crate::session::writer::{FdKind, LineWriter, WriteError};
+use crate::shutdown::Trigger;
+use crate::sys::interrupt::{Alarm, Interruptible, set_nonblocking};
 
 /// The pumps need little stack: a pump parses one JSON envelope
 /// (serde_json's nesting limit bounds its recursion) and copies it.

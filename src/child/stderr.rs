@@ -19,8 +19,8 @@ use log::{error, info};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
 
-use crate::interrupt::set_nonblocking;
-use crate::table::SessionId;
+use crate::session::table::SessionId;
+use crate::sys::interrupt::set_nonblocking;
 
 const WAKER: Token = Token(0);
 

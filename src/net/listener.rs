@@ -15,7 +15,7 @@ use mio::net::{TcpListener, UnixListener};
 
 use crate::config::ListenAddr;
 use crate::error::Error;
-use crate::table::ClientKey;
+use crate::session::table::ClientKey;
 
 pub enum Listener {
     Tcp(TcpListener),

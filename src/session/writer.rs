@@ -10,7 +10,7 @@
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd};
 
-use crate::interrupt::{Alarm, wait_any};
+use crate::sys::interrupt::{Alarm, wait_any};
 
 /// How bytes reach an fd without blocking.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

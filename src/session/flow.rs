@@ -24,8 +24,8 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 
-use crate::message::{Id, Message};
-use crate::trigger::Trigger;
+use crate::proto::message::{Id, Message};
+use crate::shutdown::Trigger;
 
 /// Which way a message went, for taps (counters, tapes).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -12,14 +12,14 @@ use log::{info, warn};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
+use crate::child::stderr::Hub;
 use crate::config::StdioConfig;
 use crate::error::{Context, Error};
-use crate::hub::Hub;
-use crate::interrupt::{Alarm, Interruptible};
-use crate::session::{self, ClientStream, Shared};
-use crate::table::SessionId;
-use crate::trigger::Trigger;
-use crate::writer::FdKind;
+use crate::session::run::{self as session, ClientStream, Shared};
+use crate::session::table::SessionId;
+use crate::session::writer::FdKind;
+use crate::shutdown::Trigger;
+use crate::sys::interrupt::{Alarm, Interruptible};
 
 /// Runs the one session. `Ok(true)` if the child ran, `Ok(false)` if it
 /// could not be started (the client was told why).

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use crate::config::ChildCommand;
 use crate::error::Error;
-use crate::interrupt::{Alarm, wait_any};
+use crate::sys::interrupt::{Alarm, wait_any};
 
 /// A running child, its group and its exit watch. `Drop` kills the group
 /// and reaps the child if `stop` was never called, so no path leaks one.

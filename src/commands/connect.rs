@@ -14,7 +14,7 @@ use std::os::unix::net::UnixStream;
 
 use crate::config::ConnectAddr;
 use crate::error::{Context, Error};
-use crate::interrupt::{Alarm, Interruptible};
+use crate::sys::interrupt::{Alarm, Interruptible};
 
 /// Bridges until the server ends the session. Blocks.
 pub fn run(addr: &ConnectAddr) -> Result<(), Error> {

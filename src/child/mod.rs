@@ -1,0 +1,5 @@
+//! The child side of a session: spawning, stopping and reaping a server
+//! process and its group, and logging its stderr.
+
+pub mod process;
+pub mod stderr;
