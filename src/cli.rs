@@ -101,6 +101,7 @@ impl LimitArgs {
             max_sessions_per_client: self.max_sessions_per_client,
             idle_timeout: (!self.idle_timeout.is_zero()).then_some(self.idle_timeout),
             max_message_bytes: self.max_message_bytes,
+            max_inflight: Limits::default().max_inflight,
             shutdown_grace: self.shutdown_grace,
         }
     }

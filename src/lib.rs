@@ -30,14 +30,12 @@ pub fn run(cli: Cli) -> Result<i32, Error> {
     match cli.command {
         Command::Serve(args) => {
             let config = args.to_config()?;
-            raise_fd_limit();
             net::acceptor::serve(config)?;
             Ok(0)
         }
         Command::Stdio(args) => {
             let config = args.to_config()?;
-            let child_ran = commands::stdio::run(&config)?;
-            Ok(if child_ran { 0 } else { 1 })
+            commands::stdio::run(&config)
         }
         Command::Connect(args) => {
             commands::connect::run(&args.address)?;
@@ -51,22 +49,6 @@ pub fn run(cli: Cli) -> Result<i32, Error> {
                 },
             )?;
             Ok(0)
-        }
-    }
-}
-
-/// A session holds about six fds; the common soft limit of 1024 would cap
-/// a proxy far below its `--max-sessions`. The hard limit is ours to take.
-fn raise_fd_limit() {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
-        {
-            limit.rlim_cur = limit.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
         }
     }
 }

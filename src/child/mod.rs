@@ -2,4 +2,5 @@
 //! process and its group, and logging its stderr.
 
 pub mod process;
+pub mod reaper;
 pub mod stderr;

@@ -1,36 +1,45 @@
-//! Spawning, stopping and reaping a session's child and its process group.
+//! Spawning and stopping a session's child and its process group.
 //!
-//! The child runs in a process group of its own, so one `kill(-pgid)`
-//! reaches the grandchildren it may have started (`kill` on the pid alone
-//! does not). Exit is observed through a pidfd, which becomes readable when
-//! the child exits *without* reaping it: the group is swept while the
-//! leader is still a zombie holding its pid, so the pgid can never have
-//! been recycled for someone else's group when we signal it.
+//! The child's stdin and stdout are one end of a socket pair, as inetd
+//! does it: one descriptor on our side instead of two pipes, and
+//! `shutdown(2)` gives both a clean end of input (`SHUT_WR`: the child
+//! sees EOF on stdin) and a way to wake our reader. Its stderr is a pipe
+//! that the stderr log drains. It runs in a process group of its own, so
+//! one `kill(-pgid)` reaches the grandchildren it may have started.
+//! Exits are learned and reaped by the [`Reaper`].
 
-use std::os::fd::{AsFd, FromRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
+use std::os::unix::net::UnixStream;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
-use std::process::{Child, ChildStderr, ChildStdin, ChildStdout, Command, ExitStatus, Stdio};
+use std::process::{ChildStderr, Command, ExitStatus, Stdio};
+use std::sync::Arc;
 use std::time::Duration;
 
+use crossbeam_channel::select;
+use log::error;
+
+use crate::child::reaper::{ExitWatch, Reaper};
 use crate::config::ChildCommand;
 use crate::error::Error;
-use crate::sys::interrupt::{Alarm, wait_any};
+use crate::shutdown::Trigger;
 
-/// A running child, its group and its exit watch. `Drop` kills the group
-/// and reaps the child if `stop` was never called, so no path leaks one.
+/// How long a child gets to die after SIGKILL before we stop waiting (a
+/// process in uninterruptible sleep); the reaper still reaps it later.
+const KILL_WAIT: Duration = Duration::from_secs(10);
+
+/// A running child. `Drop` kills its group if `stop` never ran, so no path
+/// (an early return, a panic) leaves one behind; the reaper reaps it.
 #[derive(Debug)]
 pub struct ChildProcess {
-    child: Child,
-    /// Readable once the child exits; `None` on kernels before 5.3.
-    pidfd: Option<OwnedFd>,
-    status: Option<ExitStatus>,
+    watch: Arc<ExitWatch>,
+    stopped: Option<Exit>,
 }
 
-/// The child's three pipes, handed to the session's I/O threads.
+/// The child's I/O, handed to the session.
 #[derive(Debug)]
-pub struct ChildPipes {
-    pub stdin: ChildStdin,
-    pub stdout: ChildStdout,
+pub struct ChildIo {
+    /// Our end of the child's stdin and stdout, non-blocking.
+    pub stdio: UnixStream,
     pub stderr: ChildStderr,
 }
 
@@ -66,160 +75,118 @@ fn signal_name(sig: i32) -> String {
     }
 }
 
-/// Starts `command` with piped stdio in its own process group; `env` is
-/// added to forkline's own environment.
+/// Starts `command` in its own process group with its stdin and stdout on
+/// a socket pair and its stderr piped; `env` is added to forkline's own
+/// environment. Blocks for the spawn only.
 pub fn spawn(
+    reaper: &Reaper,
     command: &ChildCommand,
     env: &[(&str, &str)],
-) -> Result<(ChildProcess, ChildPipes), Error> {
+) -> Result<(ChildProcess, ChildIo), Error> {
+    let spawn_error = |source| Error::Spawn {
+        command: command.to_string(),
+        source,
+    };
+    // Both ends are close-on-exec; the child gets its end through dup2
+    // onto 0 and 1, which clears the flag on those copies only.
+    let (ours, theirs) = UnixStream::pair().map_err(spawn_error)?;
+    let theirs = OwnedFd::from(theirs);
+    let theirs_too = theirs.try_clone().map_err(spawn_error)?;
+    ours.set_nonblocking(true).map_err(spawn_error)?;
     let mut cmd = Command::new(&command.program);
     cmd.args(&command.args)
         .envs(env.iter().copied())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
+        .stdin(Stdio::from(theirs))
+        .stdout(Stdio::from(theirs_too))
         .stderr(Stdio::piped())
         .process_group(0);
-    let mut child = cmd.spawn().map_err(|source| Error::Spawn {
-        command: command.to_string(),
-        source,
-    })?;
-    let pipes = match (child.stdin.take(), child.stdout.take(), child.stderr.take()) {
-        (Some(stdin), Some(stdout), Some(stderr)) => ChildPipes {
-            stdin,
-            stdout,
+    let (mut child, watch) = reaper.spawn(&mut cmd).map_err(spawn_error)?;
+    // The command holds the child's end; it must be gone, or our reads
+    // would never see end of file.
+    drop(cmd);
+    let process = ChildProcess {
+        watch,
+        stopped: None,
+    };
+    let Some(stderr) = child.stderr.take() else {
+        // Unreachable with Stdio::piped(); `process` kills it on drop.
+        return Err(spawn_error(std::io::Error::other("child stderr missing")));
+    };
+    Ok((
+        process,
+        ChildIo {
+            stdio: ours,
             stderr,
         },
-        // Unreachable with Stdio::piped(), but a child must never leak.
-        _ => {
-            let _ = child.kill();
-            let _ = child.wait();
-            let source = std::io::Error::other("child pipes missing");
-            return Err(Error::Spawn {
-                command: command.to_string(),
-                source,
-            });
-        }
-    };
-    let pidfd = pidfd_open(child.id());
-    Ok((
-        ChildProcess {
-            child,
-            pidfd,
-            status: None,
-        },
-        pipes,
     ))
-}
-
-fn pidfd_open(pid: u32) -> Option<OwnedFd> {
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
-    // pidfds are close-on-exec by definition.
-    (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
 
 impl ChildProcess {
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        self.watch.pid()
     }
 
-    /// An fd that becomes readable when the child exits (a duplicate of
-    /// its pidfd), for waits elsewhere; `None` without pidfd support.
-    pub fn exit_watch(&self) -> Option<OwnedFd> {
-        self.pidfd.as_ref().and_then(|fd| fd.try_clone().ok())
+    /// The child's exit as the reaper reports it.
+    pub fn watch(&self) -> &Arc<ExitWatch> {
+        &self.watch
     }
 
     /// Ends the child, whose stdin the caller has already closed. Waits
     /// `grace` for it to exit; then SIGTERM to the group and `grace` again;
-    /// then SIGKILL. Whatever is left of the group after the leader exits
-    /// gets SIGKILL, then the leader is reaped. `hurry` cuts every wait
-    /// short. Blocks for at most about two graces.
-    pub fn stop(&mut self, grace: Duration, hurry: &Alarm) -> Exit {
-        if let Some(status) = self.status {
-            return Exit {
-                status,
-                forced: false,
-            };
+    /// then SIGKILL. `hurry` cuts the graces short. Blocks for at most
+    /// about two graces (plus `KILL_WAIT` for a process that ignores even
+    /// SIGKILL for a while).
+    pub fn stop(&mut self, grace: Duration, hurry: &Trigger) -> Exit {
+        if let Some(exit) = self.stopped {
+            return exit;
         }
         let mut forced = false;
-        if !self.wait_exited(grace, hurry) {
+        if !self.wait_exited(grace, Some(hurry)) {
             forced = true;
-            self.signal_group(libc::SIGTERM);
-            if !self.wait_exited(grace, hurry) {
-                self.signal_group(libc::SIGKILL);
-            }
-        }
-        // The leader is gone (or dying) but still unreaped: its pid is ours,
-        // so this cannot hit a recycled group.
-        self.signal_group(libc::SIGKILL);
-        let status = self.reap();
-        Exit { status, forced }
-    }
-
-    /// Waits up to `timeout` for the child to exit, without reaping it.
-    /// `false` if it is still running (or `hurry` rang).
-    fn wait_exited(&mut self, timeout: Duration, hurry: &Alarm) -> bool {
-        match &self.pidfd {
-            Some(pidfd) => {
-                let fds = [(pidfd.as_fd(), libc::POLLIN), (hurry.as_fd(), libc::POLLIN)];
-                matches!(wait_any(&fds, Some(timeout)), Ok(Some(0)))
-            }
-            None => self.wait_exited_without_pidfd(timeout, hurry),
-        }
-    }
-
-    /// Kernels before 5.3 have no pidfd: look with `waitid(WNOWAIT)`, which
-    /// also leaves the zombie in place, every few milliseconds.
-    fn wait_exited_without_pidfd(&mut self, timeout: Duration, hurry: &Alarm) -> bool {
-        let deadline = std::time::Instant::now() + timeout;
-        loop {
-            let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
-            let rc = unsafe {
-                libc::waitid(
-                    libc::P_PID,
-                    self.pid(),
-                    &mut info,
-                    libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
-                )
-            };
-            if rc == 0 && unsafe { info.si_pid() } != 0 {
-                return true;
-            }
-            if std::time::Instant::now() >= deadline || hurry.is_ringing() {
-                return false;
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
-    }
-
-    fn signal_group(&self, signal: i32) {
-        // ESRCH (group already empty) is the expected, harmless outcome.
-        unsafe { libc::kill(-(self.pid() as libc::pid_t), signal) };
-    }
-
-    fn reap(&mut self) -> ExitStatus {
-        loop {
-            match self.child.wait() {
-                Ok(status) => {
-                    self.status = Some(status);
-                    return status;
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                // ECHILD: someone else reaped it; report it as killed.
-                Err(_) => {
-                    let status = ExitStatus::from_raw(libc::SIGKILL);
-                    self.status = Some(status);
-                    return status;
+            self.watch.signal_group(libc::SIGTERM);
+            if !self.wait_exited(grace, Some(hurry)) {
+                self.watch.signal_group(libc::SIGKILL);
+                if !self.wait_exited(KILL_WAIT, None) {
+                    error!(
+                        "child pid={} still not reaped {KILL_WAIT:?} after SIGKILL",
+                        self.pid()
+                    );
                 }
             }
+        }
+        let status = self
+            .watch
+            .status()
+            .unwrap_or_else(|| ExitStatus::from_raw(libc::SIGKILL));
+        let exit = Exit { status, forced };
+        self.stopped = Some(exit);
+        exit
+    }
+
+    /// Waits up to `timeout` for the reaper to report the exit; `false`
+    /// if the child still runs (or `hurry` fired).
+    fn wait_exited(&self, timeout: Duration, hurry: Option<&Trigger>) -> bool {
+        if self.watch.status().is_some() {
+            return true;
+        }
+        let never = crossbeam_channel::never();
+        let hurry = match hurry {
+            Some(trigger) if !trigger.has_fired() => trigger.receiver(),
+            Some(_) => return false,
+            None => &never,
+        };
+        select! {
+            recv(self.watch.receiver()) -> _ => true,
+            recv(hurry) -> _ => self.watch.status().is_some(),
+            default(timeout) => self.watch.status().is_some(),
         }
     }
 }
 
 impl Drop for ChildProcess {
     fn drop(&mut self) {
-        if self.status.is_none() {
-            self.signal_group(libc::SIGKILL);
-            self.reap();
+        if self.stopped.is_none() {
+            self.watch.signal_group(libc::SIGKILL);
         }
     }
 }
@@ -227,8 +194,9 @@ impl Drop for ChildProcess {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::Write;
-    use std::time::Instant;
+    use std::io::{BufRead, BufReader, Write};
+    use std::net::Shutdown;
+    use std::os::fd::AsRawFd;
 
     fn sh(script: &str) -> ChildCommand {
         ChildCommand {
@@ -237,33 +205,60 @@ mod tests {
         }
     }
 
+    fn reaper() -> Reaper {
+        Reaper::start().expect("reaper")
+    }
+
+    fn trigger() -> Trigger {
+        Trigger::new().expect("trigger")
+    }
+
     #[test]
     fn a_child_that_exits_on_eof_is_not_signalled() {
-        let alarm = Alarm::new().expect("alarm");
-        let (mut child, pipes) = spawn(&sh("cat >/dev/null; exit 7"), &[]).expect("spawn");
-        drop(pipes.stdin);
-        let exit = child.stop(Duration::from_secs(10), &alarm);
+        let reaper = reaper();
+        let (mut child, io) = spawn(&reaper, &sh("cat >/dev/null; exit 7"), &[]).expect("spawn");
+        io.stdio.shutdown(Shutdown::Write).expect("close stdin");
+        let exit = child.stop(Duration::from_secs(10), &trigger());
         assert_eq!(exit.status.code(), Some(7));
         assert!(!exit.forced);
         assert_eq!(exit.to_string(), "exit status 7");
+        reaper.stop();
+    }
+
+    #[test]
+    fn stdin_and_stdout_share_one_socket() {
+        let reaper = reaper();
+        let (mut child, io) = spawn(&reaper, &sh("read l; echo \"got $l\""), &[]).expect("spawn");
+        io.stdio.set_nonblocking(false).expect("blocking");
+        (&io.stdio).write_all(b"hi\n").expect("write");
+        let mut line = String::new();
+        BufReader::new(&io.stdio)
+            .read_line(&mut line)
+            .expect("read");
+        assert_eq!(line, "got hi\n");
+        let exit = child.stop(Duration::from_secs(10), &trigger());
+        assert_eq!(exit.status.code(), Some(0));
+        reaper.stop();
     }
 
     #[test]
     fn a_stubborn_group_is_killed_and_reaped() {
-        let alarm = Alarm::new().expect("alarm");
+        let reaper = reaper();
         // Ignores TERM and stdin EOF; its grandchild `sleep` shares the group.
-        let (mut child, mut pipes) = spawn(
+        let (mut child, io) = spawn(
+            &reaper,
             &sh("trap '' TERM; sleep 1000 & echo $!; while :; do sleep 1; done"),
             &[],
         )
         .expect("spawn");
+        io.stdio.set_nonblocking(false).expect("blocking");
         let mut line = String::new();
-        std::io::BufRead::read_line(&mut std::io::BufReader::new(&mut pipes.stdout), &mut line)
+        BufReader::new(&io.stdio)
+            .read_line(&mut line)
             .expect("pid line");
         let grandchild: i32 = line.trim().parse().expect("grandchild pid");
-        pipes.stdin.flush().expect("flush");
-        drop(pipes.stdin);
-        let exit = child.stop(Duration::from_millis(50), &alarm);
+        io.stdio.shutdown(Shutdown::Write).expect("close stdin");
+        let exit = child.stop(Duration::from_millis(50), &trigger());
         assert!(exit.forced);
         assert_eq!(exit.to_string(), "killed by SIGKILL");
         let gone = (0..400).any(|_| {
@@ -273,24 +268,67 @@ mod tests {
                     .is_ok_and(|s| s.contains(") Z"))
         });
         assert!(gone, "grandchild {grandchild} survived its group");
+        assert_eq!(reaper.live(), 0);
+        reaper.stop();
+    }
+
+    #[test]
+    fn an_exit_wakes_a_registered_reader_even_if_a_grandchild_holds_the_socket() {
+        let reaper = reaper();
+        // The grandchild leaves the group (setsid) and keeps our stdio.
+        let (mut child, io) =
+            spawn(&reaper, &sh("setsid sleep 1000 & echo $!; exit 0"), &[]).expect("spawn");
+        child.watch().wake_on_exit(Some(io.stdio.as_raw_fd()));
+        io.stdio.set_nonblocking(false).expect("blocking");
+        let mut out = String::new();
+        std::io::Read::read_to_string(&mut &io.stdio, &mut out).expect("read to eof");
+        let grandchild: i32 = out.trim().parse().expect("grandchild pid");
+        assert_eq!(
+            child
+                .stop(Duration::from_secs(10), &trigger())
+                .status
+                .code(),
+            Some(0)
+        );
+        child.watch().wake_on_exit(None);
+        unsafe { libc::kill(grandchild, libc::SIGKILL) };
+        reaper.stop();
     }
 
     #[test]
     fn hurry_skips_the_grace() {
-        let alarm = Alarm::new().expect("alarm");
-        alarm.ring();
-        let (mut child, pipes) =
-            spawn(&sh("trap '' TERM; while :; do sleep 1; done"), &[]).expect("spawn");
-        drop(pipes.stdin);
-        let started = Instant::now();
-        let exit = child.stop(Duration::from_secs(3600), &alarm);
+        let reaper = reaper();
+        let hurry = trigger();
+        hurry.fire();
+        let (mut child, io) =
+            spawn(&reaper, &sh("trap '' TERM; while :; do sleep 1; done"), &[]).expect("spawn");
+        io.stdio.shutdown(Shutdown::Write).expect("close stdin");
+        let started = std::time::Instant::now();
+        let exit = child.stop(Duration::from_secs(3600), &hurry);
         assert!(exit.forced);
         assert!(started.elapsed() < Duration::from_secs(3600));
+        reaper.stop();
+    }
+
+    #[test]
+    fn dropping_a_running_child_kills_its_group() {
+        let reaper = reaper();
+        let (child, _io) = spawn(&reaper, &sh("sleep 1000"), &[]).expect("spawn");
+        let watch = Arc::clone(child.watch());
+        drop(child);
+        let reaped = (0..2000).any(|_| {
+            std::thread::sleep(Duration::from_millis(5));
+            watch.status().is_some()
+        });
+        assert!(reaped, "the dropped child was never reaped");
+        reaper.stop();
     }
 
     #[test]
     fn spawn_failure_names_the_command() {
+        let reaper = reaper();
         let err = spawn(
+            &reaper,
             &ChildCommand {
                 program: "/nonexistent/mcp".into(),
                 args: vec!["--x".into()],
@@ -303,5 +341,6 @@ mod tests {
                 .starts_with("failed to spawn `/nonexistent/mcp --x`: "),
             "{err}"
         );
+        reaper.stop();
     }
 }

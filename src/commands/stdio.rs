@@ -3,31 +3,36 @@
 //!
 //! The same session engine as `serve`; only the client end differs. Our
 //! stdin and stdout belong to the parent too, so they stay in blocking
-//! mode and are made wakeable with an [`Alarm`] instead. Signals are
-//! watched on a thread of their own, closed and joined at the end.
+//! mode: the worker reads them only after `poll(2)` says so and writes a
+//! pipe at most `PIPE_BUF` at a time. Signals are watched on a thread of
+//! their own, closed and joined at the end. The exit status is the
+//! child's, so the client launching us sees what it would have seen
+//! launching the server directly.
 
 use std::os::fd::BorrowedFd;
+use std::os::unix::process::ExitStatusExt;
 
 use log::{info, warn};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
+use crate::child::reaper::Reaper;
 use crate::child::stderr::Hub;
 use crate::config::StdioConfig;
 use crate::error::{Context, Error};
-use crate::session::run::{self as session, ClientStream, Shared};
+use crate::session::client::{ClientSide, StreamClient};
+use crate::session::outbox::WriteKind;
+use crate::session::relay::Control;
+use crate::session::run::{self as session, Shared, Summary};
 use crate::session::table::SessionId;
-use crate::session::writer::FdKind;
 use crate::shutdown::Trigger;
-use crate::sys::interrupt::{Alarm, Interruptible};
 
-/// Runs the one session. `Ok(true)` if the child ran, `Ok(false)` if it
-/// could not be started (the client was told why).
-pub fn run(config: &StdioConfig) -> Result<bool, Error> {
+/// Runs the one session; returns the exit status for forkline itself.
+pub fn run(config: &StdioConfig) -> Result<i32, Error> {
     let shutdown = Trigger::new().context(|| "cannot create the shutdown trigger".into())?;
     let hurry = Trigger::new().context(|| "cannot create the shutdown trigger".into())?;
-    let hub = Hub::start().context(|| "cannot start the I/O hub thread".into())?;
-    let client_alarm = Alarm::new().context(|| "cannot create a wake-up fd".into())?;
+    let stderr = Hub::start().context(|| "cannot start the stderr log thread".into())?;
+    let reaper = Reaper::start().context(|| "cannot start the child reaper".into())?;
     let mut signals =
         Signals::new([SIGTERM, SIGINT]).context(|| "cannot install signal handlers".into())?;
     let signals_handle = signals.handle();
@@ -52,20 +57,21 @@ pub fn run(config: &StdioConfig) -> Result<bool, Error> {
                 }
             });
         let shared = Shared {
-            hub: &hub,
             command: &config.command,
             limits: &config.limits,
-            shutdown: &shutdown,
-            hurry: &hurry,
+            control: Control {
+                shutdown: &shutdown,
+                hurry: &hurry,
+            },
+            stderr: &stderr,
+            reaper: &reaper,
         };
-        let stop_reading = || client_alarm.ring();
-        let client = ClientStream {
-            reader: Interruptible::new(stdin_fd(), &client_alarm),
-            writer: stdout_fd(),
-            writer_kind: FdKind::for_shared_fd(stdout_fd()),
-            stop_reading: &stop_reading,
-        };
-        let summary = session::run(SessionId(1), "stdio", &shared, client, |_| {});
+        let client = ClientSide::Stream(StreamClient {
+            read: stdin_fd(),
+            write: stdout_fd(),
+            write_kind: WriteKind::for_shared_fd(stdout_fd()),
+        });
+        let summary = session::run(SessionId(1), "stdio", &shared, client, |_| {}, None);
         signals_handle.close();
         if let Ok(watcher) = watcher {
             if watcher.join().is_err() {
@@ -74,7 +80,22 @@ pub fn run(config: &StdioConfig) -> Result<bool, Error> {
         }
         summary
     });
-    Ok(summary.exit.is_some())
+    reaper.stop();
+    Ok(exit_status(&summary))
+}
+
+/// 0 when the child exited 0, its own code when it exited non-zero,
+/// 128 + N when signal N killed it (as a shell reports it), 1 when it
+/// could not be started.
+fn exit_status(summary: &Summary) -> i32 {
+    let Some(exit) = summary.exit else {
+        return 1;
+    };
+    match (exit.status.code(), exit.status.signal()) {
+        (Some(code), _) => code,
+        (None, Some(signal)) => 128 + signal,
+        _ => 1,
+    }
 }
 
 fn stdin_fd() -> BorrowedFd<'static> {

@@ -1,42 +1,57 @@
 //! `forkline serve`: the mio loop that owns the listeners, the signals and
 //! the waker; admits or refuses each connection and hands it to the pool.
 //!
-//! The acceptor never blocks on a client: a refusal is one small write on
-//! a fresh socket, whose send buffer is empty, made without blocking.
-//! Shutdown is driven from here: the first signal closes the listeners and
-//! fires the shutdown trigger, the second fires `hurry`; every session
-//! that ends wakes the loop through the waker, and once the table is empty
-//! the pool is joined and `serve` returns.
+//! The acceptor never blocks on a client: a refusal is one small
+//! non-blocking write on a fresh socket, whose send buffer is empty.
+//! Listeners are edge-triggered, so every readiness event is drained until
+//! the backlog is empty — whatever goes wrong with one connection, and
+//! even at the descriptor ceiling (see `fd_limit::Reserve`), nothing is
+//! left waiting unseen. Shutdown is driven from here: the first signal
+//! closes the listeners and fires the shutdown trigger, the second fires
+//! `hurry`; every session that ends wakes the loop through the waker, and
+//! once the table is empty the pool is joined and `serve` returns.
 
-use std::io::{self, Write};
+use std::io;
 use std::os::fd::AsFd;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use log::{error, info, warn};
 use mio::{Events, Interest, Poll, Token, Waker};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
 
+use crate::child::reaper::Reaper;
 use crate::child::stderr::Hub;
 use crate::config::ServeConfig;
 use crate::error::{Context, Error};
-use crate::net::listener::{Accepted, Listener};
+use crate::net::fd_limit::{self, Reserve};
+use crate::net::listener::{AcceptError, Accepted, Listener, Stream};
 use crate::proto::message::{Message, code};
+use crate::session::client::{ClientSide, StreamClient};
+use crate::session::outbox::WriteKind;
 use crate::session::pool::Pool;
-use crate::session::run::{self as session, ClientStream, Shared};
-use crate::session::table::{Sessions, Slot};
-use crate::session::writer::FdKind;
+use crate::session::relay::Control;
+use crate::session::run::{self as session, Shared};
+use crate::session::table::{Refusal, Sessions, Slot};
 use crate::shutdown::Trigger;
+use crate::sys::socket;
 
 const SIGNALS: Token = Token(0);
 const WAKER: Token = Token(1);
 /// Listener `i` is registered as `Token(FIRST_LISTENER + i)`.
 const FIRST_LISTENER: usize = 2;
 
+/// After a failure that does not concern one connection (out of memory or
+/// buffers, out of descriptors with no reserve), the backlog is tried
+/// again this much later instead of in a hot loop.
+const ACCEPT_RETRY: Duration = Duration::from_millis(100);
+
 /// Everything a session's job needs from the proxy, shared by `Arc`.
 struct Proxy {
     config: ServeConfig,
-    hub: Hub,
+    stderr: Hub,
+    reaper: Reaper,
     shutdown: Trigger,
     hurry: Trigger,
 }
@@ -44,6 +59,7 @@ struct Proxy {
 /// Binds every listener, prints where, and serves until SIGTERM/SIGINT.
 /// Returns once every session has ended and every worker is joined.
 pub fn serve(config: ServeConfig) -> Result<(), Error> {
+    let fd_limit = fd_limit::raise_to_hard_limit();
     let mut poll = Poll::new().context(|| "cannot create the event loop".into())?;
     let waker =
         Arc::new(Waker::new(poll.registry(), WAKER).context(|| "cannot create the waker".into())?);
@@ -61,32 +77,49 @@ pub fn serve(config: ServeConfig) -> Result<(), Error> {
             .context(|| format!("cannot watch {addr}"))?;
         listeners.push(Some(listener));
     }
+    let proxy = Arc::new(Proxy {
+        stderr: Hub::start().context(|| "cannot start the stderr log thread".into())?,
+        reaper: Reaper::start().context(|| "cannot start the child reaper".into())?,
+        shutdown: Trigger::new().context(|| "cannot create the shutdown trigger".into())?,
+        hurry: Trigger::new().context(|| "cannot create the shutdown trigger".into())?,
+        config,
+    });
+    let mut reserve = Reserve::new();
+    let limits = &proxy.config.limits;
+    let capacity = fd_limit::session_capacity(fd_limit, fd_limit::open_fds());
+    if limits.max_sessions > capacity {
+        warn!(
+            "--max-sessions {} is more than the descriptor limit allows: RLIMIT_NOFILE {fd_limit} \
+             leaves room for {capacity} sessions at {} descriptors each; connections past that \
+             are refused with -32001 (raise the limit with `ulimit -n` or LimitNOFILE=)",
+            limits.max_sessions,
+            fd_limit::FDS_PER_SESSION
+        );
+    }
     // Written whatever the log level: scripts and tests read these lines.
     for listener in listeners.iter().flatten() {
         eprintln!("forkline: listening on {}", listener.local_addr());
     }
     info!(
-        "serving `{}` max_sessions={}",
-        config.command, config.limits.max_sessions
+        "serving `{}` max_sessions={} fd_limit={fd_limit} fd_capacity={capacity}",
+        proxy.config.command, limits.max_sessions
     );
 
     let session_waker = Arc::clone(&waker);
-    let sessions = Sessions::new(&config.limits, move || {
+    let sessions = Sessions::new(limits, fd_limit, capacity, move || {
         // The loop re-checks the table on every wake-up; a failed wake
         // only delays that to the next event.
         let _ = session_waker.wake();
     });
-    let proxy = Arc::new(Proxy {
-        config,
-        hub: Hub::start().context(|| "cannot start the I/O hub thread".into())?,
-        shutdown: Trigger::new().context(|| "cannot create the shutdown trigger".into())?,
-        hurry: Trigger::new().context(|| "cannot create the shutdown trigger".into())?,
-    });
-    let mut pool = Pool::new(proxy.config.limits.max_sessions);
+    let mut pool = Pool::new(limits.max_sessions);
     let mut events = Events::with_capacity(64);
+    let mut throttle = Throttle::default();
+    // Listeners whose backlog must be tried again after ACCEPT_RETRY.
+    let mut retry_at: Option<Instant> = None;
 
     loop {
-        if let Err(e) = poll.poll(&mut events, None) {
+        let timeout = retry_at.map(|at| at.saturating_duration_since(Instant::now()));
+        if let Err(e) = poll.poll(&mut events, timeout) {
             if e.kind() == io::ErrorKind::Interrupted {
                 continue;
             }
@@ -95,6 +128,7 @@ pub fn serve(config: ServeConfig) -> Result<(), Error> {
                 source: e,
             });
         }
+        let mut ready: Vec<usize> = Vec::new();
         for event in events.iter() {
             match event.token() {
                 SIGNALS => {
@@ -103,10 +137,25 @@ pub fn serve(config: ServeConfig) -> Result<(), Error> {
                     }
                 }
                 WAKER => {}
-                Token(n) => {
-                    if let Some(Some(listener)) = listeners.get(n - FIRST_LISTENER) {
-                        accept_all(listener, &sessions, &proxy, &mut pool);
-                    }
+                Token(n) => ready.push(n - FIRST_LISTENER),
+            }
+        }
+        if retry_at.is_some_and(|at| Instant::now() >= at) {
+            retry_at = None;
+            ready.extend(0..listeners.len());
+        }
+        for i in ready {
+            if let Some(Some(listener)) = listeners.get(i) {
+                let mut admission = Admission {
+                    sessions: &sessions,
+                    proxy: &proxy,
+                    pool: &mut pool,
+                    reserve: &mut reserve,
+                    throttle: &mut throttle,
+                    fd_limit,
+                };
+                if admission.drain(listener) == Drained::RetryLater {
+                    retry_at = Some(Instant::now() + ACCEPT_RETRY);
                 }
             }
         }
@@ -115,6 +164,7 @@ pub fn serve(config: ServeConfig) -> Result<(), Error> {
         }
     }
     pool.join();
+    proxy.reaper.stop();
     info!("shut down cleanly");
     Ok(())
 }
@@ -144,83 +194,178 @@ fn on_signal(signal: i32, proxy: &Proxy, listeners: &mut [Option<Listener>], pol
     proxy.shutdown.fire();
 }
 
-/// Accepts until `WouldBlock`, as edge-triggered readiness requires.
-fn accept_all(listener: &Listener, sessions: &Sessions, proxy: &Arc<Proxy>, pool: &mut Pool) {
-    loop {
-        match listener.accept() {
-            Ok(accepted) => admit(accepted, listener.transport(), sessions, proxy, pool),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            // ECONNABORTED and friends concern one connection; EMFILE means
-            // we are at the fd limit: the connection waits in the backlog
-            // and the next readiness event retries.
-            Err(e) => {
-                warn!("accept on {} failed: {e}", listener.local_addr());
-                return;
+#[derive(Debug, PartialEq, Eq)]
+enum Drained {
+    Empty,
+    RetryLater,
+}
+
+/// Everything admitting a connection touches.
+struct Admission<'a> {
+    sessions: &'a Sessions,
+    proxy: &'a Arc<Proxy>,
+    pool: &'a mut Pool,
+    reserve: &'a mut Reserve,
+    throttle: &'a mut Throttle,
+    fd_limit: u64,
+}
+
+impl Admission<'_> {
+    /// Accepts until the backlog is empty, as edge-triggered readiness
+    /// requires. Only a failure of `accept(2)` itself that would repeat at
+    /// once stops early, asking to be called again later.
+    fn drain(&mut self, listener: &Listener) -> Drained {
+        loop {
+            match listener.accept() {
+                Ok(accepted) => self.admit(accepted, listener.transport()),
+                Err(AcceptError::Drained) => return Drained::Empty,
+                Err(AcceptError::Connection(e)) => {
+                    self.throttle.warn(format_args!(
+                        "a connection on {} could not be set up and was closed: {e}",
+                        listener.local_addr()
+                    ));
+                }
+                Err(AcceptError::Listener(e)) => match e.raw_os_error() {
+                    Some(libc::EINTR | libc::ECONNABORTED | libc::EPROTO | libc::EPERM) => {}
+                    Some(libc::EMFILE | libc::ENFILE) => {
+                        if !self.refuse_without_descriptors(listener) {
+                            self.throttle.warn(format_args!(
+                                "accept on {} failed: {e}; retrying",
+                                listener.local_addr()
+                            ));
+                            return Drained::RetryLater;
+                        }
+                    }
+                    _ => {
+                        self.throttle.warn(format_args!(
+                            "accept on {} failed: {e}; retrying",
+                            listener.local_addr()
+                        ));
+                        return Drained::RetryLater;
+                    }
+                },
             }
         }
     }
-}
 
-fn admit(
-    accepted: Accepted,
-    transport: &'static str,
-    sessions: &Sessions,
-    proxy: &Arc<Proxy>,
-    pool: &mut Pool,
-) {
-    let Accepted {
-        stream,
-        client,
-        peer,
-    } = accepted;
-    let slot = match sessions.try_admit(client, peer.clone(), transport) {
-        Ok(slot) => slot,
-        Err(refusal) => {
-            info!(
-                "refused peer={peer} reason={} ({refusal})",
-                refusal.reason()
-            );
-            let line = Message::error(None, code::SESSION_REFUSED, &refusal.to_string());
-            let mut out = Vec::with_capacity(line.line.len() + 1);
-            out.extend_from_slice(&line.line);
-            out.push(b'\n');
-            // The socket is blocking, but a fresh socket's send buffer
-            // takes a line this small at once.
-            let _ = (&stream).write_all(&out);
-            stream.shutdown();
-            return;
+    /// Out of descriptors: spends the reserve to take one connection and
+    /// tell it why it is refused. `false` if that was not possible.
+    fn refuse_without_descriptors(&mut self, listener: &Listener) -> bool {
+        if !self.reserve.release() {
+            return false;
         }
-    };
-    let job_proxy = Arc::clone(proxy);
-    let job = Box::new(move || run_session(slot, stream, &peer, &job_proxy));
-    if pool.execute(job).is_err() {
-        // Unreachable while admission caps sessions at the pool's size;
-        // the job (and with it the slot and the stream) is dropped.
-        error!("no worker could take a session; connection dropped");
+        let refused = match listener.accept() {
+            Ok(accepted) => {
+                let refusal = Refusal::Descriptors {
+                    fds: self.fd_limit,
+                    sessions: 0,
+                };
+                info!(
+                    "refused peer={} reason={} ({refusal})",
+                    accepted.peer,
+                    refusal.reason()
+                );
+                refuse(&accepted.stream, &refusal);
+                true
+            }
+            Err(_) => false,
+        };
+        self.reserve.restore();
+        refused
+    }
+
+    fn admit(&mut self, accepted: Accepted, transport: &'static str) {
+        let Accepted {
+            stream,
+            client,
+            peer,
+        } = accepted;
+        let slot = match self.sessions.try_admit(client, peer.clone(), transport) {
+            Ok(slot) => slot,
+            Err(refusal) => {
+                info!(
+                    "refused peer={peer} reason={} ({refusal})",
+                    refusal.reason()
+                );
+                refuse(&stream, &refusal);
+                return;
+            }
+        };
+        let job_proxy = Arc::clone(self.proxy);
+        let job = Box::new(move || run_session(slot, stream, &peer, &job_proxy));
+        if self.pool.execute(job).is_err() {
+            // Unreachable while admission caps sessions at the pool's size;
+            // the job (and with it the slot and the stream) is dropped.
+            error!("no worker could take a session; connection dropped");
+        }
     }
 }
 
-fn run_session(slot: Slot, stream: crate::net::listener::Stream, peer: &str, proxy: &Proxy) {
+/// Sends the -32001 line and closes. The socket is fresh, so its send
+/// buffer takes a line this small at once.
+fn refuse(stream: &Stream, refusal: &Refusal) {
+    let line = Message::error(None, code::SESSION_REFUSED, &refusal.to_string());
+    let _ = socket::send_now(stream.as_fd(), &[&line.line, b"\n"]);
+    stream.shutdown();
+}
+
+fn run_session(slot: Slot, stream: Stream, peer: &str, proxy: &Proxy) {
     let shared = Shared {
         command: &proxy.config.command,
         limits: &proxy.config.limits,
-        shutdown: &proxy.shutdown,
-        hurry: &proxy.hurry,
-        hub: &proxy.hub,
+        control: Control {
+            shutdown: &proxy.shutdown,
+            hurry: &proxy.hurry,
+        },
+        stderr: &proxy.stderr,
+        reaper: &proxy.reaper,
     };
-    let stop_reading = || stream.shutdown_read();
-    let client = ClientStream {
-        reader: &stream,
-        writer: stream.as_fd(),
-        writer_kind: FdKind::Socket,
-        stop_reading: &stop_reading,
-    };
-    session::run(slot.id(), peer, &shared, client, |pid| {
-        slot.set_child_pid(pid)
+    let client = ClientSide::Stream(StreamClient {
+        read: stream.as_fd(),
+        write: stream.as_fd(),
+        write_kind: WriteKind::Socket,
     });
+    session::run(
+        slot.id(),
+        peer,
+        &shared,
+        client,
+        |pid| slot.set_child_pid(pid),
+        None,
+    );
     // The slot goes last: once it is free, the acceptor may admit the next
     // session and, during shutdown, may find the table empty.
     drop(stream);
     drop(slot);
+}
+
+/// At most one warning a second for accept failures, with a count of the
+/// ones held back, so a persistent failure cannot flood the log.
+#[derive(Default)]
+struct Throttle {
+    last: Option<Instant>,
+    held_back: u64,
+}
+
+impl Throttle {
+    fn warn(&mut self, what: std::fmt::Arguments<'_>) {
+        let now = Instant::now();
+        if self
+            .last
+            .is_some_and(|last| now.duration_since(last) < Duration::from_secs(1))
+        {
+            self.held_back += 1;
+            return;
+        }
+        if self.held_back > 0 {
+            warn!(
+                "{what} ({} similar failures in the last second not logged)",
+                self.held_back
+            );
+        } else {
+            warn!("{what}");
+        }
+        self.last = Some(now);
+        self.held_back = 0;
+    }
 }

@@ -72,15 +72,15 @@ impl Listener {
         }
     }
 
-    /// Accepts one pending connection; `WouldBlock` when there is none.
-    pub fn accept(&self) -> io::Result<Accepted> {
+    /// Accepts one pending connection, non-blocking as the session's
+    /// worker wants it.
+    pub fn accept(&self) -> Result<Accepted, AcceptError> {
         match self {
             Listener::Tcp(l) => {
-                let (stream, addr) = l.accept()?;
+                let (stream, addr) = l.accept().map_err(AcceptError::from_accept)?;
                 let stream: std::net::TcpStream = stream.into();
-                stream.set_nonblocking(false)?;
                 // Messages are small and latency-bound: no Nagle delay.
-                stream.set_nodelay(true)?;
+                stream.set_nodelay(true).map_err(AcceptError::Connection)?;
                 Ok(Accepted {
                     stream: Stream::Tcp(stream),
                     client: ClientKey::Ip(addr.ip()),
@@ -88,16 +88,36 @@ impl Listener {
                 })
             }
             Listener::Unix { listener, .. } => {
-                let (stream, _) = listener.accept()?;
+                let (stream, _) = listener.accept().map_err(AcceptError::from_accept)?;
                 let stream: std::os::unix::net::UnixStream = stream.into();
-                stream.set_nonblocking(false)?;
-                let uid = peer_uid(&stream)?;
+                let uid = peer_uid(&stream).map_err(AcceptError::Connection)?;
                 Ok(Accepted {
                     stream: Stream::Unix(stream),
                     client: ClientKey::Uid(uid),
                     peer: format!("unix:uid={uid}"),
                 })
             }
+        }
+    }
+}
+
+/// Why `accept` gave no connection.
+#[derive(Debug)]
+pub enum AcceptError {
+    /// The backlog is empty.
+    Drained,
+    /// `accept(2)` failed; the connection (if any) is still in the backlog.
+    Listener(io::Error),
+    /// A connection was accepted but could not be set up; it is closed.
+    Connection(io::Error),
+}
+
+impl AcceptError {
+    fn from_accept(e: io::Error) -> AcceptError {
+        if e.kind() == io::ErrorKind::WouldBlock {
+            AcceptError::Drained
+        } else {
+            AcceptError::Listener(e)
         }
     }
 }

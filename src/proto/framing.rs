@@ -1,145 +1,193 @@
-//! Newline framing with a size cap, as pure functions over `BufRead`.
+//! Newline framing with a size cap, as a pure push parser.
 //!
 //! MCP's stdio framing: one message per line, `\n`-terminated, a trailing
-//! `\r` tolerated and stripped, empty lines skipped. A line longer than the
-//! limit is never held whole: we keep its first bytes (enough to read an
-//! `id` from most messages) and skip the rest as it streams past, so an
-//! endless line costs bounded memory.
-
-use std::io::{self, BufRead};
+//! `\r` tolerated and stripped, empty lines skipped. The session worker
+//! reads whatever the fd has and pushes it here; complete lines come back
+//! borrowed, straight from the read buffer when a line lies whole in it
+//! (the common case, no copy). A line longer than the limit is never held
+//! whole: its first bytes are kept (enough to read an `id` from most
+//! messages) and the rest is skipped as it streams past, so an endless
+//! line costs bounded memory.
 
 /// How much of an oversized line is kept, so its `id` can usually still be
 /// read and the sender told which request was refused.
 pub const OVERSIZED_HEAD_BYTES: usize = 4096;
 
-/// What `read_frame` found.
+/// A partial line buffer this large or larger is given back once empty,
+/// so one big message does not pin its memory for the session's life.
+const SHRINK_ABOVE_BYTES: usize = 64 * 1024;
+
+/// One complete line.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Frame {
-    /// A complete message is in the caller's buffer, without `\r\n`.
-    Message,
-    /// A line of `len` bytes exceeded the limit and was discarded; the
-    /// caller's buffer holds its first bytes (at most the limit, at most
-    /// `OVERSIZED_HEAD_BYTES`).
-    Oversized { len: usize },
-    /// The stream ended; no partial message is pending.
-    Eof,
+pub enum Frame<'a> {
+    /// A message, without its line ending.
+    Message(&'a [u8]),
+    /// A line of `len` bytes exceeded the limit and was discarded; `head`
+    /// is its beginning (at most the limit, at most `OVERSIZED_HEAD_BYTES`).
+    Oversized { len: usize, head: &'a [u8] },
 }
 
-/// Reads the next non-empty line into `line` (cleared first). Blocks.
-///
-/// `max` bounds the message without its line ending. A final line without
-/// a newline before EOF still counts as a message: being lenient costs
-/// nothing and a peer that forgets the last `\n` is common.
-pub fn read_frame(reader: &mut impl BufRead, max: usize, line: &mut Vec<u8>) -> io::Result<Frame> {
-    line.clear();
-    // Room for the message plus a `\r` that will be stripped.
-    let keep = max.saturating_add(1);
-    let head = max.min(OVERSIZED_HEAD_BYTES);
-    let mut total = 0usize;
-    let mut oversized = false;
-    loop {
-        let buf = match reader.fill_buf() {
-            Ok(buf) => buf,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        };
-        let (chunk, consumed, line_ended) = match memchr::memchr(b'\n', buf) {
-            Some(at) => (&buf[..at], at + 1, true),
-            None if buf.is_empty() => (&buf[..0], 0, true),
-            None => (buf, buf.len(), false),
-        };
-        let at_eof = buf.is_empty();
-        total += chunk.len();
-        if !oversized {
-            if line.len() + chunk.len() <= keep {
-                line.extend_from_slice(chunk);
+/// Splits a byte stream into lines of at most `max` bytes (line ending
+/// excluded). Holds at most `max + 1` bytes of a partial line.
+#[derive(Debug)]
+pub struct LineSplitter {
+    max: usize,
+    /// The partial line so far (or, once oversized, its head).
+    line: Vec<u8>,
+    /// Bytes of the partial line seen so far, kept or not.
+    seen: usize,
+    oversized: bool,
+}
+
+impl LineSplitter {
+    pub fn new(max: usize) -> LineSplitter {
+        LineSplitter {
+            max,
+            line: Vec::new(),
+            seen: 0,
+            oversized: false,
+        }
+    }
+
+    /// True when no partial line is pending.
+    pub fn is_empty(&self) -> bool {
+        self.seen == 0
+    }
+
+    /// Feeds `bytes`; calls `on_frame` for every line they complete.
+    pub fn push(&mut self, mut bytes: &[u8], mut on_frame: impl FnMut(Frame<'_>)) {
+        while let Some(at) = memchr::memchr(b'\n', bytes) {
+            let piece = &bytes[..at];
+            if self.is_empty() {
+                // The whole line is in `bytes`: hand it out in place.
+                if let Some(frame) = self.frame_of(piece, piece.len()) {
+                    on_frame(frame);
+                }
             } else {
-                oversized = true;
-                let room = head.saturating_sub(line.len());
-                line.extend_from_slice(&chunk[..room.min(chunk.len())]);
-                line.truncate(head);
+                self.keep(piece);
+                let line = std::mem::take(&mut self.line);
+                if let Some(frame) = self.frame_of(&line, self.seen) {
+                    on_frame(frame);
+                }
+                self.line = line;
+                self.reset();
             }
+            bytes = &bytes[at + 1..];
         }
-        reader.consume(consumed);
-        if !line_ended {
-            continue;
+        self.keep(bytes);
+    }
+
+    /// At end of stream: a last line without a newline still counts (a
+    /// peer that forgets the final `\n` is common and costs nothing).
+    pub fn finish(&mut self, mut on_frame: impl FnMut(Frame<'_>)) {
+        if self.is_empty() {
+            return;
         }
-        if !oversized && line.last() == Some(&b'\r') {
-            line.pop();
-            total -= 1;
+        let line = std::mem::take(&mut self.line);
+        if let Some(frame) = self.frame_of(&line, self.seen) {
+            on_frame(frame);
         }
-        if !oversized && line.len() > max {
-            oversized = true;
-            line.truncate(head);
+        self.line = line;
+        self.reset();
+    }
+
+    /// Appends to the partial line, keeping only what the limit allows.
+    fn keep(&mut self, bytes: &[u8]) {
+        self.seen += bytes.len();
+        if self.oversized {
+            return;
         }
-        if oversized {
-            return Ok(Frame::Oversized { len: total });
+        // Room for the message plus a `\r` that will be stripped.
+        if self.line.len() + bytes.len() <= self.max.saturating_add(1) {
+            self.line.extend_from_slice(bytes);
+        } else {
+            let head = self.head_len();
+            let room = head.saturating_sub(self.line.len());
+            self.line.extend_from_slice(&bytes[..room.min(bytes.len())]);
+            self.line.truncate(head);
+            self.oversized = true;
         }
-        if !line.is_empty() {
-            return Ok(Frame::Message);
+    }
+
+    /// The frame for a complete line whose kept bytes are `line` and whose
+    /// full length was `seen`; `None` for an empty line.
+    fn frame_of<'a>(&self, line: &'a [u8], seen: usize) -> Option<Frame<'a>> {
+        let oversized = self.oversized;
+        let (line, len) = match line.last() {
+            Some(b'\r') if !oversized => (&line[..line.len() - 1], seen - 1),
+            _ => (line, seen),
+        };
+        if oversized || len > self.max {
+            let head = &line[..line.len().min(self.head_len())];
+            return Some(Frame::Oversized { len, head });
         }
-        if at_eof {
-            return Ok(Frame::Eof);
+        (!line.is_empty()).then_some(Frame::Message(line))
+    }
+
+    fn head_len(&self) -> usize {
+        self.max.min(OVERSIZED_HEAD_BYTES)
+    }
+
+    fn reset(&mut self) {
+        self.line.clear();
+        if self.line.capacity() >= SHRINK_ABOVE_BYTES {
+            self.line = Vec::new();
         }
-        // An empty line: skip it and read on.
-        total = 0;
+        self.seen = 0;
+        self.oversized = false;
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::{BufReader, Read};
 
-    /// Hands out its data a few bytes per `read`, to prove frames survive
-    /// arbitrary splits.
-    struct Trickle<'a> {
-        data: &'a [u8],
-        step: usize,
+    #[derive(Debug, PartialEq, Eq)]
+    enum Owned {
+        Message(Vec<u8>),
+        Oversized { len: usize, head: Vec<u8> },
     }
 
-    impl Read for Trickle<'_> {
-        fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
-            let n = self.step.min(self.data.len()).min(out.len());
-            out[..n].copy_from_slice(&self.data[..n]);
-            self.data = &self.data[n..];
-            Ok(n)
-        }
-    }
-
-    fn frames(data: &[u8], max: usize, step: usize) -> Vec<(Frame, Vec<u8>)> {
-        let mut reader = BufReader::with_capacity(16, Trickle { data, step });
+    /// Every frame of `data` fed `step` bytes at a time, then finished.
+    fn frames(data: &[u8], max: usize, step: usize) -> Vec<Owned> {
+        let mut splitter = LineSplitter::new(max);
         let mut out = Vec::new();
-        let mut line = Vec::new();
-        for _ in 0..1000 {
-            let frame = read_frame(&mut reader, max, &mut line).expect("in-memory read");
-            let done = frame == Frame::Eof;
-            out.push((frame, line.clone()));
-            if done {
-                return out;
-            }
+        let mut collect = |frame: Frame<'_>| {
+            out.push(match frame {
+                Frame::Message(m) => Owned::Message(m.to_vec()),
+                Frame::Oversized { len, head } => Owned::Oversized {
+                    len,
+                    head: head.to_vec(),
+                },
+            })
+        };
+        for chunk in data.chunks(step.max(1)) {
+            splitter.push(chunk, &mut collect);
         }
-        panic!("no EOF after 1000 frames");
+        splitter.finish(&mut collect);
+        assert!(splitter.is_empty());
+        out
     }
 
     fn messages(data: &[u8], max: usize) -> Vec<Vec<u8>> {
         frames(data, max, 3)
             .into_iter()
-            .filter(|(f, _)| *f == Frame::Message)
-            .map(|(_, l)| l)
+            .filter_map(|f| match f {
+                Owned::Message(m) => Some(m),
+                Owned::Oversized { .. } => None,
+            })
             .collect()
     }
 
     #[test]
     fn splits_lines_across_arbitrary_reads() {
-        for step in 1..8 {
-            let got: Vec<_> = frames(b"{\"a\":1}\n{\"b\":2}\n", 100, step)
-                .into_iter()
-                .map(|(_, l)| l)
-                .collect();
+        for step in 1..20 {
             assert_eq!(
-                got,
-                vec![b"{\"a\":1}".to_vec(), b"{\"b\":2}".to_vec(), Vec::new()],
+                frames(b"{\"a\":1}\n{\"b\":2}\n", 100, step),
+                vec![
+                    Owned::Message(b"{\"a\":1}".to_vec()),
+                    Owned::Message(b"{\"b\":2}".to_vec())
+                ],
                 "step {step}"
             );
         }
@@ -168,30 +216,48 @@ mod tests {
         data.extend_from_slice(b"\r\n");
         data.extend_from_slice(&[b'y'; 11]);
         data.extend_from_slice(b"\n{}\n");
-        let got = frames(&data, 10, 4);
-        assert_eq!(
-            got[0],
-            (Frame::Message, at_limit.to_vec()),
-            "a CRLF line at the limit fits"
-        );
-        assert_eq!(got[1], (Frame::Oversized { len: 11 }, vec![b'y'; 10]));
-        assert_eq!(
-            got[2],
-            (Frame::Message, b"{}".to_vec()),
-            "the stream goes on after"
-        );
+        for step in [1, 4, 100] {
+            let got = frames(&data, 10, step);
+            assert_eq!(
+                got[0],
+                Owned::Message(at_limit.to_vec()),
+                "a CRLF line at the limit fits (step {step})"
+            );
+            assert_eq!(
+                got[1],
+                Owned::Oversized {
+                    len: 11,
+                    head: vec![b'y'; 10]
+                },
+                "step {step}"
+            );
+            assert_eq!(got[2], Owned::Message(b"{}".to_vec()), "the stream goes on");
+        }
     }
 
     #[test]
     fn an_endless_line_keeps_only_its_head() {
-        let mut data = b"{\"id\":7,".to_vec();
-        data.extend(std::iter::repeat_n(b'z', 100_000));
-        data.push(b'\n');
-        let got = frames(&data, 50_000, 1000);
-        let (frame, head) = &got[0];
-        assert_eq!(*frame, Frame::Oversized { len: 100_008 });
+        let mut splitter = LineSplitter::new(50_000);
+        splitter.push(b"{\"id\":7,", |_| panic!("no frame yet"));
+        let filler = [b'z'; 1000];
+        for _ in 0..100 {
+            splitter.push(&filler, |_| panic!("no frame yet"));
+            assert!(splitter.line.len() <= 50_001, "holds at most the limit");
+        }
+        let mut got = None;
+        splitter.push(b"\n", |f| {
+            if let Frame::Oversized { len, head } = f {
+                got = Some((len, head.to_vec()));
+            }
+        });
+        let (len, head) = got.expect("an oversized frame");
+        assert_eq!(len, 100_008);
         assert_eq!(head.len(), OVERSIZED_HEAD_BYTES);
         assert!(head.starts_with(b"{\"id\":7,"));
+        assert!(
+            splitter.line.capacity() < SHRINK_ABOVE_BYTES,
+            "memory given back"
+        );
     }
 
     #[test]
@@ -200,8 +266,8 @@ mod tests {
     }
 
     #[test]
-    fn empty_input_is_eof() {
-        assert_eq!(frames(b"", 10, 1), vec![(Frame::Eof, Vec::new())]);
-        assert_eq!(frames(b"\n\n", 10, 1), vec![(Frame::Eof, Vec::new())]);
+    fn empty_input_has_no_frames() {
+        assert!(frames(b"", 10, 1).is_empty());
+        assert!(frames(b"\n\n\r\n", 10, 1).is_empty());
     }
 }

@@ -21,6 +21,7 @@ pub mod code {
     pub const CHILD_GONE: i64 = -32002;
     pub const TOO_LARGE: i64 = -32003;
     pub const SHUTTING_DOWN: i64 = -32004;
+    pub const TOO_MANY_INFLIGHT: i64 = -32005;
 }
 
 /// A JSON-RPC id as its raw JSON text (`7`, `"abc"`), so ids of different

@@ -1,8 +1,11 @@
-//! One session: the worker that runs it, its rules, the table of live
-//! sessions and the pool of worker threads.
+//! One session: the worker loop that relays it, its rules, its client side
+//! (a byte stream or channels), the table of live sessions and the pool of
+//! worker threads.
 
-pub mod flow;
+pub mod client;
+pub mod outbox;
 pub mod pool;
+pub mod relay;
+pub mod rules;
 pub mod run;
 pub mod table;
-pub mod writer;

@@ -47,8 +47,19 @@ impl fmt::Display for SessionId {
 /// Why a connection was turned away.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Refusal {
-    MaxSessions { limit: usize },
-    MaxSessionsPerClient { limit: usize, client: ClientKey },
+    MaxSessions {
+        limit: usize,
+    },
+    MaxSessionsPerClient {
+        limit: usize,
+        client: ClientKey,
+    },
+    /// The descriptor limit (`fds`) allows only `sessions` sessions, or
+    /// (`sessions` = 0) `accept` itself ran out of descriptors.
+    Descriptors {
+        fds: u64,
+        sessions: usize,
+    },
 }
 
 impl Refusal {
@@ -57,6 +68,7 @@ impl Refusal {
         match self {
             Refusal::MaxSessions { .. } => "max_sessions",
             Refusal::MaxSessionsPerClient { .. } => "max_sessions_per_client",
+            Refusal::Descriptors { .. } => "fd_limit",
         }
     }
 }
@@ -73,6 +85,15 @@ impl fmt::Display for Refusal {
             Refusal::MaxSessionsPerClient { limit, client } => write!(
                 f,
                 "session refused: --max-sessions-per-client reached ({limit} of {limit} sessions live for {client})"
+            ),
+            Refusal::Descriptors { fds, sessions: 0 } => write!(
+                f,
+                "session refused: out of file descriptors (the limit, RLIMIT_NOFILE, is {fds})"
+            ),
+            Refusal::Descriptors { fds, sessions } => write!(
+                f,
+                "session refused: the file descriptor limit is reached (RLIMIT_NOFILE {fds} allows {sessions} sessions at {} descriptors each; {sessions} are live)",
+                crate::net::fd_limit::FDS_PER_SESSION
             ),
         }
     }
@@ -106,12 +127,22 @@ struct Shared {
     table: Mutex<Table>,
     max_sessions: usize,
     max_per_client: usize,
+    /// Sessions the descriptor limit allows, and that limit.
+    fd_capacity: usize,
+    fd_limit: u64,
     /// Called after every release, outside the lock (the acceptor's waker).
     on_release: Box<dyn Fn() + Send + Sync>,
 }
 
 impl Sessions {
-    pub fn new(limits: &Limits, on_release: impl Fn() + Send + Sync + 'static) -> Sessions {
+    /// A table for `limits`; `fds` is the descriptor limit in force and
+    /// `fd_capacity` the sessions it allows.
+    pub fn new(
+        limits: &Limits,
+        fds: u64,
+        fd_capacity: usize,
+        on_release: impl Fn() + Send + Sync + 'static,
+    ) -> Sessions {
         let table = Table {
             entries: Slab::with_capacity(limits.max_sessions.min(1024)),
             per_client: HashMap::new(),
@@ -122,6 +153,8 @@ impl Sessions {
                 table: Mutex::new(table),
                 max_sessions: limits.max_sessions,
                 max_per_client: limits.max_sessions_per_client,
+                fd_capacity,
+                fd_limit: fds,
                 on_release: Box::new(on_release),
             }),
         }
@@ -145,6 +178,12 @@ impl Sessions {
         if table.entries.len() >= self.inner.max_sessions {
             return Err(Refusal::MaxSessions {
                 limit: self.inner.max_sessions,
+            });
+        }
+        if table.entries.len() >= self.inner.fd_capacity {
+            return Err(Refusal::Descriptors {
+                fds: self.inner.fd_limit,
+                sessions: self.inner.fd_capacity,
             });
         }
         let count = table.per_client.entry(client).or_insert(0);
@@ -262,7 +301,7 @@ mod tests {
     fn enforces_the_total_limit_and_frees_on_drop() {
         let released = Arc::new(AtomicUsize::new(0));
         let counter = Arc::clone(&released);
-        let sessions = Sessions::new(&limits(2, 10), move || {
+        let sessions = Sessions::new(&limits(2, 10), 1024, 1000, move || {
             counter.fetch_add(1, Ordering::SeqCst);
         });
         let a = sessions.try_admit(ip(1), "a".into(), "tcp").expect("first");
@@ -284,7 +323,7 @@ mod tests {
 
     #[test]
     fn enforces_the_per_client_limit_per_key() {
-        let sessions = Sessions::new(&limits(10, 1), || {});
+        let sessions = Sessions::new(&limits(10, 1), 1024, 1000, || {});
         let _a = sessions
             .try_admit(ip(1), "a".into(), "tcp")
             .expect("first for .1");
@@ -305,8 +344,24 @@ mod tests {
     }
 
     #[test]
+    fn the_descriptor_limit_refuses_like_any_other_limit() {
+        let sessions = Sessions::new(&limits(100, 100), 64, 2, || {});
+        let _a = sessions.try_admit(ip(1), "a".into(), "tcp").expect("first");
+        let _b = sessions
+            .try_admit(ip(2), "b".into(), "tcp")
+            .expect("second");
+        let refusal = sessions.try_admit(ip(3), "c".into(), "tcp").unwrap_err();
+        assert_eq!(refusal.reason(), "fd_limit");
+        let text = refusal.to_string();
+        assert!(
+            text.contains("file descriptor limit") && text.contains("64"),
+            "{text}"
+        );
+    }
+
+    #[test]
     fn ids_are_never_reused_even_when_keys_are() {
-        let sessions = Sessions::new(&limits(1, 1), || {});
+        let sessions = Sessions::new(&limits(1, 1), 1024, 1000, || {});
         let first = sessions
             .try_admit(ip(1), "a".into(), "tcp")
             .expect("admit")
@@ -320,7 +375,7 @@ mod tests {
 
     #[test]
     fn snapshot_shows_the_child_pid() {
-        let sessions = Sessions::new(&limits(4, 4), || {});
+        let sessions = Sessions::new(&limits(4, 4), 1024, 1000, || {});
         let slot = sessions
             .try_admit(ip(1), "127.0.0.1:5".into(), "tcp")
             .expect("admit");

@@ -8,97 +8,10 @@
 //! not need this: `shutdown(2)` wakes their readers and writers.
 
 use std::io::{self, Read, Write};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
-use std::time::{Duration, Instant};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 
-/// A one-shot, level-triggered wake-up, observable through `poll(2)` by any
-/// number of threads. Backed by an eventfd: ringing it makes it readable
-/// for good, since nobody ever reads it.
-#[derive(Debug)]
-pub struct Alarm {
-    fd: OwnedFd,
-}
-
-impl Alarm {
-    pub fn new() -> io::Result<Alarm> {
-        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(Alarm {
-            fd: unsafe { OwnedFd::from_raw_fd(fd) },
-        })
-    }
-
-    /// Wakes every current and future wait on this alarm. Idempotent.
-    pub fn ring(&self) {
-        let one: u64 = 1;
-        // EAGAIN means the counter is saturated, i.e. already ringing.
-        let _ = unsafe { libc::write(self.fd.as_raw_fd(), (&one as *const u64).cast(), 8) };
-    }
-
-    pub fn is_ringing(&self) -> bool {
-        matches!(
-            wait_any(&[(self.fd.as_fd(), libc::POLLIN)], Some(Duration::ZERO)),
-            Ok(Some(_))
-        )
-    }
-
-    pub fn as_fd(&self) -> BorrowedFd<'_> {
-        self.fd.as_fd()
-    }
-}
-
-/// Waits until one of `fds` is ready for its `events` or `timeout` passes.
-/// Returns the index of a ready fd, or `None` on timeout. Retries on EINTR
-/// with the time that is left.
-pub fn wait_any(
-    fds: &[(BorrowedFd<'_>, libc::c_short)],
-    timeout: Option<Duration>,
-) -> io::Result<Option<usize>> {
-    let mut pollfds: Vec<libc::pollfd> = fds
-        .iter()
-        .map(|(fd, events)| libc::pollfd {
-            fd: fd.as_raw_fd(),
-            events: *events,
-            revents: 0,
-        })
-        .collect();
-    let deadline = timeout.map(|t| Instant::now() + t);
-    loop {
-        let ms = match deadline {
-            None => -1,
-            // Round up so a wait never ends just before its deadline.
-            Some(d) => d
-                .saturating_duration_since(Instant::now())
-                .as_micros()
-                .div_ceil(1000)
-                .min(i32::MAX as u128) as i32,
-        };
-        let n = unsafe { libc::poll(pollfds.as_mut_ptr(), pollfds.len() as libc::nfds_t, ms) };
-        if n < 0 {
-            let err = io::Error::last_os_error();
-            if err.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(err);
-        }
-        if n == 0 {
-            return Ok(None);
-        }
-        return Ok(pollfds.iter().position(|p| p.revents != 0));
-    }
-}
-
-/// Switches an fd we own alone (a child's pipe end) to non-blocking mode.
-pub fn set_nonblocking(fd: BorrowedFd<'_>) -> io::Result<()> {
-    let raw = fd.as_raw_fd();
-    let flags = unsafe { libc::fcntl(raw, libc::F_GETFL) };
-    if flags < 0 || unsafe { libc::fcntl(raw, libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
-}
+pub use crate::sys::alarm::Alarm;
+pub use crate::sys::poll::{set_nonblocking, wait_any};
 
 /// The largest write that cannot block on a pipe once it polls writable.
 const PIPE_BUF: usize = libc::PIPE_BUF;
@@ -205,6 +118,7 @@ fn is_retry(e: &io::Error) -> bool {
 mod tests {
     use super::*;
     use std::os::unix::net::UnixStream;
+    use std::time::Duration;
 
     #[test]
     fn a_ringing_alarm_ends_a_blocked_read() {

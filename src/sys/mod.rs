@@ -1,3 +1,7 @@
-//! Thin safe wrappers over the few system calls std lacks.
+//! Thin safe wrappers over the few system calls std lacks: poll, eventfd,
+//! socket pairs and shutdown.
 
+pub mod alarm;
 pub mod interrupt;
+pub mod poll;
+pub mod socket;

@@ -1,0 +1,230 @@
+//! The client end of a session, as the worker sees it: a byte stream (a
+//! TCP or Unix socket, or forkline's own stdin and stdout) or framed
+//! messages through channels (an HTTP session, whose front end parses
+//! requests on its own threads). Both are driven by the same worker, rules
+//! and child lifecycle; only how bytes arrive and leave differs.
+
+use std::collections::VecDeque;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::sync::Arc;
+
+use crossbeam_channel::{Receiver, Sender, TryRecvError, TrySendError};
+
+use crate::session::outbox::{HIGH_WATER, Outbox, WriteKind};
+
+/// Where a session's client is.
+pub enum ClientSide<'a> {
+    Stream(StreamClient<'a>),
+    Channels(ChannelClient),
+}
+
+/// A byte-stream client. For a socket, `read` and `write` are the same fd.
+pub struct StreamClient<'a> {
+    pub read: BorrowedFd<'a>,
+    pub write: BorrowedFd<'a>,
+    pub write_kind: WriteKind,
+}
+
+impl StreamClient<'_> {
+    /// One fd for both ways (a socket), so one `poll` entry.
+    pub fn is_one_socket(&self) -> bool {
+        self.read.as_raw_fd() == self.write.as_raw_fd() && self.write_kind == WriteKind::Socket
+    }
+}
+
+/// A client whose messages arrive and leave as whole lines (no newline)
+/// through channels. The other side rings `doorbell` after every send into
+/// `inbox` and every receive from `outbox`, so a worker waiting in
+/// `poll(2)` for either wakes up. Dropping `inbox`'s sender is the client's
+/// end of input; dropping `outbox`'s receiver means it is gone.
+pub struct ChannelClient {
+    pub inbox: Receiver<Vec<u8>>,
+    pub outbox: Sender<Vec<u8>>,
+    pub doorbell: Arc<Doorbell>,
+}
+
+/// The other side of a [`ChannelClient`] (an HTTP front end, or a test).
+pub struct ChannelPeer {
+    pub to_session: Sender<Vec<u8>>,
+    pub from_session: Receiver<Vec<u8>>,
+    pub doorbell: Arc<Doorbell>,
+}
+
+impl ChannelPeer {
+    /// Sends one message to the session; `false` once the session is gone.
+    /// Blocks while the session's inbox is full.
+    pub fn send(&self, line: Vec<u8>) -> bool {
+        let sent = self.to_session.send(line).is_ok();
+        self.doorbell.ring();
+        sent
+    }
+
+    /// Receives one message from the session, blocking; `None` once the
+    /// session has ended and everything it sent was received.
+    pub fn recv(&self) -> Option<Vec<u8>> {
+        let line = self.from_session.recv().ok();
+        self.doorbell.ring();
+        line
+    }
+}
+
+/// A connected pair, each way holding at most `capacity` messages.
+pub fn channel_pair(capacity: usize) -> io::Result<(ChannelClient, ChannelPeer)> {
+    let doorbell = Arc::new(Doorbell::new()?);
+    let (to_session, inbox) = crossbeam_channel::bounded(capacity);
+    let (outbox, from_session) = crossbeam_channel::bounded(capacity);
+    Ok((
+        ChannelClient {
+            inbox,
+            outbox,
+            doorbell: Arc::clone(&doorbell),
+        },
+        ChannelPeer {
+            to_session,
+            from_session,
+            doorbell,
+        },
+    ))
+}
+
+/// An eventfd the channel side rings to wake the session's worker.
+#[derive(Debug)]
+pub struct Doorbell {
+    fd: OwnedFd,
+}
+
+impl Doorbell {
+    pub fn new() -> io::Result<Doorbell> {
+        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Doorbell {
+            fd: unsafe { OwnedFd::from_raw_fd(fd) },
+        })
+    }
+
+    pub fn ring(&self) {
+        let one: u64 = 1;
+        // EAGAIN: the counter is saturated, so it is ringing anyway.
+        let _ = unsafe { libc::write(self.fd.as_raw_fd(), (&one as *const u64).cast(), 8) };
+    }
+
+    /// Silences it until the next ring.
+    pub fn clear(&self) {
+        let mut count: u64 = 0;
+        let _ = unsafe { libc::read(self.fd.as_raw_fd(), (&mut count as *mut u64).cast(), 8) };
+    }
+}
+
+impl AsFd for Doorbell {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
+/// What the client has not taken yet.
+pub enum ClientSink {
+    Stream(Outbox),
+    /// Whole lines waiting for room in the channel, and their bytes.
+    Channel(VecDeque<Vec<u8>>, usize),
+}
+
+/// How a flush toward the client went.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Flushed {
+    All,
+    /// Some is left; wait for room.
+    Partly,
+    /// The client is gone.
+    Gone,
+}
+
+impl ClientSink {
+    pub fn for_side(side: &ClientSide) -> ClientSink {
+        match side {
+            ClientSide::Stream(_) => ClientSink::Stream(Outbox::default()),
+            ClientSide::Channels(_) => ClientSink::Channel(VecDeque::new(), 0),
+        }
+    }
+
+    pub fn push_line(&mut self, line: &[u8]) {
+        match self {
+            ClientSink::Stream(outbox) => outbox.push_line(line),
+            ClientSink::Channel(lines, bytes) => {
+                *bytes += line.len();
+                lines.push_back(line.to_vec());
+            }
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        match self {
+            ClientSink::Stream(outbox) => outbox.is_empty(),
+            ClientSink::Channel(lines, _) => lines.is_empty(),
+        }
+    }
+
+    pub fn is_full(&self) -> bool {
+        match self {
+            ClientSink::Stream(outbox) => outbox.is_full(),
+            ClientSink::Channel(_, bytes) => *bytes >= HIGH_WATER,
+        }
+    }
+
+    pub fn clear(&mut self) {
+        match self {
+            ClientSink::Stream(outbox) => outbox.clear(),
+            ClientSink::Channel(lines, bytes) => {
+                *lines = VecDeque::new();
+                *bytes = 0;
+            }
+        }
+    }
+
+    /// Hands the client what it takes now, without blocking.
+    pub fn flush(&mut self, side: &ClientSide) -> Flushed {
+        match (self, side) {
+            (ClientSink::Stream(outbox), ClientSide::Stream(stream)) => {
+                match outbox.flush(stream.write, stream.write_kind) {
+                    Ok(true) => Flushed::All,
+                    Ok(false) => Flushed::Partly,
+                    Err(_) => Flushed::Gone,
+                }
+            }
+            (ClientSink::Channel(lines, bytes), ClientSide::Channels(channels)) => {
+                while let Some(line) = lines.pop_front() {
+                    let len = line.len();
+                    match channels.outbox.try_send(line) {
+                        Ok(()) => *bytes -= len,
+                        Err(TrySendError::Full(line)) => {
+                            lines.push_front(line);
+                            return Flushed::Partly;
+                        }
+                        Err(TrySendError::Disconnected(_)) => return Flushed::Gone,
+                    }
+                }
+                Flushed::All
+            }
+            // A sink is always made for its own side (`for_side`).
+            _ => Flushed::Gone,
+        }
+    }
+}
+
+/// One message from a channel client, if one is waiting.
+pub enum Received {
+    Line(Vec<u8>),
+    Nothing,
+    /// The client sent its last message.
+    Ended,
+}
+
+pub fn try_receive(channels: &ChannelClient) -> Received {
+    match channels.inbox.try_recv() {
+        Ok(line) => Received::Line(line),
+        Err(TryRecvError::Empty) => Received::Nothing,
+        Err(TryRecvError::Disconnected) => Received::Ended,
+    }
+}

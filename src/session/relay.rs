@@ -1,0 +1,718 @@
+//! The worker's loop: both directions of one session moved by one thread
+//! from one `poll(2)` over the client, the child's socket and the
+//! proxy-wide shutdown alarms.
+//!
+//! Why one thread: a session is mostly idle, and a thread per direction
+//! (the first two designs) cost two more stacks, two more wake-ups per
+//! round trip and a lock per message. Here a message read from one side is
+//! checked and written to the other by the thread that read it, with no
+//! hand-off, and a whole read's worth of lines goes out in one write. When
+//! a destination has more than its high-water mark pending, its source is
+//! not read: that is the backpressure, and why memory per session stays
+//! bounded whatever the peers do. The loop sleeps in `poll(2)` with the
+//! next deadline (idle timeout or grace) as its timeout, so an idle
+//! session costs no wake-ups at all.
+
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
+use std::time::{Duration, Instant};
+
+use log::{debug, trace, warn};
+
+use crate::config::Limits;
+use crate::proto::framing::{Frame, LineSplitter};
+use crate::proto::message::{self, Id, Message, classify, code};
+use crate::session::client::{self, ClientSide, ClientSink, Flushed, Received};
+use crate::session::outbox::{Outbox, WriteKind};
+use crate::session::rules::{Counters, Direction, Rules, Tap, Verdict};
+use crate::session::table::SessionId;
+use crate::shutdown::Trigger;
+use crate::sys::poll::poll;
+
+/// One read's worth, on the worker's stack (so an idle session holds no
+/// read buffer on the heap).
+const READ_CHUNK: usize = 8 * 1024;
+
+/// Messages taken from a channel client per turn, so one busy client
+/// cannot keep its worker from the other direction.
+const CHANNEL_BATCH: usize = 64;
+
+/// Lines of garbage from one child logged at warn level; the rest at debug.
+const GARBAGE_WARNINGS: u32 = 5;
+
+/// Why a session ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EndReason {
+    ClientClosed,
+    ChildExited,
+    IdleTimeout,
+    Shutdown,
+}
+
+impl EndReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EndReason::ClientClosed => "client_closed",
+            EndReason::ChildExited => "child_exited",
+            EndReason::IdleTimeout => "idle_timeout",
+            EndReason::Shutdown => "shutdown",
+        }
+    }
+}
+
+/// The timing rules of a session.
+#[derive(Debug, Clone, Copy)]
+struct Timing {
+    idle_timeout: Option<Duration>,
+    /// How long unanswered requests may wait once the session is closing.
+    grace: Duration,
+}
+
+/// The proxy-wide broadcasts a session listens to.
+#[derive(Clone, Copy)]
+pub struct Control<'a> {
+    /// Stop taking requests; answer what is in flight within the grace.
+    pub shutdown: &'a Trigger,
+    /// Skip what is left of the grace.
+    pub hurry: &'a Trigger,
+}
+
+/// The child end of the relay.
+pub enum ChildSide<'a> {
+    /// The child's stdin and stdout, one non-blocking socket.
+    Running(BorrowedFd<'a>),
+    /// No child could be started: every request is answered with this.
+    Missing(&'a str),
+}
+
+/// Everything the per-message handlers touch, apart from the splitters
+/// (which lend them the lines).
+struct Core<'a> {
+    id: SessionId,
+    max: usize,
+    rules: Rules,
+    tap: Option<Box<dyn Tap + Send>>,
+    to_client: ClientSink,
+    to_child: Outbox,
+    /// The child cannot take input any more (it is exiting).
+    child_input_closed: bool,
+    missing_child: Option<&'a str>,
+    last_activity: Instant,
+    garbage_lines: u32,
+}
+
+/// One session's two directions.
+pub struct Relay<'a> {
+    core: Core<'a>,
+    client: ClientSide<'a>,
+    child: Option<BorrowedFd<'a>>,
+    from_client: LineSplitter,
+    from_child: LineSplitter,
+    client_eof: bool,
+    child_eof: bool,
+    timing: Timing,
+    control: Control<'a>,
+    closing: Option<(EndReason, Instant)>,
+    ended: Option<EndReason>,
+    shutdown_seen: bool,
+    hurry_seen: bool,
+}
+
+/// Indices into the poll set; `NONE` marks an unused slot.
+const NONE: usize = usize::MAX;
+
+impl<'a> Relay<'a> {
+    pub fn new(
+        id: SessionId,
+        limits: &Limits,
+        client: ClientSide<'a>,
+        child: ChildSide<'a>,
+        control: Control<'a>,
+        tap: Option<Box<dyn Tap + Send>>,
+    ) -> Relay<'a> {
+        let max_message_bytes = limits.max_message_bytes;
+        let timing = Timing {
+            idle_timeout: limits.idle_timeout,
+            grace: limits.shutdown_grace,
+        };
+        let (child, missing_child) = match child {
+            ChildSide::Running(fd) => (Some(fd), None),
+            ChildSide::Missing(why) => (None, Some(why)),
+        };
+        Relay {
+            core: Core {
+                id,
+                max: max_message_bytes,
+                rules: Rules::new(limits.max_inflight),
+                tap,
+                to_client: ClientSink::for_side(&client),
+                to_child: Outbox::default(),
+                child_input_closed: false,
+                missing_child,
+                last_activity: Instant::now(),
+                garbage_lines: 0,
+            },
+            client,
+            child,
+            from_client: LineSplitter::new(max_message_bytes),
+            from_child: LineSplitter::new(max_message_bytes),
+            client_eof: false,
+            child_eof: false,
+            timing,
+            control,
+            closing: None,
+            ended: None,
+            shutdown_seen: false,
+            hurry_seen: false,
+        }
+    }
+
+    pub fn rules(&self) -> &Rules {
+        &self.core.rules
+    }
+
+    /// Relays until the session ends; returns why. Blocks the calling
+    /// thread, waking only for I/O, a broadcast or a deadline.
+    pub fn run(&mut self) -> EndReason {
+        let mut chunk = [0u8; READ_CHUNK];
+        loop {
+            if let Some(reason) = self.end_reason() {
+                return reason;
+            }
+            let mut fds = [libc::pollfd {
+                fd: -1,
+                events: 0,
+                revents: 0,
+            }; 5];
+            let slots = self.fill_poll_set(&mut fds);
+            let timeout = self
+                .deadline()
+                .map(|d| d.saturating_duration_since(Instant::now()));
+            if let Err(e) = poll(&mut fds, timeout) {
+                warn!("[{}] poll failed: {e}; ending the session", self.core.id);
+                return self.end_now(EndReason::ClientClosed);
+            }
+            self.handle(&fds, &slots, &mut chunk);
+        }
+    }
+
+    /// Ends the relay part: the caller stops the child next. What is still
+    /// queued for the child is written if it fits now.
+    pub fn finish_input(&mut self) {
+        if let Some(fd) = self.child {
+            if !self.core.child_input_closed {
+                let _ = self.core.to_child.flush(fd, WriteKind::Socket);
+            }
+        }
+        self.core.to_child.clear();
+    }
+
+    /// Answers every request still awaiting its answer with `code`.
+    pub fn answer_unanswered(&mut self, code: i64, text: &str) {
+        for request in self.core.rules.take_unanswered() {
+            self.core
+                .reply(&Message::error(Some(&request), code, text), false);
+        }
+    }
+
+    /// Gives the client up to `limit` to take what is queued for it
+    /// (`hurry` cuts it short). Returns the counters' final state.
+    pub fn drain_client(&mut self, limit: Duration) {
+        let deadline = Instant::now().checked_add(limit);
+        for _ in 0..100_000 {
+            match self.core.to_client.flush(&self.client) {
+                Flushed::All | Flushed::Gone => return,
+                Flushed::Partly => {}
+            }
+            let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+            if left.is_some_and(|l| l.is_zero()) || self.control.hurry.has_fired() {
+                return;
+            }
+            let mut fds = [
+                self.client_write_pollfd(libc::POLLOUT),
+                pollfd(self.control.hurry.alarm().as_fd().as_raw_fd(), libc::POLLIN),
+            ];
+            if poll(&mut fds, left).is_err() {
+                return;
+            }
+        }
+    }
+
+    pub fn counters(&self) -> Counters {
+        self.core.rules.counters
+    }
+
+    fn end_now(&mut self, reason: EndReason) -> EndReason {
+        self.ended = Some(reason);
+        reason
+    }
+
+    fn end_reason(&self) -> Option<EndReason> {
+        if self.ended.is_some() {
+            return self.ended;
+        }
+        if let Some((reason, deadline)) = self.closing {
+            if self.core.rules.pending() == 0 || Instant::now() >= deadline {
+                return Some(reason);
+            }
+            return None;
+        }
+        let idle_deadline = self
+            .timing
+            .idle_timeout
+            .and_then(|t| self.core.last_activity.checked_add(t));
+        match idle_deadline {
+            Some(d) if Instant::now() >= d => Some(EndReason::IdleTimeout),
+            _ => None,
+        }
+    }
+
+    fn deadline(&self) -> Option<Instant> {
+        match self.closing {
+            Some((_, deadline)) => Some(deadline),
+            None => self
+                .timing
+                .idle_timeout
+                .and_then(|t| self.core.last_activity.checked_add(t)),
+        }
+    }
+
+    /// Starts the wind-down: `reason` unless one is already set, and the
+    /// earlier of the current deadline and `within` from now.
+    fn close(&mut self, reason: EndReason, within: Duration) {
+        let until = Instant::now()
+            .checked_add(within)
+            .unwrap_or_else(|| Instant::now() + Duration::from_secs(86_400));
+        self.closing = Some(match self.closing {
+            Some((r, d)) => (
+                if reason == EndReason::Shutdown {
+                    reason
+                } else {
+                    r
+                },
+                d.min(until),
+            ),
+            None => (reason, until),
+        });
+    }
+
+    fn want_client_input(&self) -> bool {
+        !self.client_eof && !self.core.to_child.is_full() && !self.core.to_client.is_full()
+    }
+
+    fn want_child_output(&self) -> bool {
+        self.child.is_some() && !self.child_eof && !self.core.to_client.is_full()
+    }
+
+    fn client_write_pollfd(&self, events: libc::c_short) -> libc::pollfd {
+        match &self.client {
+            ClientSide::Stream(stream) => pollfd(stream.write.as_raw_fd(), events),
+            ClientSide::Channels(channels) => {
+                pollfd(channels.doorbell.as_fd().as_raw_fd(), libc::POLLIN)
+            }
+        }
+    }
+
+    /// Fills `fds` for this turn; returns where each party landed:
+    /// [client read, client write, child, shutdown, hurry].
+    fn fill_poll_set(&self, fds: &mut [libc::pollfd; 5]) -> [usize; 5] {
+        let mut slots = [NONE; 5];
+        let mut n = 0;
+        let mut add = |fds: &mut [libc::pollfd; 5], slots: &mut [usize; 5], slot, fd, events| {
+            fds[n] = pollfd(fd, events);
+            slots[slot] = n;
+            n += 1;
+        };
+        let read_events = if self.want_client_input() {
+            libc::POLLIN
+        } else {
+            0
+        };
+        let write_events = if self.core.to_client.is_empty() {
+            0
+        } else {
+            libc::POLLOUT
+        };
+        match &self.client {
+            ClientSide::Stream(stream) if stream.is_one_socket() => {
+                // Always present: a reset shows as POLLERR/POLLHUP even
+                // when nothing is asked for.
+                add(
+                    fds,
+                    &mut slots,
+                    0,
+                    stream.read.as_raw_fd(),
+                    read_events | write_events,
+                );
+                slots[1] = slots[0];
+            }
+            ClientSide::Stream(stream) => {
+                // A pipe at end of file polls readable for good: ask only
+                // while we would read, or the loop would spin.
+                if read_events != 0 {
+                    add(fds, &mut slots, 0, stream.read.as_raw_fd(), read_events);
+                }
+                // Watched even with nothing to write: a pipe whose reader
+                // is gone reports POLLERR.
+                add(fds, &mut slots, 1, stream.write.as_raw_fd(), write_events);
+            }
+            ClientSide::Channels(channels) => {
+                add(
+                    fds,
+                    &mut slots,
+                    0,
+                    channels.doorbell.as_fd().as_raw_fd(),
+                    libc::POLLIN,
+                );
+                slots[1] = slots[0];
+            }
+        }
+        if let Some(child) = self.child {
+            let mut events = 0;
+            if self.want_child_output() {
+                events |= libc::POLLIN;
+            }
+            if !self.core.to_child.is_empty() && !self.core.child_input_closed {
+                events |= libc::POLLOUT;
+            }
+            if events != 0 {
+                add(fds, &mut slots, 2, child.as_raw_fd(), events);
+            }
+        }
+        if !self.shutdown_seen {
+            add(
+                fds,
+                &mut slots,
+                3,
+                self.control.shutdown.alarm().as_fd().as_raw_fd(),
+                libc::POLLIN,
+            );
+        }
+        if self.closing.is_some() && !self.hurry_seen {
+            add(
+                fds,
+                &mut slots,
+                4,
+                self.control.hurry.alarm().as_fd().as_raw_fd(),
+                libc::POLLIN,
+            );
+        }
+        slots
+    }
+
+    fn handle(&mut self, fds: &[libc::pollfd; 5], slots: &[usize; 5], chunk: &mut [u8]) {
+        let revents = |slot: usize| {
+            if slots[slot] == NONE {
+                0
+            } else {
+                fds[slots[slot]].revents
+            }
+        };
+        if revents(3) != 0 {
+            self.on_shutdown();
+        }
+        if revents(4) != 0 {
+            self.hurry_seen = true;
+            if let Some((reason, _)) = self.closing {
+                self.closing = Some((reason, Instant::now()));
+            }
+        }
+        let hangup = libc::POLLERR | libc::POLLHUP;
+        if let ClientSide::Channels(channels) = &self.client {
+            if revents(0) != 0 {
+                channels.doorbell.clear();
+            }
+            // Cheap enough to look every turn, and a doorbell rung before
+            // the last turn's look is not missed.
+            self.receive_from_channels();
+        } else {
+            let read = revents(0);
+            if read & (libc::POLLIN | hangup) != 0 && self.want_client_input() {
+                self.read_client(chunk);
+            } else if read & hangup != 0 {
+                debug!("[{}] client hung up", self.core.id);
+                self.end_now(EndReason::ClientClosed);
+                return;
+            }
+            if slots[1] != slots[0] && revents(1) & libc::POLLERR != 0 {
+                debug!("[{}] client stopped reading for good", self.core.id);
+                self.end_now(EndReason::ClientClosed);
+                return;
+            }
+        }
+        if revents(2) & (libc::POLLIN | hangup) != 0 && self.want_child_output() {
+            self.read_child(chunk);
+        }
+        self.flush_child();
+        if self.core.to_client.flush(&self.client) == Flushed::Gone {
+            debug!("[{}] client write failed", self.core.id);
+            self.core.to_client.clear();
+            self.end_now(EndReason::ClientClosed);
+        }
+    }
+
+    fn on_shutdown(&mut self) {
+        self.shutdown_seen = true;
+        self.core.rules.refuse_new_requests();
+        if self.core.rules.pending() == 0 {
+            self.end_now(EndReason::Shutdown);
+            return;
+        }
+        let within = if self.control.hurry.has_fired() {
+            self.hurry_seen = true;
+            Duration::ZERO
+        } else {
+            self.timing.grace
+        };
+        self.close(EndReason::Shutdown, within);
+    }
+
+    fn on_client_eof(&mut self) {
+        self.client_eof = true;
+        if self.core.rules.pending() == 0 && self.core.to_child.is_empty() {
+            let reason = self.closing.map_or(EndReason::ClientClosed, |(r, _)| r);
+            self.end_now(reason);
+        } else {
+            self.close(EndReason::ClientClosed, self.timing.grace);
+        }
+    }
+
+    fn read_client(&mut self, chunk: &mut [u8]) {
+        let ClientSide::Stream(stream) = &self.client else {
+            return;
+        };
+        match read_now(stream.read, chunk) {
+            Ok(Some(0)) => {
+                let core = &mut self.core;
+                self.from_client.finish(|frame| core.client_frame(frame));
+                self.on_client_eof();
+            }
+            Ok(Some(n)) => {
+                let core = &mut self.core;
+                self.from_client
+                    .push(&chunk[..n], |frame| core.client_frame(frame));
+            }
+            Ok(None) => {}
+            Err(e) => {
+                debug!("[{}] client read failed: {e}", self.core.id);
+                self.end_now(EndReason::ClientClosed);
+            }
+        }
+    }
+
+    fn receive_from_channels(&mut self) {
+        let ClientSide::Channels(channels) = &self.client else {
+            return;
+        };
+        for _ in 0..CHANNEL_BATCH {
+            if !self.want_client_input() {
+                return;
+            }
+            match client::try_receive(channels) {
+                Received::Line(line) => {
+                    let frame = if line.len() > self.core.max {
+                        let head = line.len().min(crate::proto::framing::OVERSIZED_HEAD_BYTES);
+                        Frame::Oversized {
+                            len: line.len(),
+                            head: &line[..head],
+                        }
+                    } else {
+                        Frame::Message(&line)
+                    };
+                    self.core.client_frame(frame);
+                }
+                Received::Nothing => return,
+                Received::Ended => {
+                    self.on_client_eof();
+                    return;
+                }
+            }
+        }
+    }
+
+    fn read_child(&mut self, chunk: &mut [u8]) {
+        let Some(fd) = self.child else {
+            return;
+        };
+        let result = read_now(fd, chunk);
+        if let Ok(Some(0)) | Err(_) = &result {
+            debug!("[{}] the server's output ended: {result:?}", self.core.id);
+        }
+        match result {
+            Ok(Some(0)) | Err(_) => {
+                let core = &mut self.core;
+                self.from_child.finish(|frame| core.child_frame(frame));
+                self.child_eof = true;
+                let reason = self.closing.map_or(EndReason::ChildExited, |(r, _)| r);
+                self.end_now(reason);
+            }
+            Ok(Some(n)) => {
+                let core = &mut self.core;
+                self.from_child
+                    .push(&chunk[..n], |frame| core.child_frame(frame));
+            }
+            Ok(None) => {}
+        }
+    }
+
+    fn flush_child(&mut self) {
+        let Some(fd) = self.child else {
+            return;
+        };
+        if self.core.child_input_closed || self.core.to_child.is_empty() {
+            return;
+        }
+        if let Err(e) = self.core.to_child.flush(fd, WriteKind::Socket) {
+            // The child is exiting; its end of file ends the session and
+            // its unanswered requests get -32002.
+            debug!("[{}] the server stopped reading: {e}", self.core.id);
+            self.core.child_input_closed = true;
+            self.core.to_child.clear();
+        }
+    }
+}
+
+impl Core<'_> {
+    fn touch(&mut self) {
+        self.last_activity = Instant::now();
+    }
+
+    fn tap(&mut self, direction: Direction, line: &[u8]) {
+        self.rules.counters.message(direction, line);
+        if let Some(tap) = self.tap.as_mut() {
+            tap.message(direction, line);
+        }
+    }
+
+    /// Queues forkline's own message for the client; `book` when it stands
+    /// for an awaited answer (so the request is no longer pending).
+    fn reply(&mut self, message: &Message, book: bool) {
+        if book {
+            self.rules.to_client(&message.kind);
+        }
+        self.to_client.push_line(&message.line);
+        self.tap(Direction::Out, &message.line);
+    }
+
+    fn refuse(&mut self, kind: &message::Kind, code: i64, reason: &str) {
+        let mut ids: Vec<Id> = Vec::new();
+        kind.for_each_request_id(&mut |id| ids.push(id.clone()));
+        for id in ids {
+            self.reply(&Message::error(Some(&id), code, reason), false);
+        }
+    }
+
+    fn client_frame(&mut self, frame: Frame<'_>) {
+        self.touch();
+        match frame {
+            Frame::Message(line) => match classify(line) {
+                Ok(kind) => {
+                    trace!("[{}] client: {}", self.id, String::from_utf8_lossy(line));
+                    if let Some(why) = self.missing_child {
+                        self.refuse(&kind, code::CHILD_GONE, why);
+                        return;
+                    }
+                    match self.rules.from_client(&kind) {
+                        Verdict::Forward => {
+                            if !self.child_input_closed {
+                                self.to_child.push_line(line);
+                            }
+                            self.tap(Direction::In, line);
+                        }
+                        Verdict::Refuse { code, reason } => {
+                            debug!("[{}] refused a client message: {reason}", self.id);
+                            self.refuse(&kind, code, &reason);
+                        }
+                    }
+                }
+                Err(invalid) => {
+                    debug!("[{}] refused a client line: {}", self.id, invalid.message());
+                    self.reply(
+                        &Message::error(None, invalid.code(), &invalid.message()),
+                        false,
+                    );
+                }
+            },
+            Frame::Oversized { len, head } => {
+                debug!("[{}] refused a client message of {len} bytes", self.id);
+                let text = format!(
+                    "message of {len} bytes exceeds --max-message-bytes ({}); it was discarded",
+                    self.max
+                );
+                let id = message::sniff_id(head);
+                self.reply(&Message::error(id.as_ref(), code::TOO_LARGE, &text), false);
+            }
+        }
+    }
+
+    fn child_frame(&mut self, frame: Frame<'_>) {
+        self.touch();
+        match frame {
+            Frame::Message(line) => match classify(line) {
+                Ok(kind) => {
+                    trace!("[{}] server: {}", self.id, String::from_utf8_lossy(line));
+                    self.rules.to_client(&kind);
+                    self.to_client.push_line(line);
+                    self.tap(Direction::Out, line);
+                }
+                Err(invalid) => self.garbage(&format!(
+                    "dropped a line from the server that is not JSON-RPC: {}",
+                    invalid.message()
+                )),
+            },
+            Frame::Oversized { len, head } => {
+                self.garbage(&format!(
+                    "dropped a server message of {len} bytes: over --max-message-bytes ({})",
+                    self.max
+                ));
+                // The request it answered must not wait forever.
+                if let Some(id) = message::sniff_id(head).filter(|id| self.rules.awaits(id)) {
+                    let text = format!(
+                        "the server's answer of {len} bytes exceeds --max-message-bytes ({}); it was discarded",
+                        self.max
+                    );
+                    self.reply(&Message::error(Some(&id), code::TOO_LARGE, &text), true);
+                }
+            }
+        }
+    }
+
+    fn garbage(&mut self, what: &str) {
+        self.garbage_lines += 1;
+        if self.garbage_lines <= GARBAGE_WARNINGS {
+            warn!("[{}] {what}", self.id);
+            if self.garbage_lines == GARBAGE_WARNINGS {
+                warn!(
+                    "[{}] further dropped server lines are logged at debug level",
+                    self.id
+                );
+            }
+        } else {
+            debug!("[{}] {what}", self.id);
+        }
+    }
+}
+
+fn pollfd(fd: RawFd, events: libc::c_short) -> libc::pollfd {
+    libc::pollfd {
+        fd,
+        events,
+        revents: 0,
+    }
+}
+
+/// One read that does not block: `Ok(None)` when there is nothing after
+/// all (a spurious wake-up), `Ok(Some(0))` at end of file.
+fn read_now(fd: BorrowedFd<'_>, buf: &mut [u8]) -> std::io::Result<Option<usize>> {
+    loop {
+        let n = unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+        if n >= 0 {
+            return Ok(Some(n as usize));
+        }
+        let err = std::io::Error::last_os_error();
+        match err.kind() {
+            std::io::ErrorKind::Interrupted => continue,
+            std::io::ErrorKind::WouldBlock => return Ok(None),
+            _ => return Err(err),
+        }
+    }
+}

@@ -1,0 +1,270 @@
+//! The rules of one session, apart from its I/O: which requests await an
+//! answer, how many may, what is refused and why, and the counters.
+//!
+//! Plain data, owned by the session's worker thread: no lock, no channel.
+//! The worker asks before it forwards a client message and tells after it
+//! passes on a child's; everything here is unit-tested without sockets.
+
+use std::collections::HashSet;
+
+use crate::proto::message::{Id, Kind, code};
+
+/// Which way a message went, for taps (counters, tapes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// Client to server.
+    In,
+    /// Server to client, including errors forkline sends on its behalf.
+    Out,
+}
+
+/// Observes every message a session passes on, as the bytes that went
+/// out (without the newline). Recording and metrics attach here.
+pub trait Tap {
+    fn message(&mut self, direction: Direction, line: &[u8]);
+}
+
+/// Messages and bytes each way.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Counters {
+    pub messages_in: u64,
+    pub bytes_in: u64,
+    pub messages_out: u64,
+    pub bytes_out: u64,
+}
+
+impl Tap for Counters {
+    fn message(&mut self, direction: Direction, line: &[u8]) {
+        let bytes = line.len() as u64 + 1;
+        match direction {
+            Direction::In => {
+                self.messages_in += 1;
+                self.bytes_in += bytes;
+            }
+            Direction::Out => {
+                self.messages_out += 1;
+                self.bytes_out += bytes;
+            }
+        }
+    }
+}
+
+/// What to do with a valid client message.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Write it to the child as it is.
+    Forward,
+    /// Do not forward it; answer each of its requests (if any) with this
+    /// error.
+    Refuse { code: i64, reason: String },
+}
+
+/// The bookkeeping of one session.
+#[derive(Debug)]
+pub struct Rules {
+    /// Client requests forwarded and not yet answered.
+    pending: HashSet<Id>,
+    max_inflight: usize,
+    /// Shutdown has begun: new requests are refused, everything else
+    /// (answers to the child's own requests, cancellations) still passes.
+    refusing: bool,
+    pub counters: Counters,
+}
+
+impl Rules {
+    pub fn new(max_inflight: usize) -> Rules {
+        Rules {
+            pending: HashSet::new(),
+            max_inflight,
+            refusing: false,
+            counters: Counters::default(),
+        }
+    }
+
+    /// Decides about a client message; a forwarded one is booked.
+    pub fn from_client(&mut self, kind: &Kind) -> Verdict {
+        let mut requests = 0usize;
+        kind.for_each_request_id(&mut |_| requests += 1);
+        if requests > 0 && self.refusing {
+            return Verdict::Refuse {
+                code: code::SHUTTING_DOWN,
+                reason: "forkline is shutting down; no new requests are taken".into(),
+            };
+        }
+        if requests > 0 && self.pending.len() + requests > self.max_inflight {
+            return Verdict::Refuse {
+                code: code::TOO_MANY_INFLIGHT,
+                reason: format!(
+                    "--max-inflight reached: {} requests of this session already await their answer (limit {})",
+                    self.pending.len(),
+                    self.max_inflight
+                ),
+            };
+        }
+        kind.for_each_request_id(&mut |id| {
+            self.pending.insert(id.clone());
+        });
+        Verdict::Forward
+    }
+
+    /// Books a message on its way to the client: a child's, or an answer
+    /// forkline gives itself.
+    pub fn to_client(&mut self, kind: &Kind) {
+        kind.for_each_response_id(&mut |id| {
+            self.pending.remove(id);
+        });
+        if self.pending.is_empty() && self.pending.capacity() > 64 {
+            // A burst of requests must not pin its table for good.
+            self.pending = HashSet::new();
+        }
+    }
+
+    /// True if the client still awaits an answer to `id`.
+    pub fn awaits(&self, id: &Id) -> bool {
+        self.pending.contains(id)
+    }
+
+    pub fn pending(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// From now on, new requests are refused with -32004.
+    pub fn refuse_new_requests(&mut self) {
+        self.refusing = true;
+    }
+
+    /// The requests still unanswered, in a stable order, forgotten here.
+    pub fn take_unanswered(&mut self) -> Vec<Id> {
+        let mut ids: Vec<Id> = self.pending.drain().collect();
+        ids.sort_by(|a, b| a.as_json().cmp(b.as_json()));
+        ids
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::message::classify;
+
+    fn kind(json: &str) -> Kind {
+        classify(json.as_bytes()).expect("valid test message")
+    }
+
+    fn request(id: u32) -> Kind {
+        kind(&format!(
+            r#"{{"jsonrpc":"2.0","id":{id},"method":"tools/call"}}"#
+        ))
+    }
+
+    fn answer(id: u32) -> Kind {
+        kind(&format!(r#"{{"jsonrpc":"2.0","id":{id},"result":{{}}}}"#))
+    }
+
+    #[test]
+    fn tracks_requests_until_answered() {
+        let mut rules = Rules::new(8);
+        assert_eq!(rules.from_client(&request(1)), Verdict::Forward);
+        assert_eq!(
+            rules.from_client(&kind(r#"{"jsonrpc":"2.0","id":"x","method":"b"}"#)),
+            Verdict::Forward
+        );
+        assert_eq!(
+            rules.from_client(&kind(r#"{"jsonrpc":"2.0","method":"notifications/n"}"#)),
+            Verdict::Forward
+        );
+        rules.to_client(&answer(1));
+        assert_eq!(rules.pending(), 1);
+        let unanswered = rules.take_unanswered();
+        assert_eq!(unanswered.len(), 1);
+        assert_eq!(unanswered[0].as_json(), "\"x\"");
+    }
+
+    #[test]
+    fn the_request_past_max_inflight_is_refused_and_not_booked() {
+        let mut rules = Rules::new(2);
+        assert_eq!(rules.from_client(&request(1)), Verdict::Forward);
+        assert_eq!(rules.from_client(&request(2)), Verdict::Forward);
+        let Verdict::Refuse { code, reason } = rules.from_client(&request(3)) else {
+            panic!("the third request must be refused");
+        };
+        assert_eq!(code, -32005);
+        assert!(reason.contains("--max-inflight"), "{reason}");
+        assert_eq!(rules.pending(), 2);
+        // Notifications and answers to the child's requests still pass.
+        assert_eq!(
+            rules.from_client(&kind(
+                r#"{"jsonrpc":"2.0","method":"notifications/cancelled"}"#
+            )),
+            Verdict::Forward
+        );
+        assert_eq!(rules.from_client(&answer(99)), Verdict::Forward);
+        rules.to_client(&answer(1));
+        assert_eq!(
+            rules.from_client(&request(3)),
+            Verdict::Forward,
+            "room again"
+        );
+    }
+
+    #[test]
+    fn a_batch_counts_every_request_in_it() {
+        let mut rules = Rules::new(2);
+        assert_eq!(rules.from_client(&request(1)), Verdict::Forward);
+        let batch = kind(
+            r#"[{"jsonrpc":"2.0","id":2,"method":"a"},{"jsonrpc":"2.0","id":3,"method":"a"}]"#,
+        );
+        assert!(matches!(
+            rules.from_client(&batch),
+            Verdict::Refuse { code: -32005, .. }
+        ));
+        assert_eq!(rules.pending(), 1, "nothing of the refused batch is booked");
+    }
+
+    #[test]
+    fn shutdown_refuses_requests_but_passes_answers_and_cancellations() {
+        let mut rules = Rules::new(8);
+        assert_eq!(rules.from_client(&request(1)), Verdict::Forward);
+        rules.refuse_new_requests();
+        assert!(matches!(
+            rules.from_client(&request(2)),
+            Verdict::Refuse { code: -32004, .. }
+        ));
+        assert_eq!(
+            rules.from_client(&kind(
+                r#"{"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":1}}"#
+            )),
+            Verdict::Forward
+        );
+        assert_eq!(
+            rules.from_client(&kind(
+                r#"{"jsonrpc":"2.0","id":"srv-1","result":{"roots":[]}}"#
+            )),
+            Verdict::Forward,
+            "the answer to the child's roots/list reaches it"
+        );
+        assert!(rules.awaits(&request_id(1)));
+    }
+
+    fn request_id(n: u32) -> Id {
+        let mut found = None;
+        request(n).for_each_request_id(&mut |id| found = Some(id.clone()));
+        found.expect("an id")
+    }
+
+    #[test]
+    fn counters_count_lines_and_their_newlines() {
+        let mut counters = Counters::default();
+        counters.message(Direction::In, b"{}");
+        counters.message(Direction::Out, b"{}");
+        counters.message(Direction::Out, b"[1]");
+        assert_eq!(
+            counters,
+            Counters {
+                messages_in: 1,
+                bytes_in: 3,
+                messages_out: 2,
+                bytes_out: 7
+            }
+        );
+    }
+}
