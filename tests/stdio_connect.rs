@@ -234,3 +234,158 @@ fn connect_to_a_missing_unix_socket_fails_clearly() {
         run.stderr
     );
 }
+
+/// `forkline connect` spawned with plain pipes (not [`Piped`], whose
+/// reader thread would keep stdout's read end open), so a test can close
+/// stdout's read end alone. Stderr goes to a file, for failure messages.
+/// Dropping it kills and reaps the process by PID on every path.
+struct BareConnect {
+    child: std::process::Child,
+    stdin: Option<std::process::ChildStdin>,
+    stdout: Option<std::io::BufReader<std::process::ChildStdout>>,
+    stderr_path: std::path::PathBuf,
+    _dir: TempDir,
+}
+
+impl BareConnect {
+    fn spawn(server: &Forkline) -> BareConnect {
+        let dir = TempDir::new("forkline-bare-connect");
+        let stderr_path = dir.path.join("connect.stderr");
+        let stderr = std::fs::File::create(&stderr_path).expect("create stderr file");
+        let mut child = std::process::Command::new(forkline_bin())
+            .args(["connect", &format!("tcp://{}", server.tcp_addr())])
+            .env("RUST_LOG", "debug")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(stderr)
+            .spawn()
+            .expect("spawn forkline connect");
+        let stdin = child.stdin.take();
+        let stdout = child.stdout.take().map(std::io::BufReader::new);
+        BareConnect {
+            child,
+            stdin,
+            stdout,
+            stderr_path,
+            _dir: dir,
+        }
+    }
+
+    fn stderr_text(&self) -> String {
+        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+
+    /// Sends one request and returns the first line on stdout. The line is
+    /// read on a thread only so that a broken bridge cannot hang the test;
+    /// the thread hands the read end back.
+    fn call(&mut self, id: Value, method: &str) -> Value {
+        use std::io::{BufRead, Write};
+        let request = json!({"jsonrpc": "2.0", "id": id, "method": method, "params": {}});
+        let stdin = self.stdin.as_mut().expect("stdin open");
+        writeln!(stdin, "{request}").expect("write to connect's stdin");
+        stdin.flush().expect("flush connect's stdin");
+        let mut stdout = self.stdout.take().expect("stdout open");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let read = stdout.read_line(&mut line);
+            let _ = tx.send((read.map(|_| line), stdout));
+        });
+        let (line, stdout) = rx.recv_timeout(PATIENCE).unwrap_or_else(|_| {
+            panic!(
+                "no answer through connect within {PATIENCE:?}; stderr:\n{}",
+                self.stderr_text()
+            )
+        });
+        self.stdout = Some(stdout);
+        let line = line.expect("read connect's stdout");
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("bad JSON ({e}): {line}"))
+    }
+
+    /// Closes stdout's read end only: the client has gone away, while
+    /// connect's stdin stays open.
+    fn drop_stdout_reader(&mut self) {
+        self.stdout = None;
+    }
+
+    /// Polls until connect exits; panics after `timeout`.
+    fn wait_exit(&mut self, timeout: std::time::Duration) -> std::process::ExitStatus {
+        let mut status = None;
+        poll_until(timeout, || {
+            status = self.child.try_wait().expect("try_wait connect");
+            status.is_some()
+        });
+        status.unwrap_or_else(|| {
+            panic!(
+                "connect still running after {timeout:?}; stderr:\n{}",
+                self.stderr_text()
+            )
+        })
+    }
+}
+
+impl Drop for BareConnect {
+    fn drop(&mut self) {
+        self.stdin = None;
+        self.stdout = None;
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+#[test]
+fn connect_exits_0_when_its_stdout_reader_goes_away() {
+    // The server would hold the session forever: only connect noticing its
+    // own client is gone can end it (issue 10, item 7).
+    let server = serve_fake(&["--idle-timeout", "0"]);
+    let mut bridge = BareConnect::spawn(&server);
+    assert_echo(&bridge.call(json!(1), "hello"), &json!(1), "hello");
+
+    bridge.drop_stdout_reader();
+    let status = bridge.wait_exit(PATIENCE);
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "connect exit after its stdout reader went away; stderr:\n{}",
+        bridge.stderr_text()
+    );
+    assert!(
+        bridge.stderr_text().contains("reason=stdout_closed"),
+        "stderr:\n{}",
+        bridge.stderr_text()
+    );
+    // Its closing the connection ends the session on the server.
+    server.wait_for_log("reason=client_closed");
+}
+
+#[test]
+fn connect_exits_0_when_its_stdout_reader_goes_away_during_a_flood() {
+    // The server floods and nobody reads: connect's buffer toward stdout
+    // fills and it stops reading the socket (backpressure); then the
+    // reader goes away, which is no error.
+    let server = serve_fake(&["--idle-timeout", "0"]);
+    let mut bridge = BareConnect::spawn(&server);
+    let mut guard = StrayGuard::new();
+    let env = FakeEnv::from_result(&bridge.call(json!(1), "fake/env")["result"]);
+    guard.watch_env(&env);
+    assert_echo(
+        &bridge.call(json!(2), "fake/flood"),
+        &json!(2),
+        "fake/flood",
+    );
+
+    bridge.drop_stdout_reader();
+    let status = bridge.wait_exit(PATIENCE);
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "connect exit after its stdout reader went away mid-flood; stderr:\n{}",
+        bridge.stderr_text()
+    );
+    // The server ends the session however it sees the close (a reset if
+    // the flood was still in its buffers); its child must be gone.
+    server.wait_for_log("session closed");
+    assert_all_gone(&[env.pid], "session child after connect's client left");
+}
