@@ -1,5 +1,7 @@
 //! `cargo bench --bench proxy`: forkline against its async twin and the
-//! tools people use today (issue 5), measured in one run, side by side.
+//! tools people use today (issue 5), measured in one run, side by side;
+//! and how many sessions one proxy holds under its fd limit, and how it
+//! recovers after they all close (issue 10).
 //!
 //! The driver starts every tool itself on a loopback port, waits until it
 //! listens, measures, then stops it and kills and reaps everything it left,
@@ -8,11 +10,15 @@
 //! (benches/async-twin), supergateway and mcp-proxy (both Streamable HTTP).
 //! Every loop is bounded in count and time. `--quick` (or
 //! FORKLINE_BENCH_QUICK=1) is a smoke run with small counts; `--only
-//! forkline,socat` limits the rows. The full run writes docs/benchmarks.md.
+//! forkline,socat` limits the rows; `--burst-cap N` changes the cap of the
+//! max-live-sessions phase (6,500; 300 in quick mode). The full run writes
+//! docs/benchmarks.md.
 //!
 //! benches/run.sh is the one documented command: it installs the peers
 //! (benches/setup.sh), builds forkline and the twin, then runs this.
 
+#[path = "proxy/burst.rs"]
+mod burst;
 #[path = "proxy/client.rs"]
 mod client;
 #[path = "proxy/procfs.rs"]
@@ -54,9 +60,28 @@ pub struct Settings {
     pub settle: Duration,
     /// No single measurement loop runs longer than this.
     pub cap: Duration,
+    /// Issue 10: sessions opened one after another on forkline, the twin
+    /// and socat, at most this many...
+    pub burst_cap: usize,
+    /// ...within this time,
+    pub burst_time: Duration,
+    /// each step (connect, `initialize`, the final call) within this;
+    pub burst_timeout: Duration,
+    /// then one call on every session, all answered within this.
+    pub burst_answer_time: Duration,
+    /// After the close: forkline's and the twin's threads, fds and RSS are
+    /// sampled for up to `recovery_window`, and reported at `recovery_mark`.
+    pub recovery_window: Duration,
+    pub recovery_mark: Duration,
 }
 
 impl Settings {
+    /// forkline's and the twin's session limits in the burst phase: above
+    /// the cap, so that only the fd limit can stop them.
+    pub fn burst_limit(&self) -> usize {
+        self.burst_cap + 100
+    }
+
     fn full() -> Settings {
         Settings {
             quick: false,
@@ -71,6 +96,14 @@ impl Settings {
             idle_window: Duration::from_secs(3),
             settle: Duration::from_secs(1),
             cap: Duration::from_secs(60),
+            // The driver holds one fd per session too: 6,500 stays well
+            // under the 20,000 hard limit of the machines we run on.
+            burst_cap: 6_500,
+            burst_time: Duration::from_secs(120),
+            burst_timeout: Duration::from_secs(5),
+            burst_answer_time: Duration::from_secs(30),
+            recovery_window: Duration::from_secs(40),
+            recovery_mark: Duration::from_secs(30),
         }
     }
 
@@ -88,6 +121,12 @@ impl Settings {
             idle_window: Duration::from_secs(1),
             settle: Duration::from_millis(300),
             cap: Duration::from_secs(20),
+            burst_cap: 300,
+            burst_time: Duration::from_secs(30),
+            burst_timeout: Duration::from_secs(3),
+            burst_answer_time: Duration::from_secs(10),
+            recovery_window: Duration::from_secs(5),
+            recovery_mark: Duration::from_secs(5),
         }
     }
 }
@@ -96,7 +135,7 @@ fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let quick = args.iter().any(|a| a == "--quick")
         || std::env::var("FORKLINE_BENCH_QUICK").is_ok_and(|v| !v.is_empty() && v != "0");
-    let settings = if quick {
+    let mut settings = if quick {
         Settings::quick()
     } else {
         Settings::full()
@@ -106,6 +145,15 @@ fn main() {
             .position(|a| a == flag)
             .and_then(|i| args.get(i + 1).cloned())
     };
+    if let Some(cap) = value_of("--burst-cap") {
+        match cap.replace([',', '_'], "").parse::<usize>() {
+            Ok(n) if n > 0 => settings.burst_cap = n,
+            _ => {
+                eprintln!("bench: --burst-cap wants a positive count, not {cap:?}");
+                std::process::exit(2);
+            }
+        }
+    }
     let only: Option<Vec<String>> =
         value_of("--only").map(|v| v.split(',').map(str::to_owned).collect());
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
@@ -229,7 +277,9 @@ struct Live {
 
 /// Phase 1 (latency, throughput, set-up with the echo server) runs every
 /// tool side by side, in interleaved rounds; phase 2 (set-up with the
-/// trivial child, memory, idle wake-ups) one tool at a time.
+/// trivial child, memory, idle wake-ups) one tool at a time; phase 3 (issue
+/// 10: max live sessions, then recovery) one tool at a time, for forkline,
+/// the twin and socat only.
 fn run_all(kinds: &[Kind], paths: &Paths, s: &Settings) -> Vec<Row> {
     let mut rows: Vec<Row> = kinds.iter().map(|k| Row::new(*k)).collect();
     let mut live = Vec::new();
@@ -367,7 +417,48 @@ fn run_all(kinds: &[Kind], paths: &Paths, s: &Settings) -> Vec<Row> {
             &format!("phase 2 done in {:.0} s", t.elapsed().as_secs_f64()),
         );
     }
+
+    for l in &live {
+        let kind = rows[l.row].kind;
+        if !matches!(kind, Kind::Forkline | Kind::Twin | Kind::Socat) {
+            continue;
+        }
+        let t = Instant::now();
+        phase_three(&mut rows[l.row], paths, s);
+        tools::reap_orphans();
+        let took = t.elapsed().as_secs_f64();
+        rows[l.row].burst_phase_s = Some(took);
+        progress(kind, &format!("phase 3 done in {took:.0} s"));
+    }
     rows
+}
+
+/// Issue 10, with the trivial C child: the live sessions one proxy holds
+/// under its fd limit, then (forkline and the twin) its recovery once they
+/// all close. The session limits are set above the cap, so that only the
+/// fd limit can stop forkline and the twin.
+fn phase_three(row: &mut Row, paths: &Paths, s: &Settings) {
+    let kind = row.kind;
+    progress(
+        kind,
+        &format!("restarting for the burst: up to {} sessions", s.burst_cap),
+    );
+    let mut running = match tools::start_with_limit(
+        kind,
+        paths,
+        &paths.trivial_child(),
+        &format!("{}-burst", kind.key()),
+        s.burst_limit(),
+    ) {
+        Ok(r) => r,
+        Err(e) => {
+            row.burst = Err(format!("could not start: {e}"));
+            return;
+        }
+    };
+    let recover = matches!(kind, Kind::Forkline | Kind::Twin);
+    row.burst = burst::measure(&running, s, recover, |what| progress(kind, what));
+    finish(row, &mut running, "burst");
 }
 
 /// The trivial C child, so the child's own start-up and memory do not hide

@@ -1,7 +1,8 @@
 /* trivial_echo: the smallest stdio MCP child the benchmark can use, for the
  * rows where the child's own start-up or memory would hide the proxy's
- * (session set-up with a trivial child, and the 100/1,000 idle-session
- * memory rows). benches/proxy.rs compiles it with `cc -O2`.
+ * (session set-up with a trivial child, the 100/1,000 idle-session memory
+ * rows, and the max-live-sessions and recovery rows, where thousands of
+ * them run at once). benches/proxy.rs compiles it with `cc -O2`.
  *
  * One line in, at most one line out. It does not parse JSON: it finds the
  * top-level "id" by text, answers `initialize` with a minimal

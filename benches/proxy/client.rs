@@ -6,6 +6,7 @@
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::Deserialize;
@@ -53,7 +54,7 @@ pub trait Session: Send {
 
 pub fn open(target: &Target) -> io::Result<Box<dyn Session>> {
     Ok(match target {
-        Target::Line(addr) => Box::new(LineSession::connect(*addr)?),
+        Target::Line(addr) => Box::new(LineSession::connect(*addr, IO_TIMEOUT)?),
         Target::Http(addr, path) => Box::new(HttpSession::connect(*addr, path)?),
         Target::Pipe(command) => Box::new(PipeSession::spawn(command)?),
     })
@@ -137,6 +138,11 @@ impl<R: Read, W: Write> Lines<R, W> {
 
     fn request(&mut self, id: u64, body: &str) -> io::Result<()> {
         self.send(body)?;
+        self.receive(id)
+    }
+
+    /// Reads lines until the answer to `id`.
+    fn receive(&mut self, id: u64) -> io::Result<()> {
         loop {
             self.line.clear();
             if self.reader.read_until(b'\n', &mut self.line)? == 0 {
@@ -152,26 +158,71 @@ impl<R: Read, W: Write> Lines<R, W> {
     }
 }
 
-struct LineSession(Lines<TcpStream, TcpStream>);
+/// One socket as both halves of [`Lines`], so that a session costs the
+/// driver one fd, not two (`try_clone` would dup it): the burst phase holds
+/// thousands of sessions under the driver's own fd limit.
+struct Half(Arc<TcpStream>);
+
+impl Read for Half {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        (&*self.0).read(buf)
+    }
+}
+
+impl Write for Half {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        (&*self.0).write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A session over raw TCP (forkline, the twin, socat). Besides the
+/// [`Session`] calls it can send a request and read its answer apart, so
+/// that a call is in flight on every session before any answer is read.
+/// Dropping it closes the connection.
+pub struct LineSession {
+    lines: Lines<Half, Half>,
+    stream: Arc<TcpStream>,
+}
 
 impl LineSession {
-    fn connect(addr: SocketAddr) -> io::Result<LineSession> {
-        let stream = TcpStream::connect_timeout(&addr, IO_TIMEOUT)?;
+    /// Connects; every read and write then gives up after `timeout`.
+    pub fn connect(addr: SocketAddr, timeout: Duration) -> io::Result<LineSession> {
+        let stream = TcpStream::connect_timeout(&addr, timeout)?;
         stream.set_nodelay(true)?;
-        stream.set_read_timeout(Some(IO_TIMEOUT))?;
-        stream.set_write_timeout(Some(IO_TIMEOUT))?;
-        let writer = stream.try_clone()?;
-        Ok(LineSession(Lines::new(stream, writer)))
+        stream.set_read_timeout(Some(timeout))?;
+        stream.set_write_timeout(Some(timeout))?;
+        let stream = Arc::new(stream);
+        Ok(LineSession {
+            lines: Lines::new(Half(Arc::clone(&stream)), Half(Arc::clone(&stream))),
+            stream,
+        })
+    }
+
+    /// Sends one message without waiting for anything.
+    pub fn send(&mut self, body: &str) -> io::Result<()> {
+        self.lines.send(body)
+    }
+
+    /// Waits up to `timeout` for the answer to request `id`.
+    pub fn receive(&mut self, id: u64, timeout: Duration) -> io::Result<()> {
+        // A zero timeout means "block forever" to setsockopt.
+        self.stream
+            .set_read_timeout(Some(timeout.max(Duration::from_millis(1))))?;
+        self.lines.receive(id)
     }
 }
 
 impl Session for LineSession {
     fn request(&mut self, id: u64, body: &str) -> io::Result<()> {
-        self.0.request(id, body)
+        self.lines.request(id, body)
     }
 
     fn notify(&mut self, body: &str) -> io::Result<()> {
-        self.0.send(body)
+        self.lines.send(body)
     }
 }
 

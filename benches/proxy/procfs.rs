@@ -185,3 +185,21 @@ pub fn threads(pid: i32) -> usize {
 pub fn self_cpu_seconds() -> f64 {
     cpu_ticks(std::process::id() as i32) as f64 / ticks_per_second() as f64
 }
+
+/// Open file descriptors of a process (entries of /proc/PID/fd).
+pub fn fds(pid: i32) -> usize {
+    fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+/// The soft RLIMIT_NOFILE a process runs under, from /proc/PID/limits.
+pub fn fd_limit(pid: i32) -> Option<u64> {
+    let text = fs::read_to_string(format!("/proc/{pid}/limits")).ok()?;
+    text.lines()
+        .find(|l| l.starts_with("Max open files"))?
+        .split_whitespace()
+        .nth(3)?
+        .parse()
+        .ok()
+}

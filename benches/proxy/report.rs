@@ -1,6 +1,7 @@
 //! The figures of one run and their rendering: one table (rows = tools),
-//! each tool's ratios to socat and to the async twin, forkline against the
-//! targets of issue 5, the notes, and the machine it ran on.
+//! each tool's ratios to socat and to the async twin, the burst and
+//! recovery tables (issue 10), forkline against the targets of issue 5 and
+//! of issue 10, the notes, and the machine it ran on.
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -8,6 +9,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use crate::Settings;
+use crate::burst::{self, Burst, Level};
 use crate::tools::{Kind, Paths, which};
 
 /// A figure, or why there is none.
@@ -54,6 +56,11 @@ pub struct Row {
     pub threads_small: Option<usize>,
     pub wake_idle: Fig,
     pub wake_small: Fig,
+    /// Issue 10: max live sessions and recovery (forkline, twin, socat);
+    /// an empty error means the phase did not run for this tool.
+    pub burst: Result<Burst, String>,
+    /// Wall time of that phase, start to stop.
+    pub burst_phase_s: Option<f64>,
     pub binary: String,
     pub deps: String,
     pub binary_bytes: Option<u64>,
@@ -84,6 +91,8 @@ impl Row {
             threads_small: None,
             wake_idle: none(),
             wake_small: none(),
+            burst: Err(String::new()),
+            burst_phase_s: None,
             binary: "—".into(),
             deps: "—".into(),
             binary_bytes: None,
@@ -423,6 +432,361 @@ fn plain(kind: Kind) -> String {
     kind.label().replace("**", "")
 }
 
+fn verdict(ok: Option<bool>) -> &'static str {
+    match ok {
+        Some(true) => "yes",
+        Some(false) => "**no**",
+        None => "not measured",
+    }
+}
+
+fn both(a: &Fig, b: &Fig) -> Option<(f64, f64)> {
+    match (a, b) {
+        (Ok(a), Ok(b)) => Some((*a, *b)),
+        _ => None,
+    }
+}
+
+/// forkline's req/s at `n` sessions against socat's and the twin's: the
+/// text, and whether it is at least `factor` × both.
+fn rps_against(
+    f: &Row,
+    socat: Option<&Row>,
+    twin: Option<&Row>,
+    n: usize,
+    factor: f64,
+) -> (String, Option<bool>) {
+    let fr = f.rps(n);
+    let other = |r: Option<&Row>| r.map_or(none(), |r| r.rps(n));
+    let (sr, tr) = (other(socat), other(twin));
+    let vs = |o: &Fig, name: &str| match both(&fr, o) {
+        Some((a, b)) => format!("{} vs {name} {} = {:.2}×", group(a), group(b), a / b),
+        None => format!("{name}: —"),
+    };
+    let ok = match (both(&fr, &sr), both(&fr, &tr)) {
+        (Some((a, b)), Some((_, c))) => Some(a >= factor * b && a >= factor * c),
+        _ => None,
+    };
+    (format!("{}; {}", vs(&sr, "socat"), vs(&tr, "twin")), ok)
+}
+
+fn count(n: usize) -> String {
+    group(n as f64)
+}
+
+/// The max-live-sessions cell: sessions held with every one answering.
+fn held(b: &Burst) -> String {
+    if b.opened == 0 {
+        "0".into()
+    } else if !b.all_answered() {
+        format!("{} of {} answered", count(b.answered), count(b.opened))
+    } else if b.opened >= b.cap && b.stopped_by.is_none() {
+        format!("≥ {} (cap)", count(b.cap))
+    } else if b.opened >= b.cap {
+        format!("≥ {} (driver's fd limit)", count(b.cap))
+    } else {
+        count(b.opened)
+    }
+}
+
+fn idle_to_peak(idle: usize, peak: usize) -> String {
+    format!("{} → {}", count(idle), count(peak))
+}
+
+fn mib_of(kib: u64) -> String {
+    format!("{:.1}", kib as f64 / 1024.0)
+}
+
+/// One quantity of the recovery table: "idle / @N / at the mark".
+fn three(idle: &Level, peak: &Level, at: Option<&Level>, get: fn(&Level) -> String) -> String {
+    format!(
+        "{} / {} / {}",
+        get(idle),
+        get(peak),
+        at.map_or("—".into(), get)
+    )
+}
+
+/// Issue 10's tables: the live sessions each proxy held under its fd
+/// limit, and (forkline, twin) how it recovered once they all closed.
+fn burst_tables(md: &mut String, rows: &[Row], s: &Settings) {
+    let measured: Vec<(&Row, &Burst)> = rows
+        .iter()
+        .filter_map(|r| r.burst.as_ref().ok().map(|b| (r, b)))
+        .collect();
+    if measured.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        md,
+        "\n## Live sessions under the fd limit, and recovery (issue 10)\n\n\
+         Sessions opened one after another with the trivial C child, each initialized \
+         with one round trip, up to {} or the first refusal, error or {:.0} s without an \
+         answer; then one call sent on every session before any answer is read. Fds and \
+         threads are the proxy's own, summed over its processes (/proc/PID/fd, \
+         /proc/PID/task).\n",
+        count(s.burst_cap),
+        s.burst_timeout.as_secs_f64()
+    );
+    let _ = writeln!(
+        md,
+        "| tool | proxy fd limit | sessions held, all answering | opening stopped by | \
+         time to open s | all answered in s | proxy processes @N | proxy threads idle → @N | \
+         threads/session | proxy fds idle → @N | fds/session | proxy RSS idle → @N MiB |\n\
+         |---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+    );
+    for (row, b) in &measured {
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} | {:.1} | {:.1} | {} | {} | {} | {} | {} | {} → {} |",
+            row.kind.label(),
+            b.fd_limit.map_or("?".into(), |l| count(l as usize)),
+            held(b),
+            b.stopped_by
+                .as_deref()
+                .unwrap_or("the cap")
+                .replace('|', "\\|"),
+            b.open_s,
+            b.answer_s,
+            count(b.peak.processes),
+            idle_to_peak(b.idle.threads, b.peak.threads),
+            b.threads_per_session()
+                .map_or("—".into(), |v| format!("{v:.2}")),
+            idle_to_peak(b.idle.fds, b.peak.fds),
+            b.fds_per_session()
+                .map_or("—".into(), |v| format!("{v:.1}")),
+            mib_of(b.idle.rss_kib),
+            mib_of(b.peak.rss_kib),
+        );
+    }
+
+    let recovered: Vec<(&Row, &Burst, &burst::Recovery)> = measured
+        .iter()
+        .filter_map(|(r, b)| b.recovery.as_ref().map(|rec| (*r, *b, rec)))
+        .collect();
+    if recovered.is_empty() {
+        return;
+    }
+    let mark = s.recovery_mark.as_secs_f64();
+    let _ = writeln!(
+        md,
+        "\nThen every session closed at once, and the proxy (one process) was read every \
+         second for up to {:.0} s. Back to idle: within +{} threads and +{} fds of its idle \
+         level before the first session.\n",
+        s.recovery_window.as_secs_f64(),
+        burst::SLACK_THREADS,
+        burst::SLACK_FDS
+    );
+    let _ = writeln!(
+        md,
+        "| tool | sessions closed | threads idle / @N / {mark:.0} s after | \
+         fds idle / @N / {mark:.0} s after | RSS MiB idle / @N / {mark:.0} s after | \
+         back to idle after |\n|---|---:|---:|---:|---:|---:|"
+    );
+    for (row, b, rec) in &recovered {
+        let at = rec.at_mark.as_ref();
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} | {} | {} |",
+            row.kind.label(),
+            count(b.opened),
+            three(&b.idle, &b.peak, at, |l| count(l.threads)),
+            three(&b.idle, &b.peak, at, |l| count(l.fds)),
+            three(&b.idle, &b.peak, at, |l| mib_of(l.rss_kib)),
+            rec.back_after.map_or_else(
+                || format!("not within {:.0} s", rec.window.as_secs_f64()),
+                |t| format!("{t:.1} s")
+            ),
+        );
+    }
+}
+
+/// forkline against the targets of issue 10 (the new engine: one thread
+/// and about three fds per session).
+fn issue_10_targets(
+    md: &mut String,
+    f: &Row,
+    socat: Option<&Row>,
+    twin: Option<&Row>,
+    s: &Settings,
+) {
+    const SESSIONS: usize = 6_000;
+    const FD_LIMIT: u64 = 20_000;
+    let _ = writeln!(
+        md,
+        "\n## forkline against the issue-10 targets (new engine)\n"
+    );
+    let _ = writeln!(md, "| target | measured | met? |\n|---|---|---|");
+    let b = f.burst.as_ref().ok();
+    // A quick run's cap is far below the target: its figures show the rows
+    // work, not whether the target is met.
+    let small_cap = b.map(|b| b.cap).filter(|cap| *cap < SESSIONS);
+    let by_count = |ok: Option<bool>| {
+        if let Some(cap) = small_cap {
+            format!("not measured (cap {})", count(cap))
+        } else {
+            verdict(ok).to_string()
+        }
+    };
+    let per = |v: Option<f64>, digits: usize| {
+        v.zip(b).map_or("—".into(), |(v, b)| {
+            format!("{v:.digits$} (at {} sessions)", count(b.opened))
+        })
+    };
+    let fds = b.and_then(Burst::fds_per_session);
+    let _ = writeln!(
+        md,
+        "| at most 3 proxy fds per session | {} | {} |",
+        per(fds, 1),
+        verdict(fds.map(|v| v <= 3.0))
+    );
+    let threads = b.and_then(Burst::threads_per_session);
+    let _ = writeln!(
+        md,
+        "| at most 1 proxy thread per session | {} | {} |",
+        per(threads, 2),
+        verdict(threads.map(|v| v <= 1.0))
+    );
+    let _ = writeln!(
+        md,
+        "| ≥ {} sessions in one process under a {}-fd limit | {} | {} |",
+        count(SESSIONS),
+        count(FD_LIMIT as usize),
+        b.map_or("—".into(), |b| format!(
+            "{} with an fd limit of {}; opening stopped by {}",
+            held(b),
+            b.fd_limit.map_or("?".into(), |l| count(l as usize)),
+            b.stopped_by
+                .as_deref()
+                .unwrap_or("the cap")
+                .replace('|', "\\|")
+        )),
+        by_count(b.map(|b| b.all_answered()
+            && b.answered >= SESSIONS
+            && b.fd_limit.is_some_and(|l| l <= FD_LIMIT)))
+    );
+    let twin_fig = |get: fn(&Row) -> Fig| twin.map_or(none(), get);
+    let rss = both(&f.kib_per_session, &twin_fig(|r| r.kib_per_session.clone()));
+    let _ = writeln!(
+        md,
+        "| proxy RSS per idle session ≤ the twin's | {} | {} |",
+        rss.map_or("—".into(), |(a, b)| format!(
+            "{a:.0} KiB vs {b:.0} KiB = {:.2}×",
+            a / b
+        )),
+        verdict(rss.map(|(a, b)| a <= b))
+    );
+    let switches = both(
+        &f.switches_per_call,
+        &twin_fig(|r| r.switches_per_call.clone()),
+    );
+    let _ = writeln!(
+        md,
+        "| 1-session context switches per call ≤ the twin's | {} | {} |",
+        switches.map_or("—".into(), |(a, b)| format!("{a:.1} vs {b:.1}")),
+        verdict(switches.map(|(a, b)| a <= b))
+    );
+    let vs_twin = both(&f.p50_us, &twin_fig(|r| r.p50_us.clone()));
+    let vs_socat = both(&f.p50_us, &socat.map_or(none(), |r| r.p50_us.clone()));
+    let p50_text = |o: Option<(f64, f64)>, name: &str| {
+        o.map_or(format!("{name}: —"), |(a, b)| {
+            format!("{a:.0} µs vs {name} {b:.0} µs = {:.2}×", a / b)
+        })
+    };
+    let _ = writeln!(
+        md,
+        "| p50 round trip ≤ 1.0× the twin's and ≤ 0.8× socat's | {}; {} | {} |",
+        p50_text(vs_twin, "twin"),
+        p50_text(vs_socat, "socat"),
+        verdict(
+            vs_twin
+                .zip(vs_socat)
+                .map(|((a, t), (_, so))| a <= t && a <= 0.8 * so)
+        )
+    );
+    for n in [64, 256] {
+        let (measured, ok) = rps_against(f, socat, twin, n, 1.1);
+        let _ = writeln!(
+            md,
+            "| req/s @{n} ≥ 1.1× socat and ≥ 1.1× twin | {measured} | {} |",
+            verdict(ok)
+        );
+    }
+    let rec = b.and_then(|b| b.recovery.as_ref().map(|r| (b, r)));
+    let mark = s.recovery_mark.as_secs_f64();
+    let _ = writeln!(
+        md,
+        "| {} sessions all answer, and 30 s after close threads and fds are back at idle | {} | {} |",
+        count(SESSIONS),
+        rec.map_or("—".into(), |(b, r)| format!(
+            "{} all answering; {mark:.0} s after close: threads {} (idle {}), fds {} (idle {}); \
+             back to idle {}",
+            held(b),
+            r.at_mark.map_or("—".into(), |l| count(l.threads)),
+            count(b.idle.threads),
+            r.at_mark.map_or("—".into(), |l| count(l.fds)),
+            count(b.idle.fds),
+            r.back_after.map_or_else(
+                || format!("not within {:.0} s", r.window.as_secs_f64()),
+                |t| format!("after {t:.1} s")
+            )
+        )),
+        if rec.is_some_and(|(_, r)| r.mark < Duration::from_secs(30)) {
+            format!("not measured (read at {mark:.0} s)")
+        } else {
+            by_count(rec.map(|(b, r)| {
+                b.all_answered() && b.answered >= SESSIONS && r.back_at_mark(&b.idle) == Some(true)
+            }))
+        }
+    );
+}
+
+/// Notes on the burst phase of one tool.
+fn burst_notes(row: &Row, notes: &mut Vec<String>) {
+    let Ok(b) = &row.burst else { return };
+    let tool = plain(row.kind);
+    let per = if b.opened > 0 {
+        format!(" ({:.2} ms each)", b.open_s * 1e3 / b.opened as f64)
+    } else {
+        String::new()
+    };
+    notes.push(format!(
+        "{tool}: burst: {} sessions opened in {:.1} s{per}, opening stopped by {}; {} answered \
+         the call made on all at once, in {:.1} s{}{}",
+        count(b.opened),
+        b.open_s,
+        b.stopped_by.as_deref().unwrap_or("the cap"),
+        count(b.answered),
+        b.answer_s,
+        b.answer_error
+            .as_ref()
+            .map(|e| format!(" (first failure: {e})"))
+            .unwrap_or_default(),
+        row.burst_phase_s
+            .map(|t| format!("; the whole phase took {t:.0} s"))
+            .unwrap_or_default()
+    ));
+    if row.kind == Kind::Socat {
+        notes.push(format!(
+            "{tool}: forks one process per session, each under its own fd limit, so no \
+             one process's limit binds it: its max-live-sessions figure is what this machine \
+             held (up to the cap); its threads per session are processes of one thread, and its \
+             RSS sum counts the pages its forks share once per fork."
+        ));
+    }
+    if let Some(rec) = &b.recovery {
+        let series: Vec<String> = rec
+            .samples
+            .iter()
+            .map(|(t, l)| format!("{t:.0} s {}/{}", l.threads, l.fds))
+            .collect();
+        notes.push(format!(
+            "{tool}: after the close, threads/fds once a second: {}",
+            series.join(", ")
+        ));
+    }
+}
+
 pub fn render(
     rows: &[Row],
     s: &Settings,
@@ -469,6 +833,9 @@ pub fn render(
         "proxy ctx switches/call (1 session)".into(),
         "wake-ups/s idle (0 sessions)".into(),
         format!("wake-ups/s idle ({} sessions)", s.idle_small),
+        format!("max live sessions (cap {})", group(s.burst_cap as f64)),
+        "proxy fds/session".into(),
+        "proxy threads/session".into(),
         "stripped binary".into(),
         "dependencies".into(),
     ]);
@@ -545,9 +912,22 @@ pub fn render(
             }),
             c.fig("wake-ups", &row.wake_idle, rate),
             c.fig("wake-ups", &row.wake_small, rate),
-            row.binary.clone(),
-            row.deps.clone(),
         ]);
+        match &row.burst {
+            Ok(b) => cells.extend([
+                held(b),
+                b.fds_per_session()
+                    .map_or("—".into(), |v| format!("{v:.1}")),
+                b.threads_per_session()
+                    .map_or("—".into(), |v| format!("{v:.2}")),
+            ]),
+            Err(e) => {
+                let fig: Fig = Err(e.clone());
+                let cell = c.fig("max live sessions", &fig, kib);
+                cells.extend([cell.clone(), cell.clone(), cell]);
+            }
+        }
+        cells.extend([row.binary.clone(), row.deps.clone()]);
         if row.kind == Kind::Direct {
             // The floor row's CPU is the driver's own.
             let i = header
@@ -630,19 +1010,15 @@ pub fn render(
         let _ = writeln!(md, "| {} |", cells.join(" | "));
     }
 
+    burst_tables(&mut md, rows, s);
+
     // forkline against the targets of issue 5.
     if let Some(f) = find(Kind::Forkline) {
-        let _ = writeln!(md, "\n## forkline against its targets (issue 5)\n");
+        let _ = writeln!(
+            md,
+            "\n## forkline against the issue-5 targets (first release)\n"
+        );
         let _ = writeln!(md, "| target | measured | met? |\n|---|---|---|");
-        let verdict = |ok: Option<bool>| match ok {
-            Some(true) => "yes",
-            Some(false) => "**no**",
-            None => "not measured",
-        };
-        let both = |a: &Fig, b: &Fig| match (a, b) {
-            (Ok(a), Ok(b)) => Some((*a, *b)),
-            _ => None,
-        };
         let p50 = both(
             &f.p50_us,
             &socat.map_or(missing.clone(), |r| r.p50_us.clone()),
@@ -657,22 +1033,10 @@ pub fn render(
             verdict(p50.map(|(a, b)| a <= 1.2 * b))
         );
         for n in [16, 64] {
-            let fr = f.rps(n);
-            let sr = socat.map_or(missing.clone(), |r| r.rps(n));
-            let tr = twin.map_or(missing.clone(), |r| r.rps(n));
-            let vs = |other: &Fig, name: &str| match both(&fr, other) {
-                Some((a, b)) => format!("{} vs {name} {} = {:.2}×", group(a), group(b), a / b),
-                None => format!("{name}: —"),
-            };
-            let ok = match (both(&fr, &sr), both(&fr, &tr)) {
-                (Some((a, b)), Some((_, c))) => Some(a >= b && a >= c),
-                _ => None,
-            };
+            let (measured, ok) = rps_against(f, socat, twin, n, 1.0);
             let _ = writeln!(
                 md,
-                "| req/s @{n} ≥ socat and ≥ twin | {}; {} | {} |",
-                vs(&sr, "socat"),
-                vs(&tr, "twin"),
+                "| req/s @{n} ≥ socat and ≥ twin | {measured} | {} |",
                 verdict(ok)
             );
         }
@@ -700,6 +1064,7 @@ pub fn render(
             f.binary,
             verdict(f.binary_bytes.map(|b| b as f64 <= 1.5 * 1024.0 * 1024.0))
         );
+        issue_10_targets(&mut md, f, socat, twin, s);
     }
 
     // Notes.
@@ -729,6 +1094,7 @@ pub fn render(
         }
     }
     for row in rows {
+        burst_notes(row, &mut all_notes);
         for n in &row.notes {
             all_notes.push(format!("{}: {n}", plain(row.kind)));
         }
@@ -831,6 +1197,26 @@ Figures:
 - **wake-ups/s idle**: voluntary + involuntary context switches of every
   proxy thread over {window:.0} s of idleness, from /proc/PID/task/*/status,
   with no session and with {small} idle sessions.
+- **max live sessions (cap {burst_cap})** (issue 10; forkline, the twin,
+  socat): the tool restarted with the trivial C child, forkline's and the
+  twin's `--max-sessions` and `--max-sessions-per-client` set to {burst_limit},
+  so that only the fd limit they inherit from the driver (RLIMIT_NOFILE
+  raised to its hard limit, shown in the table) can stop them. Sessions
+  are opened one after another, each initialized with one round trip, up
+  to the cap, the first refusal or error, {burst_timeout:.0} s without an
+  answer, or {burst_time:.0} s in all. Then one call is sent on every
+  session before any answer is read, all answered within {answer_time:.0} s;
+  the figure is the number of sessions held with every one answering. The
+  driver holds one fd per session itself. socat forks a process per
+  session, each under its own limit: its figure is what the machine holds.
+- **proxy fds/session, threads/session**: (fds@N − fds idle) ÷ N and
+  (threads@N − threads idle) ÷ N, from /proc/PID/fd and /proc/PID/task of
+  the proxy's processes, N being the sessions opened.
+- **recovery** (forkline, the twin): with the N sessions above open, all
+  close at once; the proxy's threads, fds and RSS are read every second
+  (checked every 0.1 s) for up to {window_r:.0} s, and stop once past
+  {mark:.0} s and back to idle. Back to idle: within +{slack_t} threads and
+  +{slack_f} fds of the level before the first session.
 - **stripped binary / dependencies**: size of a `strip`ped copy of the
   release binary; crates in `cargo tree -e normal` (without the package
   itself). For the peers: their installed size and package count.
@@ -845,5 +1231,14 @@ Figures:
         large = s.idle_large,
         diff = s.idle_large - s.idle_small,
         window = s.idle_window.as_secs_f64(),
+        burst_cap = count(s.burst_cap),
+        burst_limit = s.burst_limit(),
+        burst_timeout = s.burst_timeout.as_secs_f64(),
+        burst_time = s.burst_time.as_secs_f64(),
+        answer_time = s.burst_answer_time.as_secs_f64(),
+        window_r = s.recovery_window.as_secs_f64(),
+        mark = s.recovery_mark.as_secs_f64(),
+        slack_t = burst::SLACK_THREADS,
+        slack_f = burst::SLACK_FDS,
     )
 }

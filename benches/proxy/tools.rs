@@ -128,7 +128,7 @@ pub fn which(program: &str) -> Option<PathBuf> {
 }
 
 /// Sessions the limits must allow: the 1,000-idle-session row plus slack.
-const SESSION_LIMIT: &str = "1100";
+const SESSION_LIMIT: usize = 1100;
 
 /// A tool running on a loopback port.
 pub struct Running {
@@ -170,6 +170,19 @@ pub fn start(
     child: &[String],
     log_name: &str,
 ) -> Result<Running, String> {
+    start_with_limit(kind, paths, child, log_name, SESSION_LIMIT)
+}
+
+/// [`start`], with forkline's and the twin's session limits (total and per
+/// client) at `max_sessions`, so that only the fd limit stops the burst
+/// phase. The other tools have no such limit.
+pub fn start_with_limit(
+    kind: Kind,
+    paths: &Paths,
+    child: &[String],
+    log_name: &str,
+    max_sessions: usize,
+) -> Result<Running, String> {
     let logs = paths.work.join("logs");
     std::fs::create_dir_all(&logs).map_err(|e| format!("cannot create {}: {e}", logs.display()))?;
     let log = logs.join(format!("{log_name}.log"));
@@ -183,13 +196,14 @@ pub fn start(
                 Kind::Forkline => vec![paths.forkline.display().to_string(), s("-q"), s("serve")],
                 _ => vec![paths.twin.display().to_string(), s("-q")],
             };
+            let limit = max_sessions.to_string();
             for flag in [
                 "--tcp",
                 "127.0.0.1:0",
                 "--max-sessions",
-                SESSION_LIMIT,
+                &limit,
                 "--max-sessions-per-client",
-                SESSION_LIMIT,
+                &limit,
                 "--shutdown-grace",
                 "1",
                 "--",
