@@ -83,7 +83,7 @@ pub struct LimitArgs {
     #[arg(long, value_name = "N", default_value = "16", value_parser = parse_at_least_one)]
     pub max_sessions_per_client: usize,
     /// End a session after this long without a message either way; 0 = never
-    #[arg(long, value_name = "SECS", default_value = "300", value_parser = parse_seconds)]
+    #[arg(long, value_name = "SECS", default_value = "300", value_parser = parse_idle_timeout)]
     pub idle_timeout: Duration,
     /// Largest message either way (bytes, or with a KiB/MiB suffix)
     #[arg(long, value_name = "N", default_value = "4MiB", value_parser = parse_bytes)]
@@ -165,14 +165,41 @@ fn parse_at_least_one(s: &str) -> Result<usize, String> {
     }
 }
 
+/// The longest duration a flag takes. Deadlines are `Instant + Duration`,
+/// which panics on overflow; a year is far beyond any sane timeout and far
+/// below any platform's `Instant` range.
+const MAX_SECONDS: u64 = 365 * 24 * 60 * 60;
+
 /// Seconds, with decimals allowed (`0.5`), so tests and impatient users
-/// can ask for less than a second.
+/// can ask for less than a second; at most `MAX_SECONDS`.
 fn parse_seconds(s: &str) -> Result<Duration, String> {
+    bounded_seconds(s, "")
+}
+
+/// `parse_seconds` for `--idle-timeout`, whose 0 means "never": the error
+/// for a huge value says so, since "never" is what such a user wants.
+fn parse_idle_timeout(s: &str) -> Result<Duration, String> {
+    bounded_seconds(s, "; 0 means never")
+}
+
+fn bounded_seconds(s: &str, hint: &str) -> Result<Duration, String> {
     let secs: f64 = s
         .parse()
         .map_err(|_| format!("expected seconds, e.g. 5 or 0.5, got `{s}`"))?;
-    Duration::try_from_secs_f64(secs)
-        .map_err(|_| format!("expected a non-negative number of seconds, got `{s}`"))
+    // Checked before the conversion, which fails on huge values too and
+    // would then blame the sign.
+    if secs > MAX_SECONDS as f64 {
+        return Err(format!(
+            "at most {MAX_SECONDS} seconds (365 days){hint}, got `{s}`"
+        ));
+    }
+    let duration = Duration::try_from_secs_f64(secs)
+        .map_err(|_| format!("expected a non-negative number of seconds, got `{s}`"))?;
+    // A positive value that rounds to zero would silently mean "never".
+    if duration.is_zero() && secs > 0.0 {
+        return Err(format!("below a nanosecond, got `{s}`"));
+    }
+    Ok(duration)
 }
 
 /// The smallest message limit that still fits a JSON-RPC error object.
@@ -245,6 +272,36 @@ mod tests {
         assert!(parse_seconds("-1").is_err());
         assert!(parse_seconds("soon").is_err());
         assert!(parse_seconds("inf").is_err());
+        assert!(parse_seconds("NaN").is_err());
+        assert!(parse_seconds("1e-10").is_err(), "would round to 0 = never");
+        assert_eq!(parse_seconds("0"), Ok(Duration::ZERO));
+    }
+
+    #[test]
+    fn seconds_are_bounded_to_a_year() {
+        assert_eq!(
+            parse_seconds("31536000"),
+            Ok(Duration::from_secs(31_536_000))
+        );
+        for too_long in ["31536000.5", "31536001", "1e19", "1e300"] {
+            let why = parse_seconds(too_long).expect_err(too_long);
+            assert!(why.contains("31536000"), "{too_long}: {why}");
+        }
+        let parse = |flag: &str| {
+            Cli::try_parse_from(["forkline", "serve", flag, "1e19"])
+                .expect_err(flag)
+                .to_string()
+        };
+        let idle = parse("--idle-timeout");
+        assert!(
+            idle.contains("--idle-timeout") && idle.contains("0 means never"),
+            "{idle}"
+        );
+        let grace = parse("--shutdown-grace");
+        assert!(
+            grace.contains("--shutdown-grace") && !grace.contains("never"),
+            "{grace}"
+        );
     }
 
     #[test]

@@ -137,6 +137,28 @@ fn bad_flags_and_values_exit_2_naming_the_flag() {
     }
 }
 
+/// A duration of 1e19 s used to parse and then panic adding it to an
+/// `Instant`; anything over a year is refused up front.
+#[test]
+fn durations_over_a_year_exit_2_naming_the_flag_and_the_maximum() {
+    for flag in ["--idle-timeout", "--shutdown-grace"] {
+        for value in ["1e19", "31536001"] {
+            for args in [
+                vec!["stdio", flag, value, "--", "true"],
+                vec!["serve", "--tcp", "127.0.0.1:0", flag, value],
+            ] {
+                let run = run_forkline(&args, b"");
+                assert_eq!(run.status.code(), Some(2), "forkline {args:?}: {run:?}");
+                assert!(
+                    run.stderr.contains(flag) && run.stderr.contains("31536000"),
+                    "forkline {args:?}: stderr does not name {flag} and the maximum:\n{}",
+                    run.stderr
+                );
+            }
+        }
+    }
+}
+
 #[test]
 fn no_arguments_prints_usage_and_exits_2() {
     let run = run_forkline(&[], b"");
