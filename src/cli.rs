@@ -74,23 +74,26 @@ pub struct ConnectArgs {
     pub address: ConnectAddr,
 }
 
+// Every numeric flag has `allow_negative_numbers`, so `--idle-timeout -3`
+// reaches the value parser and is reported as a bad value of that flag
+// rather than as an unknown argument `-3`.
 #[derive(Debug, Args)]
 pub struct LimitArgs {
     /// Live sessions at once; the worker pool never grows past this
-    #[arg(long, value_name = "N", default_value = "64", value_parser = parse_at_least_one)]
+    #[arg(long, value_name = "N", allow_negative_numbers = true, default_value = "64", value_parser = parse_at_least_one)]
     pub max_sessions: usize,
     /// Live sessions per peer IP (TCP) or peer uid (Unix socket)
-    #[arg(long, value_name = "N", default_value = "16", value_parser = parse_at_least_one)]
+    #[arg(long, value_name = "N", allow_negative_numbers = true, default_value = "16", value_parser = parse_at_least_one)]
     pub max_sessions_per_client: usize,
     /// End a session after this long without a message either way; 0 = never
-    #[arg(long, value_name = "SECS", default_value = "300", value_parser = parse_idle_timeout)]
+    #[arg(long, value_name = "SECS", allow_negative_numbers = true, default_value = "300", value_parser = parse_idle_timeout)]
     pub idle_timeout: Duration,
     /// Largest message either way (bytes, or with a KiB/MiB suffix)
-    #[arg(long, value_name = "N", default_value = "4MiB", value_parser = parse_bytes)]
+    #[arg(long, value_name = "N", allow_negative_numbers = true, default_value = "4MiB", value_parser = parse_bytes)]
     pub max_message_bytes: usize,
     /// Time a child gets to exit after its stdin closes (and again after
     /// SIGTERM), and in-flight requests get at shutdown
-    #[arg(long, value_name = "SECS", default_value = "5", value_parser = parse_seconds)]
+    #[arg(long, value_name = "SECS", allow_negative_numbers = true, default_value = "5", value_parser = parse_seconds)]
     pub shutdown_grace: Duration,
 }
 
@@ -160,6 +163,7 @@ fn parse_socket_addr(s: &str) -> Result<std::net::SocketAddr, String> {
 fn parse_at_least_one(s: &str) -> Result<usize, String> {
     match s.parse::<usize>() {
         Ok(0) => Err("must be at least 1".into()),
+        Err(_) if s.parse::<i128>().is_ok() => Err(format!("must be at least 1, got `{s}`")),
         Ok(n) => Ok(n),
         Err(_) => Err(format!("expected a whole number, got `{s}`")),
     }
@@ -301,6 +305,24 @@ mod tests {
         assert!(
             grace.contains("--shutdown-grace") && !grace.contains("never"),
             "{grace}"
+        );
+    }
+
+    #[test]
+    fn negative_numbers_reach_the_value_parser() {
+        for flag in [
+            "--idle-timeout",
+            "--shutdown-grace",
+            "--max-sessions",
+            "--max-sessions-per-client",
+            "--max-message-bytes",
+        ] {
+            let err = Cli::try_parse_from(["forkline", "serve", flag, "-3"]).expect_err(flag);
+            assert_eq!(err.kind(), clap::error::ErrorKind::ValueValidation, "{err}");
+        }
+        assert_eq!(
+            parse_at_least_one("-3"),
+            Err("must be at least 1, got `-3`".into())
         );
     }
 

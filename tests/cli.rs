@@ -137,6 +137,33 @@ fn bad_flags_and_values_exit_2_naming_the_flag() {
     }
 }
 
+/// A negative value is a bad value of its flag, not an unknown flag `-3`.
+#[test]
+fn negative_values_are_invalid_values_of_their_flag() {
+    let cases = [
+        ("--idle-timeout", "-3", "<SECS>"),
+        ("--shutdown-grace", "-0.5", "<SECS>"),
+        ("--max-sessions", "-3", "<N>"),
+        ("--max-sessions-per-client", "-1", "<N>"),
+        ("--max-message-bytes", "-4096", "<N>"),
+    ];
+    for (flag, value, placeholder) in cases {
+        for args in [
+            vec!["serve", "--tcp", "127.0.0.1:0", flag, value],
+            vec!["stdio", flag, value, "--", "true"],
+        ] {
+            let run = run_forkline(&args, b"");
+            assert_eq!(run.status.code(), Some(2), "forkline {args:?}: {run:?}");
+            let named = format!("invalid value '{value}' for '{flag} {placeholder}'");
+            assert!(
+                run.stderr.contains(&named),
+                "forkline {args:?}: stderr does not say {named:?}:\n{}",
+                run.stderr
+            );
+        }
+    }
+}
+
 /// A duration of 1e19 s used to parse and then panic adding it to an
 /// `Instant`; anything over a year is refused up front.
 #[test]
