@@ -41,7 +41,16 @@ pub enum Command {
     EchoServer,
 }
 
+// The child's command is the first positional argument, with or without
+// `--` before it: some MCP clients (the MCP Inspector's `--cli`) swallow
+// the `--`. From the command on every word is the child's, so `srv --tcp x`
+// passes `--tcp x` to `srv`; forkline's own options go before it.
+// `trailing_var_arg` alone does that. `allow_hyphen_values` is left off on
+// purpose: with it, an unknown option before the command (`--bogus srv`)
+// would become the command instead of an error; a program whose name
+// starts with `-` still works after `--`.
 #[derive(Debug, Args)]
+#[command(override_usage = "forkline serve [OPTIONS] [[--] COMMAND [ARGS...]]")]
 pub struct ServeArgs {
     /// Listen for raw TCP (newline-delimited JSON-RPC); repeatable.
     /// Default when no listener is given: 127.0.0.1:7070
@@ -53,17 +62,28 @@ pub struct ServeArgs {
     pub unix: Vec<PathBuf>,
     #[command(flatten)]
     pub limits: LimitArgs,
-    /// The MCP server to run for each session (default: `forkline echo-server`)
-    #[arg(last = true, value_name = "COMMAND")]
+    /// The MCP server to run for each session (default: `forkline
+    /// echo-server`); everything from COMMAND on is its own
+    #[arg(
+        value_name = "COMMAND",
+        num_args = 1..,
+        trailing_var_arg = true
+    )]
     pub command: Vec<String>,
 }
 
 #[derive(Debug, Args)]
+#[command(override_usage = "forkline stdio [OPTIONS] [--] COMMAND [ARGS...]")]
 pub struct StdioArgs {
     #[command(flatten)]
     pub limits: LimitArgs,
-    /// The MCP server to run
-    #[arg(last = true, required = true, value_name = "COMMAND")]
+    /// The MCP server to run; everything from COMMAND on is its own
+    #[arg(
+        value_name = "COMMAND",
+        required = true,
+        num_args = 1..,
+        trailing_var_arg = true
+    )]
     pub command: Vec<String>,
 }
 
@@ -139,7 +159,7 @@ impl ServeArgs {
 impl StdioArgs {
     pub fn to_config(&self) -> Result<StdioConfig, Error> {
         let command = child_command(&self.command)
-            .ok_or_else(|| Error::config("COMMAND", "a command is required after `--`"))?;
+            .ok_or_else(|| Error::config("COMMAND", "the MCP server to run is required"))?;
         Ok(StdioConfig {
             limits: self.limits.to_limits(),
             command,
@@ -378,6 +398,120 @@ mod tests {
         let config = args.to_config().expect("valid");
         assert_eq!(config.limits.idle_timeout, None);
         assert_eq!(config.command.to_string(), "srv -x");
+    }
+
+    fn parse_stdio(argv: &[&str]) -> (StdioConfig, u8) {
+        let cli = Cli::try_parse_from(argv).unwrap_or_else(|e| panic!("{argv:?}: {e}"));
+        let Command::Stdio(args) = cli.command else {
+            panic!("stdio")
+        };
+        (args.to_config().expect("valid"), cli.verbose)
+    }
+
+    fn parse_serve(argv: &[&str]) -> ServeConfig {
+        let cli = Cli::try_parse_from(argv).unwrap_or_else(|e| panic!("{argv:?}: {e}"));
+        let Command::Serve(args) = cli.command else {
+            panic!("serve")
+        };
+        args.to_config().expect("valid")
+    }
+
+    #[test]
+    fn stdio_takes_the_command_with_or_without_a_separator() {
+        // The MCP Inspector swallows the `--` of `forkline stdio -- node srv.js`.
+        for argv in [
+            &["forkline", "stdio", "node", "srv.js", "--port", "3"][..],
+            &["forkline", "stdio", "--", "node", "srv.js", "--port", "3"],
+        ] {
+            let (config, _) = parse_stdio(argv);
+            assert_eq!(
+                config.command.to_string(),
+                "node srv.js --port 3",
+                "{argv:?}"
+            );
+        }
+        // Options before the command are forkline's; from the command on,
+        // everything is the child's, even forkline's own flags.
+        let (config, verbose) = parse_stdio(&[
+            "forkline",
+            "stdio",
+            "--idle-timeout",
+            "0",
+            "node",
+            "srv.js",
+            "--flag",
+            "-v",
+            "--idle-timeout",
+            "9",
+        ]);
+        assert_eq!(config.limits.idle_timeout, None);
+        assert_eq!(verbose, 0);
+        assert_eq!(
+            config.command.to_string(),
+            "node srv.js --flag -v --idle-timeout 9"
+        );
+        // Only a `--` before the command is forkline's; later ones are the child's.
+        for argv in [
+            &["forkline", "stdio", "srv", "--", "x"][..],
+            &["forkline", "stdio", "--", "srv", "--", "x"],
+        ] {
+            let (config, _) = parse_stdio(argv);
+            assert_eq!(config.command.args, vec!["--", "x"], "{argv:?}");
+        }
+        let (config, _) = parse_stdio(&["forkline", "stdio", "--", "-odd-name"]);
+        assert_eq!(config.command.to_string(), "-odd-name");
+        let (config, _) = parse_stdio(&["forkline", "stdio", "srv"]);
+        assert_eq!(config.command.to_string(), "srv");
+        assert!(config.command.args.is_empty());
+    }
+
+    #[test]
+    fn serve_takes_the_command_with_or_without_a_separator() {
+        for argv in [
+            &[
+                "forkline",
+                "serve",
+                "--tcp",
+                "127.0.0.1:0",
+                "srv",
+                "--tcp",
+                "x",
+            ][..],
+            &[
+                "forkline",
+                "serve",
+                "--tcp",
+                "127.0.0.1:0",
+                "--",
+                "srv",
+                "--tcp",
+                "x",
+            ],
+        ] {
+            let config = parse_serve(argv);
+            assert_eq!(config.command.to_string(), "srv --tcp x", "{argv:?}");
+            assert_eq!(
+                config.listen,
+                vec![ListenAddr::Tcp("127.0.0.1:0".parse().expect("addr"))],
+                "{argv:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn unknown_options_before_the_command_are_still_errors() {
+        for argv in [
+            &["forkline", "stdio", "--bogus", "srv"][..],
+            &["forkline", "serve", "--bogus"],
+            &["forkline", "serve", "-x", "srv"],
+        ] {
+            let err = Cli::try_parse_from(argv).expect_err("unknown flag");
+            assert_eq!(
+                err.kind(),
+                clap::error::ErrorKind::UnknownArgument,
+                "{argv:?}: {err}"
+            );
+        }
     }
 
     #[test]

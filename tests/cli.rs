@@ -79,8 +79,40 @@ fn stdio_help_lists_its_limit_flags_with_their_defaults() {
         assert_flag(&help, flag, Some(default));
     }
     assert!(
-        help.contains("COMMAND"),
-        "stdio help does not show the command:\n{help}"
+        help.contains("[--] COMMAND [ARGS...]"),
+        "stdio help does not show the command, with or without `--`:\n{help}"
+    );
+}
+
+#[test]
+fn serve_usage_shows_the_command_with_an_optional_separator() {
+    let help = help_of("serve");
+    assert!(
+        help.contains("[--] COMMAND [ARGS...]"),
+        "serve help does not show the command, with or without `--`:\n{help}"
+    );
+}
+
+/// The MCP Inspector (`mcp-inspector --cli forkline stdio -- node srv.js`)
+/// swallows the `--`: the command must work without it.
+#[test]
+fn stdio_runs_a_command_given_without_a_separator() {
+    let child = fake_server(&[]);
+    let mut args = vec!["stdio", "--max-message-bytes", "64KiB"];
+    args.extend(child.iter().map(String::as_str));
+    let mut forkline = Piped::spawn(&args);
+    assert_echo(
+        &forkline.call(serde_json::json!(1), "tools/list", serde_json::json!({})),
+        &serde_json::json!(1),
+        "tools/list",
+    );
+    forkline.close_stdin();
+    let status = forkline.wait_exit(PATIENCE);
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "exit after stdin EOF; stderr:\n{}",
+        forkline.stderr_text()
     );
 }
 
