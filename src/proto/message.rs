@@ -1,5 +1,4 @@
-//! JSON-RPC 2.0 envelopes: what a framed line is, read cheaply, and the
-//! error objects forkline itself sends.
+//! JSON-RPC 2.0 envelopes: what a framed line is, read cheaply.
 //!
 //! The pumps forward original bytes and never re-serialise a message, so
 //! all it needs is the shape (request, notification, response), the `id`
@@ -13,15 +12,9 @@ use serde::de::IgnoredAny;
 use serde::{Deserialize, Deserializer};
 use serde_json::value::RawValue;
 
-/// Error codes forkline sends (PRODUCT.md, "Framing and message rules").
-pub mod code {
-    pub const PARSE_ERROR: i64 = -32700;
-    pub const INVALID_REQUEST: i64 = -32600;
-    pub const SESSION_REFUSED: i64 = -32001;
-    pub const CHILD_GONE: i64 = -32002;
-    pub const TOO_LARGE: i64 = -32003;
-    pub const SHUTTING_DOWN: i64 = -32004;
-}
+// The error objects moved to `reply`; these names stay reachable here so
+// callers need not know.
+pub use super::reply::{code, error_line};
 
 /// A JSON-RPC id as its raw JSON text (`7`, `"abc"`), so ids of different
 /// types never collide and the reply carries exactly what was sent.
@@ -366,15 +359,6 @@ impl<'a> Scanner<'a> {
     }
 }
 
-/// One JSON-RPC error object as a line body (no newline).
-pub fn error_line(id: Option<&Id>, code: i64, message: &str) -> Vec<u8> {
-    let id = id.map_or("null", Id::as_json);
-    // Serialising a &str cannot fail.
-    let message = serde_json::to_string(message).unwrap_or_else(|_| "\"error\"".into());
-    format!(r#"{{"jsonrpc":"2.0","id":{id},"error":{{"code":{code},"message":{message}}}}}"#)
-        .into_bytes()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -489,22 +473,5 @@ mod tests {
         );
         assert_eq!(sniff_id(br#"{"id":{"x":1}}"#), None);
         assert_eq!(sniff_id(b"garbage"), None);
-    }
-
-    #[test]
-    fn error_lines_are_valid_jsonrpc() {
-        let line = error_line(Some(&id("\"a\"")), code::CHILD_GONE, "child \"x\" exited");
-        let v: serde_json::Value = serde_json::from_slice(&line).expect("valid JSON");
-        assert_eq!(v["id"], "a");
-        assert_eq!(v["error"]["code"], -32002);
-        assert_eq!(v["error"]["message"], "child \"x\" exited");
-        assert_eq!(
-            classify(&line),
-            Ok(Kind::Response {
-                id: Some(id("\"a\""))
-            })
-        );
-        let null = error_line(None, code::PARSE_ERROR, "bad");
-        assert!(null.starts_with(br#"{"jsonrpc":"2.0","id":null,"#));
     }
 }
