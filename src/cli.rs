@@ -111,6 +111,10 @@ pub struct LimitArgs {
     /// Largest message either way (bytes, or with a KiB/MiB suffix)
     #[arg(long, value_name = "N", allow_negative_numbers = true, default_value = "4MiB", value_parser = parse_bytes)]
     pub max_message_bytes: usize,
+    /// Requests of one session awaiting their answer; the next one gets
+    /// -32005 and is not forwarded
+    #[arg(long, value_name = "N", allow_negative_numbers = true, default_value = "256", value_parser = parse_at_least_one)]
+    pub max_inflight: usize,
     /// Time a child gets to exit after its stdin closes (and again after
     /// SIGTERM), and in-flight requests get at shutdown
     #[arg(long, value_name = "SECS", allow_negative_numbers = true, default_value = "5", value_parser = parse_seconds)]
@@ -124,6 +128,7 @@ impl LimitArgs {
             max_sessions_per_client: self.max_sessions_per_client,
             idle_timeout: (!self.idle_timeout.is_zero()).then_some(self.idle_timeout),
             max_message_bytes: self.max_message_bytes,
+            max_inflight: self.max_inflight,
             shutdown_grace: self.shutdown_grace,
         }
     }
@@ -336,6 +341,7 @@ mod tests {
             "--max-sessions",
             "--max-sessions-per-client",
             "--max-message-bytes",
+            "--max-inflight",
         ] {
             let err = Cli::try_parse_from(["forkline", "serve", flag, "-3"]).expect_err(flag);
             assert_eq!(err.kind(), clap::error::ErrorKind::ValueValidation, "{err}");
@@ -378,6 +384,18 @@ mod tests {
             vec![ListenAddr::Tcp("127.0.0.1:7070".parse().expect("addr"))]
         );
         assert_eq!(config.command.args, vec!["echo-server".to_string()]);
+    }
+
+    #[test]
+    fn max_inflight_is_a_count_of_at_least_one() {
+        assert_eq!(Limits::default().max_inflight, 256);
+        let (config, _) = parse_stdio(&["forkline", "stdio", "--max-inflight", "1", "srv"]);
+        assert_eq!(config.limits.max_inflight, 1);
+        for bad in ["0", "-1", "many"] {
+            let err = Cli::try_parse_from(["forkline", "stdio", "--max-inflight", bad, "srv"])
+                .expect_err(bad);
+            assert_eq!(err.kind(), clap::error::ErrorKind::ValueValidation, "{err}");
+        }
     }
 
     #[test]

@@ -17,6 +17,11 @@ pub struct Limits {
     pub idle_timeout: Option<Duration>,
     /// Largest framed message, either direction, without its newline.
     pub max_message_bytes: usize,
+    /// Requests of one session forwarded to its child and still awaiting
+    /// their answer. The next request gets -32005 and is not forwarded, so
+    /// a client that never reads its answers cannot grow the session's
+    /// bookkeeping without bound. At least 1.
+    pub max_inflight: usize,
     /// How long a child gets after its stdin closes, and again after
     /// SIGTERM; also how long in-flight requests get at shutdown.
     pub shutdown_grace: Duration,
@@ -29,6 +34,7 @@ impl Default for Limits {
             max_sessions_per_client: 16,
             idle_timeout: Some(Duration::from_secs(300)),
             max_message_bytes: 4 * 1024 * 1024,
+            max_inflight: 256,
             shutdown_grace: Duration::from_secs(5),
         }
     }

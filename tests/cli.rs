@@ -43,11 +43,12 @@ fn assert_flag(help: &str, flag: &str, default: Option<&str>) {
     }
 }
 
-const LIMIT_FLAGS: [(&str, &str); 5] = [
+const LIMIT_FLAGS: [(&str, &str); 6] = [
     ("--max-sessions", "64"),
     ("--max-sessions-per-client", "16"),
     ("--idle-timeout", "300"),
     ("--max-message-bytes", "4MiB"),
+    ("--max-inflight", "256"),
     ("--shutdown-grace", "5"),
 ];
 
@@ -144,6 +145,11 @@ fn bad_flags_and_values_exit_2_naming_the_flag() {
             "--max-message-bytes",
         ),
         (&["serve", "--shutdown-grace", "later"], "--shutdown-grace"),
+        (&["serve", "--max-inflight", "0"], "--max-inflight"),
+        (
+            &["stdio", "--max-inflight", "lots", "--", "true"],
+            "--max-inflight",
+        ),
         (&["serve", "--bogus-flag"], "--bogus-flag"),
         (
             &["stdio", "--max-message-bytes", "huge", "--", "true"],
@@ -178,6 +184,7 @@ fn negative_values_are_invalid_values_of_their_flag() {
         ("--max-sessions", "-3", "<N>"),
         ("--max-sessions-per-client", "-1", "<N>"),
         ("--max-message-bytes", "-4096", "<N>"),
+        ("--max-inflight", "-1", "<N>"),
     ];
     for (flag, value, placeholder) in cases {
         for args in [

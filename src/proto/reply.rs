@@ -15,6 +15,9 @@ pub mod code {
     pub const CHILD_GONE: i64 = -32002;
     pub const TOO_LARGE: i64 = -32003;
     pub const SHUTTING_DOWN: i64 = -32004;
+    /// `--max-inflight` requests of the session already await their
+    /// answer; this one is not forwarded. Carries the request's id.
+    pub const TOO_MANY_INFLIGHT: i64 = -32005;
 }
 
 /// One JSON-RPC error object as a line body (no newline).
@@ -33,6 +36,23 @@ mod tests {
 
     fn id(s: &str) -> Id {
         Id::from_json(s)
+    }
+
+    #[test]
+    fn codes_match_the_contract() {
+        // PRODUCT.md, "Framing and message rules": clients match on these.
+        assert_eq!(
+            [
+                code::PARSE_ERROR,
+                code::INVALID_REQUEST,
+                code::SESSION_REFUSED,
+                code::CHILD_GONE,
+                code::TOO_LARGE,
+                code::SHUTTING_DOWN,
+                code::TOO_MANY_INFLIGHT,
+            ],
+            [-32700, -32600, -32001, -32002, -32003, -32004, -32005]
+        );
     }
 
     #[test]
