@@ -79,6 +79,47 @@ fn valid_json_that_is_not_json_rpc_gets_invalid_request() {
     }
 }
 
+/// Sends `bad` and then a request `after` in one write, so a forwarded
+/// `bad` would show up as the child's answer to `after` arriving first.
+/// Returns forkline's reply to `bad` after checking the echo of `after`.
+fn send_bad_then_call(client: &mut Client, bad: &str, after: &str) -> Value {
+    let follow_up = json!({"jsonrpc": "2.0", "id": after, "method": after});
+    client
+        .send_raw(format!("{bad}\n{follow_up}\n").as_bytes())
+        .expect("send");
+    let reply = client.recv();
+    assert_from_forkline(&reply);
+    assert_echo(&client.recv(), &json!(after), after);
+    reply
+}
+
+#[test]
+fn a_request_id_over_1_kib_is_refused_and_never_reaches_the_child() {
+    let forkline = Forkline::serve_tcp(&[], &fake_server(&["--trace"]));
+    let mut client = forkline.connect();
+    let long_id = "i".repeat(2000);
+    let bad = json!({"jsonrpc": "2.0", "id": long_id, "method": "long-id"}).to_string();
+    let reply = send_bad_then_call(&mut client, &bad, "after-long-id");
+    let message = assert_error(&reply, -32600, &Value::Null);
+    assert!(
+        message.contains("1024"),
+        "the message does not say the limit: {message}"
+    );
+    // The fake traces every request it reads, in order: once it traced the
+    // follow-up, a trace of the long-id request would already be there.
+    forkline.wait_for_log("fake: received after-long-id");
+    assert!(
+        !forkline.stderr_text().contains("fake: received long-id"),
+        "the request with a long id reached the child; log:\n{}",
+        forkline.stderr_text()
+    );
+    assert_echo(
+        &client.call(json!(3), "still-here", json!({})),
+        &json!(3),
+        "still-here",
+    );
+}
+
 #[test]
 fn invalid_utf8_gets_parse_error_and_the_session_goes_on() {
     let forkline = Forkline::serve_tcp(&[], &fake_server(&[]));

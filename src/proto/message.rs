@@ -226,8 +226,20 @@ fn envelope_kind(e: Envelope) -> Result<Kind, Invalid> {
     }
 }
 
+/// The longest id forkline accepts, as raw JSON text (a string's quotes
+/// and escapes count). Every awaited request keeps its id until answered,
+/// so this and `--max-inflight` together bound what one session holds
+/// (PRODUCT.md, "--max-inflight").
+pub const MAX_ID_BYTES: usize = 1024;
+
 fn request_id(raw: &RawValue) -> Result<Id, Invalid> {
     let text = raw.get();
+    if text.len() > MAX_ID_BYTES {
+        return Err(Invalid::Rpc(format!(
+            "\"id\" is {} bytes long; at most {MAX_ID_BYTES} are allowed",
+            text.len()
+        )));
+    }
     match text.as_bytes().first() {
         Some(b'"' | b'-' | b'0'..=b'9') => Ok(Id(text.into())),
         _ => Err(Invalid::Rpc("\"id\" must be a string or a number".into())),
@@ -447,6 +459,42 @@ mod tests {
                 "{}",
                 String::from_utf8_lossy(bad)
             );
+        }
+    }
+
+    /// A JSON string id whose raw text (quotes included) is `len` bytes.
+    fn string_id(len: usize) -> String {
+        format!("\"{}\"", "x".repeat(len - 2))
+    }
+
+    #[test]
+    fn ids_over_a_kibibyte_are_invalid_requests() {
+        let request = |id: &str| format!(r#"{{"jsonrpc":"2.0","id":{id},"method":"m"}}"#);
+        let response = |id: &str| format!(r#"{{"jsonrpc":"2.0","id":{id},"result":{{}}}}"#);
+        assert_eq!(
+            MAX_ID_BYTES, 1024,
+            "PRODUCT.md: longer than 1 KiB is refused"
+        );
+        let at_limit = string_id(MAX_ID_BYTES);
+        assert_eq!(
+            classify(request(&at_limit).as_bytes()),
+            Ok(Kind::Request {
+                id: id(&at_limit),
+                method: "m".into()
+            })
+        );
+        let long_number = "1".repeat(1025);
+        for over in [string_id(1025), string_id(2000), long_number] {
+            for line in [request(&over), response(&over)] {
+                match classify(line.as_bytes()) {
+                    Err(Invalid::Rpc(why)) => {
+                        assert!(why.contains(&MAX_ID_BYTES.to_string()), "{why}")
+                    }
+                    other => panic!("a {}-byte id: {other:?}", over.len()),
+                }
+            }
+            let batch = format!("[{}]", request(&over));
+            assert!(matches!(classify(batch.as_bytes()), Err(Invalid::Rpc(_))));
         }
     }
 
