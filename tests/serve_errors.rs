@@ -88,6 +88,11 @@ fn send_bad_then_call(client: &mut Client, bad: &str, after: &str) -> Value {
         .send_raw(format!("{bad}\n{follow_up}\n").as_bytes())
         .expect("send");
     let reply = client.recv();
+    assert_ne!(
+        reply["id"],
+        json!(after),
+        "no reply to {bad} before the answer to {after}: it was forwarded"
+    );
     assert_from_forkline(&reply);
     assert_echo(&client.recv(), &json!(after), after);
     reply
@@ -117,6 +122,33 @@ fn a_request_id_over_1_kib_is_refused_and_never_reaches_the_child() {
         &client.call(json!(3), "still-here", json!({})),
         &json!(3),
         "still-here",
+    );
+}
+
+/// serde reads a JSON array into a struct field by field, so a batch of
+/// arrays used to pass for a batch of requests and reach the child.
+#[test]
+fn a_batch_of_non_objects_is_refused_and_never_reaches_the_child() {
+    let forkline = Forkline::serve_tcp(&[], &fake_server(&["--trace"]));
+    let mut client = forkline.connect();
+    for (i, bad) in [
+        r#"[["2.0",1,"tools/call"]]"#,
+        r#"[{"jsonrpc":"2.0","id":"in-batch","method":"in-batch"},["2.0",2,"x"]]"#,
+        r#"[[{"jsonrpc":"2.0","id":1,"method":"nested"}]]"#,
+        r#"[7]"#,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let after = format!("after-batch-{i}");
+        let reply = send_bad_then_call(&mut client, bad, &after);
+        assert_error(&reply, -32600, &Value::Null);
+        forkline.wait_for_log(&format!("fake: received {after}"));
+    }
+    assert!(
+        !forkline.stderr_text().contains("fake: received in-batch"),
+        "a batch with a non-object item reached the child; log:\n{}",
+        forkline.stderr_text()
     );
 }
 

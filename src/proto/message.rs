@@ -167,18 +167,18 @@ pub fn classify(line: &[u8]) -> Result<Kind, Invalid> {
     let line =
         std::str::from_utf8(line).map_err(|e| Invalid::Json(format!("invalid UTF-8: {e}")))?;
     match line.bytes().find(|b| !b.is_ascii_whitespace()) {
-        Some(b'{') => {
-            let envelope: Envelope = serde_json::from_str(line).map_err(invalid)?;
-            envelope_kind(envelope)
-        }
+        Some(b'{') => object_kind(line),
         Some(b'[') => {
-            let items: Vec<Envelope> = serde_json::from_str(line).map_err(invalid)?;
+            // Items as raw text first: deserialised straight into
+            // `Envelope`, an array item would be read field by field
+            // (`["2.0",1,"tools/call"]` as a request).
+            let items: Vec<&RawValue> = serde_json::from_str(line).map_err(invalid)?;
             if items.is_empty() {
                 return Err(Invalid::Rpc("empty batch".into()));
             }
             items
                 .into_iter()
-                .map(envelope_kind)
+                .map(|item| object_kind(item.get()))
                 .collect::<Result<_, _>>()
                 .map(Kind::Batch)
         }
@@ -187,6 +187,20 @@ pub fn classify(line: &[u8]) -> Result<Kind, Invalid> {
             Err(e) => Err(invalid(e)),
         },
     }
+}
+
+/// The kind of one message that must be a JSON object: a whole line, or
+/// one item of a batch (with no whitespace around it).
+fn object_kind(text: &str) -> Result<Kind, Invalid> {
+    // serde reads a JSON array into a struct too, field by field; only an
+    // object is a JSON-RPC message (JSON-RPC 2.0, sections 4 and 6).
+    if !text.trim_start().starts_with('{') {
+        return Err(Invalid::Rpc(
+            "a message (and every item of a batch) must be a JSON object".into(),
+        ));
+    }
+    let envelope: Envelope = serde_json::from_str(text).map_err(invalid)?;
+    envelope_kind(envelope)
 }
 
 fn invalid(e: serde_json::Error) -> Invalid {
@@ -421,6 +435,53 @@ mod tests {
         kind.for_each_request_id(&mut |i| ids.push(i.clone()));
         assert_eq!(ids, vec![id("1")]);
         assert!(matches!(classify(b"[]"), Err(Invalid::Rpc(_))));
+    }
+
+    #[test]
+    fn batch_items_must_be_objects() {
+        // serde reads a JSON array into a struct field by field, so
+        // `["2.0",1,"tools/call"]` used to pass for a request.
+        for bad in [
+            &br#"[["2.0",1,"tools/call"]]"#[..],
+            br#"[{"jsonrpc":"2.0","id":1,"method":"a"},["2.0",2,"b"]]"#,
+            br#"[[{"jsonrpc":"2.0","id":1,"method":"a"}]]"#,
+            br#"[["2.0",1,null,{}]]"#,
+            br#"[1]"#,
+            br#"["2.0"]"#,
+            br#"[null]"#,
+            br#"[true]"#,
+        ] {
+            match classify(bad) {
+                Err(Invalid::Rpc(why)) => assert!(why.contains("object"), "{why}"),
+                other => panic!("{}: {other:?}", String::from_utf8_lossy(bad)),
+            }
+        }
+        // Whitespace around items is not part of them.
+        assert!(matches!(
+            classify(b" [ {\"jsonrpc\":\"2.0\",\"method\":\"n\"} ,\n\t{\"jsonrpc\":\"2.0\",\"id\":2,\"result\":1} ] "),
+            Ok(Kind::Batch(items)) if items.len() == 2
+        ));
+        // A broken item is still a parse error, not an invalid request.
+        assert!(matches!(
+            classify(br#"[{"jsonrpc":"2.0","method":"n"},{"#),
+            Err(Invalid::Json(_))
+        ));
+    }
+
+    #[test]
+    fn a_single_message_must_be_an_object() {
+        for bad in [
+            &br#"["2.0",1,"tools/call"]"#[..],
+            br#" ["2.0",1,"tools/call"]"#,
+            br#""2.0""#,
+            br#"null"#,
+        ] {
+            assert!(
+                matches!(classify(bad), Err(Invalid::Rpc(_))),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
     }
 
     #[test]
