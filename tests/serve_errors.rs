@@ -227,6 +227,35 @@ fn oversized_line_without_a_readable_id_gets_null_id() {
     );
 }
 
+/// The id of an oversized line is read from its head and copied into the
+/// -32003 reply; a broken one (`"\q"` is no JSON escape) used to make
+/// forkline's own reply invalid JSON.
+#[test]
+fn an_oversized_line_with_a_broken_id_gets_valid_json_with_null_id() {
+    let forkline = Forkline::serve_tcp(&["--max-message-bytes", "1024"], &fake_server(&[]));
+    let mut client = forkline.connect();
+    let line = format!(
+        r#"{{"jsonrpc":"2.0","id":"\q","method":"x","params":{{"pad":"{}"}}}}"#,
+        "x".repeat(4096)
+    );
+    client.send(&line);
+    let raw = client
+        .recv_raw_line_within(PATIENCE)
+        .expect("a reply to the oversized line");
+    let reply: Value = serde_json::from_slice(&raw).unwrap_or_else(|e| {
+        panic!(
+            "forkline's -32003 is not valid JSON ({e}): {}",
+            String::from_utf8_lossy(&raw)
+        )
+    });
+    assert_error(&reply, -32003, &Value::Null);
+    assert_echo(
+        &client.call(json!(1), "after-bad-id", json!({})),
+        &json!(1),
+        "after-bad-id",
+    );
+}
+
 #[test]
 fn an_endless_line_is_rejected_in_bounded_memory() {
     const CHUNK: usize = 64 * 1024;

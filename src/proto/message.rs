@@ -261,7 +261,10 @@ fn request_id(raw: &RawValue) -> Result<Id, Invalid> {
 }
 
 /// Finds the top-level `id` of a possibly truncated JSON object, for the
-/// head of an oversized line. Returns `None` when it cannot tell for sure.
+/// head of an oversized line. Returns `None` when it cannot tell for sure,
+/// and when the id is not a valid JSON string or number of at most
+/// `MAX_ID_BYTES`: the id goes into a reply as it is, and a reply must
+/// always be valid JSON.
 pub fn sniff_id(head: &[u8]) -> Option<Id> {
     let mut s = Scanner { bytes: head, at: 0 };
     s.expect(b'{')?;
@@ -278,7 +281,15 @@ pub fn sniff_id(head: &[u8]) -> Option<Id> {
                 b'-' | b'0'..=b'9' => s.number()?,
                 _ => return None,
             }
+            // The scanner only finds where the id ends. The id is copied
+            // into forkline's own reply as it is, so it must be the JSON
+            // `classify` would accept: valid UTF-8, escapes and number
+            // syntax checked by serde_json, and no longer than any other id.
             let text = std::str::from_utf8(&head[start..s.at]).ok()?;
+            if text.len() > MAX_ID_BYTES {
+                return None;
+            }
+            serde_json::from_str::<&RawValue>(text).ok()?;
             return Some(Id(text.into()));
         }
         s.skip_value()?;
@@ -556,6 +567,58 @@ mod tests {
             }
             let batch = format!("[{}]", request(&over));
             assert!(matches!(classify(batch.as_bytes()), Err(Invalid::Rpc(_))));
+        }
+    }
+
+    /// The head of an oversized request whose id is the raw bytes `id`.
+    fn head_with_id(id: &[u8]) -> Vec<u8> {
+        let mut head = br#"{"jsonrpc":"2.0","id":"#.to_vec();
+        head.extend_from_slice(id);
+        head.extend_from_slice(br#","method":"x","params":{"pad":"xxxxxxxx"#);
+        head
+    }
+
+    #[test]
+    fn sniffed_ids_that_are_not_valid_json_are_not_trusted() {
+        let long = string_id(MAX_ID_BYTES + 1);
+        let bad: [(&str, &[u8]); 11] = [
+            ("bad escape", br#""\q""#),
+            ("short unicode escape", br#""\u12""#),
+            ("raw control byte", b"\"a\x01b\""),
+            ("raw newline", b"\"a\nb\""),
+            ("lone minus", b"-"),
+            ("exponent without digits", b"1e"),
+            ("leading zero", b"01"),
+            ("fraction without digits", b"1."),
+            ("plus sign", b"+1"),
+            ("invalid UTF-8", b"\"\xff\""),
+            ("longer than MAX_ID_BYTES", long.as_bytes()),
+        ];
+        for (what, id) in bad {
+            let sniffed = sniff_id(&head_with_id(id));
+            assert_eq!(sniffed, None, "{what}");
+            let line = error_line(sniffed.as_ref(), code::TOO_LARGE, "too large");
+            let reply: serde_json::Value = serde_json::from_slice(&line)
+                .unwrap_or_else(|e| panic!("{what}: error line is not JSON ({e})"));
+            assert_eq!(reply["id"], serde_json::Value::Null, "{what}");
+        }
+        let at_limit = string_id(MAX_ID_BYTES);
+        let good: [&[u8]; 6] = [
+            br#""a\"b\\c""#,
+            br#""\u00e9\n""#,
+            "\"é☃\"".as_bytes(),
+            b"-1.5e+3",
+            b"0",
+            at_limit.as_bytes(),
+        ];
+        for id in good {
+            let sniffed = sniff_id(&head_with_id(id));
+            let text = String::from_utf8_lossy(id);
+            assert_eq!(sniffed.as_ref().map(Id::as_json), Some(&*text));
+            let line = error_line(sniffed.as_ref(), code::TOO_LARGE, "too large");
+            let reply: serde_json::Value = serde_json::from_slice(&line).expect("valid JSON");
+            let original: serde_json::Value = serde_json::from_slice(id).expect("valid id");
+            assert_eq!(reply["id"], original, "{text}");
         }
     }
 

@@ -3,7 +3,8 @@
 //!
 //! Written by hand rather than through a value tree: the id is copied as
 //! the raw JSON text it arrived as, so a reply carries exactly what was
-//! sent.
+//! sent. So every id that reaches here must already be valid JSON:
+//! `message::classify` and `message::sniff_id` only produce such ids.
 
 use super::message::Id;
 
