@@ -100,24 +100,60 @@ pub struct ConnectArgs {
 #[derive(Debug, Args)]
 pub struct LimitArgs {
     /// Live sessions at once; the worker pool never grows past this
-    #[arg(long, value_name = "N", allow_negative_numbers = true, default_value = "64", value_parser = parse_at_least_one)]
+    #[arg(
+        long,
+        value_name = "N",
+        allow_negative_numbers = true,
+        default_value = "64",
+        value_parser = parse_at_least_one
+    )]
     pub max_sessions: usize,
     /// Live sessions per peer IP (TCP) or peer uid (Unix socket)
-    #[arg(long, value_name = "N", allow_negative_numbers = true, default_value = "16", value_parser = parse_at_least_one)]
+    #[arg(
+        long,
+        value_name = "N",
+        allow_negative_numbers = true,
+        default_value = "16",
+        value_parser = parse_at_least_one
+    )]
     pub max_sessions_per_client: usize,
     /// End a session after this long without a message either way; 0 = never
-    #[arg(long, value_name = "SECS", allow_negative_numbers = true, default_value = "300", value_parser = parse_idle_timeout)]
+    #[arg(
+        long,
+        value_name = "SECS",
+        allow_negative_numbers = true,
+        default_value = "300",
+        value_parser = parse_idle_timeout
+    )]
     pub idle_timeout: Duration,
     /// Largest message either way (bytes, or with a KiB/MiB suffix)
-    #[arg(long, value_name = "N", allow_negative_numbers = true, default_value = "4MiB", value_parser = parse_bytes)]
+    #[arg(
+        long,
+        value_name = "N",
+        allow_negative_numbers = true,
+        default_value = "4MiB",
+        value_parser = parse_bytes
+    )]
     pub max_message_bytes: usize,
     /// Requests of one session awaiting their answer; the next one gets
     /// -32005 and is not forwarded
-    #[arg(long, value_name = "N", allow_negative_numbers = true, default_value = "256", value_parser = parse_at_least_one)]
+    #[arg(
+        long,
+        value_name = "N",
+        allow_negative_numbers = true,
+        default_value = "256",
+        value_parser = parse_at_least_one
+    )]
     pub max_inflight: usize,
     /// Time a child gets to exit after its stdin closes (and again after
     /// SIGTERM), and in-flight requests get at shutdown
-    #[arg(long, value_name = "SECS", allow_negative_numbers = true, default_value = "5", value_parser = parse_seconds)]
+    #[arg(
+        long,
+        value_name = "SECS",
+        allow_negative_numbers = true,
+        default_value = "5",
+        value_parser = parse_seconds
+    )]
     pub shutdown_grace: Duration,
 }
 
