@@ -41,7 +41,16 @@ pub enum Command {
     EchoServer,
 }
 
+// The child's command is the first positional argument, with or without
+// `--` before it: some MCP clients (the MCP Inspector's `--cli`) swallow
+// the `--`. From the command on every word is the child's, so `srv --tcp x`
+// passes `--tcp x` to `srv`; forkline's own options go before it.
+// `trailing_var_arg` alone does that. `allow_hyphen_values` is left off on
+// purpose: with it, an unknown option before the command (`--bogus srv`)
+// would become the command instead of an error; a program whose name
+// starts with `-` still works after `--`.
 #[derive(Debug, Args)]
+#[command(override_usage = "forkline serve [OPTIONS] [[--] COMMAND [ARGS...]]")]
 pub struct ServeArgs {
     /// Listen for raw TCP (newline-delimited JSON-RPC); repeatable.
     /// Default when no listener is given: 127.0.0.1:7070
@@ -53,17 +62,28 @@ pub struct ServeArgs {
     pub unix: Vec<PathBuf>,
     #[command(flatten)]
     pub limits: LimitArgs,
-    /// The MCP server to run for each session (default: `forkline echo-server`)
-    #[arg(last = true, value_name = "COMMAND")]
+    /// The MCP server to run for each session (default: `forkline
+    /// echo-server`); everything from COMMAND on is its own
+    #[arg(
+        value_name = "COMMAND",
+        num_args = 1..,
+        trailing_var_arg = true
+    )]
     pub command: Vec<String>,
 }
 
 #[derive(Debug, Args)]
+#[command(override_usage = "forkline stdio [OPTIONS] [--] COMMAND [ARGS...]")]
 pub struct StdioArgs {
     #[command(flatten)]
     pub limits: LimitArgs,
-    /// The MCP server to run
-    #[arg(last = true, required = true, value_name = "COMMAND")]
+    /// The MCP server to run; everything from COMMAND on is its own
+    #[arg(
+        value_name = "COMMAND",
+        required = true,
+        num_args = 1..,
+        trailing_var_arg = true
+    )]
     pub command: Vec<String>,
 }
 
@@ -74,23 +94,66 @@ pub struct ConnectArgs {
     pub address: ConnectAddr,
 }
 
+// Every numeric flag has `allow_negative_numbers`, so `--idle-timeout -3`
+// reaches the value parser and is reported as a bad value of that flag
+// rather than as an unknown argument `-3`.
 #[derive(Debug, Args)]
 pub struct LimitArgs {
     /// Live sessions at once; the worker pool never grows past this
-    #[arg(long, value_name = "N", default_value = "64", value_parser = parse_at_least_one)]
+    #[arg(
+        long,
+        value_name = "N",
+        allow_negative_numbers = true,
+        default_value = "64",
+        value_parser = parse_at_least_one
+    )]
     pub max_sessions: usize,
     /// Live sessions per peer IP (TCP) or peer uid (Unix socket)
-    #[arg(long, value_name = "N", default_value = "16", value_parser = parse_at_least_one)]
+    #[arg(
+        long,
+        value_name = "N",
+        allow_negative_numbers = true,
+        default_value = "16",
+        value_parser = parse_at_least_one
+    )]
     pub max_sessions_per_client: usize,
     /// End a session after this long without a message either way; 0 = never
-    #[arg(long, value_name = "SECS", default_value = "300", value_parser = parse_seconds)]
+    #[arg(
+        long,
+        value_name = "SECS",
+        allow_negative_numbers = true,
+        default_value = "300",
+        value_parser = parse_idle_timeout
+    )]
     pub idle_timeout: Duration,
     /// Largest message either way (bytes, or with a KiB/MiB suffix)
-    #[arg(long, value_name = "N", default_value = "4MiB", value_parser = parse_bytes)]
+    #[arg(
+        long,
+        value_name = "N",
+        allow_negative_numbers = true,
+        default_value = "4MiB",
+        value_parser = parse_bytes
+    )]
     pub max_message_bytes: usize,
+    /// Requests of one session awaiting their answer; the next one gets
+    /// -32005 and is not forwarded
+    #[arg(
+        long,
+        value_name = "N",
+        allow_negative_numbers = true,
+        default_value = "256",
+        value_parser = parse_at_least_one
+    )]
+    pub max_inflight: usize,
     /// Time a child gets to exit after its stdin closes (and again after
     /// SIGTERM), and in-flight requests get at shutdown
-    #[arg(long, value_name = "SECS", default_value = "5", value_parser = parse_seconds)]
+    #[arg(
+        long,
+        value_name = "SECS",
+        allow_negative_numbers = true,
+        default_value = "5",
+        value_parser = parse_seconds
+    )]
     pub shutdown_grace: Duration,
 }
 
@@ -101,7 +164,7 @@ impl LimitArgs {
             max_sessions_per_client: self.max_sessions_per_client,
             idle_timeout: (!self.idle_timeout.is_zero()).then_some(self.idle_timeout),
             max_message_bytes: self.max_message_bytes,
-            max_inflight: Limits::default().max_inflight,
+            max_inflight: self.max_inflight,
             shutdown_grace: self.shutdown_grace,
         }
     }
@@ -137,7 +200,7 @@ impl ServeArgs {
 impl StdioArgs {
     pub fn to_config(&self) -> Result<StdioConfig, Error> {
         let command = child_command(&self.command)
-            .ok_or_else(|| Error::config("COMMAND", "a command is required after `--`"))?;
+            .ok_or_else(|| Error::config("COMMAND", "the MCP server to run is required"))?;
         Ok(StdioConfig {
             limits: self.limits.to_limits(),
             command,
@@ -161,19 +224,47 @@ fn parse_socket_addr(s: &str) -> Result<std::net::SocketAddr, String> {
 fn parse_at_least_one(s: &str) -> Result<usize, String> {
     match s.parse::<usize>() {
         Ok(0) => Err("must be at least 1".into()),
+        Err(_) if s.parse::<i128>().is_ok() => Err(format!("must be at least 1, got `{s}`")),
         Ok(n) => Ok(n),
         Err(_) => Err(format!("expected a whole number, got `{s}`")),
     }
 }
 
+/// The longest duration a flag takes. Deadlines are `Instant + Duration`,
+/// which panics on overflow; a year is far beyond any sane timeout and far
+/// below any platform's `Instant` range.
+const MAX_SECONDS: u64 = 365 * 24 * 60 * 60;
+
 /// Seconds, with decimals allowed (`0.5`), so tests and impatient users
-/// can ask for less than a second.
+/// can ask for less than a second; at most `MAX_SECONDS`.
 fn parse_seconds(s: &str) -> Result<Duration, String> {
+    bounded_seconds(s, "")
+}
+
+/// `parse_seconds` for `--idle-timeout`, whose 0 means "never": the error
+/// for a huge value says so, since "never" is what such a user wants.
+fn parse_idle_timeout(s: &str) -> Result<Duration, String> {
+    bounded_seconds(s, "; 0 means never")
+}
+
+fn bounded_seconds(s: &str, hint: &str) -> Result<Duration, String> {
     let secs: f64 = s
         .parse()
         .map_err(|_| format!("expected seconds, e.g. 5 or 0.5, got `{s}`"))?;
-    Duration::try_from_secs_f64(secs)
-        .map_err(|_| format!("expected a non-negative number of seconds, got `{s}`"))
+    // Checked before the conversion, which fails on huge values too and
+    // would then blame the sign.
+    if secs > MAX_SECONDS as f64 {
+        return Err(format!(
+            "at most {MAX_SECONDS} seconds (365 days){hint}, got `{s}`"
+        ));
+    }
+    let duration = Duration::try_from_secs_f64(secs)
+        .map_err(|_| format!("expected a non-negative number of seconds, got `{s}`"))?;
+    // A positive value that rounds to zero would silently mean "never".
+    if duration.is_zero() && secs > 0.0 {
+        return Err(format!("below a nanosecond, got `{s}`"));
+    }
+    Ok(duration)
 }
 
 /// The smallest message limit that still fits a JSON-RPC error object.
@@ -246,6 +337,55 @@ mod tests {
         assert!(parse_seconds("-1").is_err());
         assert!(parse_seconds("soon").is_err());
         assert!(parse_seconds("inf").is_err());
+        assert!(parse_seconds("NaN").is_err());
+        assert!(parse_seconds("1e-10").is_err(), "would round to 0 = never");
+        assert_eq!(parse_seconds("0"), Ok(Duration::ZERO));
+    }
+
+    #[test]
+    fn seconds_are_bounded_to_a_year() {
+        assert_eq!(
+            parse_seconds("31536000"),
+            Ok(Duration::from_secs(31_536_000))
+        );
+        for too_long in ["31536000.5", "31536001", "1e19", "1e300"] {
+            let why = parse_seconds(too_long).expect_err(too_long);
+            assert!(why.contains("31536000"), "{too_long}: {why}");
+        }
+        let parse = |flag: &str| {
+            Cli::try_parse_from(["forkline", "serve", flag, "1e19"])
+                .expect_err(flag)
+                .to_string()
+        };
+        let idle = parse("--idle-timeout");
+        assert!(
+            idle.contains("--idle-timeout") && idle.contains("0 means never"),
+            "{idle}"
+        );
+        let grace = parse("--shutdown-grace");
+        assert!(
+            grace.contains("--shutdown-grace") && !grace.contains("never"),
+            "{grace}"
+        );
+    }
+
+    #[test]
+    fn negative_numbers_reach_the_value_parser() {
+        for flag in [
+            "--idle-timeout",
+            "--shutdown-grace",
+            "--max-sessions",
+            "--max-sessions-per-client",
+            "--max-message-bytes",
+            "--max-inflight",
+        ] {
+            let err = Cli::try_parse_from(["forkline", "serve", flag, "-3"]).expect_err(flag);
+            assert_eq!(err.kind(), clap::error::ErrorKind::ValueValidation, "{err}");
+        }
+        assert_eq!(
+            parse_at_least_one("-3"),
+            Err("must be at least 1, got `-3`".into())
+        );
     }
 
     #[test]
@@ -283,6 +423,18 @@ mod tests {
     }
 
     #[test]
+    fn max_inflight_is_a_count_of_at_least_one() {
+        assert_eq!(Limits::default().max_inflight, 256);
+        let (config, _) = parse_stdio(&["forkline", "stdio", "--max-inflight", "1", "srv"]);
+        assert_eq!(config.limits.max_inflight, 1);
+        for bad in ["0", "-1", "many"] {
+            let err = Cli::try_parse_from(["forkline", "stdio", "--max-inflight", bad, "srv"])
+                .expect_err(bad);
+            assert_eq!(err.kind(), clap::error::ErrorKind::ValueValidation, "{err}");
+        }
+    }
+
+    #[test]
     fn idle_timeout_zero_means_never() {
         let cli = Cli::try_parse_from([
             "forkline",
@@ -300,6 +452,120 @@ mod tests {
         let config = args.to_config().expect("valid");
         assert_eq!(config.limits.idle_timeout, None);
         assert_eq!(config.command.to_string(), "srv -x");
+    }
+
+    fn parse_stdio(argv: &[&str]) -> (StdioConfig, u8) {
+        let cli = Cli::try_parse_from(argv).unwrap_or_else(|e| panic!("{argv:?}: {e}"));
+        let Command::Stdio(args) = cli.command else {
+            panic!("stdio")
+        };
+        (args.to_config().expect("valid"), cli.verbose)
+    }
+
+    fn parse_serve(argv: &[&str]) -> ServeConfig {
+        let cli = Cli::try_parse_from(argv).unwrap_or_else(|e| panic!("{argv:?}: {e}"));
+        let Command::Serve(args) = cli.command else {
+            panic!("serve")
+        };
+        args.to_config().expect("valid")
+    }
+
+    #[test]
+    fn stdio_takes_the_command_with_or_without_a_separator() {
+        // The MCP Inspector swallows the `--` of `forkline stdio -- node srv.js`.
+        for argv in [
+            &["forkline", "stdio", "node", "srv.js", "--port", "3"][..],
+            &["forkline", "stdio", "--", "node", "srv.js", "--port", "3"],
+        ] {
+            let (config, _) = parse_stdio(argv);
+            assert_eq!(
+                config.command.to_string(),
+                "node srv.js --port 3",
+                "{argv:?}"
+            );
+        }
+        // Options before the command are forkline's; from the command on,
+        // everything is the child's, even forkline's own flags.
+        let (config, verbose) = parse_stdio(&[
+            "forkline",
+            "stdio",
+            "--idle-timeout",
+            "0",
+            "node",
+            "srv.js",
+            "--flag",
+            "-v",
+            "--idle-timeout",
+            "9",
+        ]);
+        assert_eq!(config.limits.idle_timeout, None);
+        assert_eq!(verbose, 0);
+        assert_eq!(
+            config.command.to_string(),
+            "node srv.js --flag -v --idle-timeout 9"
+        );
+        // Only a `--` before the command is forkline's; later ones are the child's.
+        for argv in [
+            &["forkline", "stdio", "srv", "--", "x"][..],
+            &["forkline", "stdio", "--", "srv", "--", "x"],
+        ] {
+            let (config, _) = parse_stdio(argv);
+            assert_eq!(config.command.args, vec!["--", "x"], "{argv:?}");
+        }
+        let (config, _) = parse_stdio(&["forkline", "stdio", "--", "-odd-name"]);
+        assert_eq!(config.command.to_string(), "-odd-name");
+        let (config, _) = parse_stdio(&["forkline", "stdio", "srv"]);
+        assert_eq!(config.command.to_string(), "srv");
+        assert!(config.command.args.is_empty());
+    }
+
+    #[test]
+    fn serve_takes_the_command_with_or_without_a_separator() {
+        for argv in [
+            &[
+                "forkline",
+                "serve",
+                "--tcp",
+                "127.0.0.1:0",
+                "srv",
+                "--tcp",
+                "x",
+            ][..],
+            &[
+                "forkline",
+                "serve",
+                "--tcp",
+                "127.0.0.1:0",
+                "--",
+                "srv",
+                "--tcp",
+                "x",
+            ],
+        ] {
+            let config = parse_serve(argv);
+            assert_eq!(config.command.to_string(), "srv --tcp x", "{argv:?}");
+            assert_eq!(
+                config.listen,
+                vec![ListenAddr::Tcp("127.0.0.1:0".parse().expect("addr"))],
+                "{argv:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn unknown_options_before_the_command_are_still_errors() {
+        for argv in [
+            &["forkline", "stdio", "--bogus", "srv"][..],
+            &["forkline", "serve", "--bogus"],
+            &["forkline", "serve", "-x", "srv"],
+        ] {
+            let err = Cli::try_parse_from(argv).expect_err("unknown flag");
+            assert_eq!(
+                err.kind(),
+                clap::error::ErrorKind::UnknownArgument,
+                "{argv:?}: {err}"
+            );
+        }
     }
 
     #[test]

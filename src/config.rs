@@ -17,7 +17,10 @@ pub struct Limits {
     pub idle_timeout: Option<Duration>,
     /// Largest framed message, either direction, without its newline.
     pub max_message_bytes: usize,
-    /// Requests of one session awaiting their answer at once.
+    /// Requests of one session forwarded to its child and still awaiting
+    /// their answer. The next request gets -32005 and is not forwarded, so
+    /// a client that never reads its answers cannot grow the session's
+    /// bookkeeping without bound. At least 1.
     pub max_inflight: usize,
     /// How long a child gets after its stdin closes, and again after
     /// SIGTERM; also how long in-flight requests get at shutdown.

@@ -43,11 +43,12 @@ fn assert_flag(help: &str, flag: &str, default: Option<&str>) {
     }
 }
 
-const LIMIT_FLAGS: [(&str, &str); 5] = [
+const LIMIT_FLAGS: [(&str, &str); 6] = [
     ("--max-sessions", "64"),
     ("--max-sessions-per-client", "16"),
     ("--idle-timeout", "300"),
     ("--max-message-bytes", "4MiB"),
+    ("--max-inflight", "256"),
     ("--shutdown-grace", "5"),
 ];
 
@@ -79,8 +80,40 @@ fn stdio_help_lists_its_limit_flags_with_their_defaults() {
         assert_flag(&help, flag, Some(default));
     }
     assert!(
-        help.contains("COMMAND"),
-        "stdio help does not show the command:\n{help}"
+        help.contains("[--] COMMAND [ARGS...]"),
+        "stdio help does not show the command, with or without `--`:\n{help}"
+    );
+}
+
+#[test]
+fn serve_usage_shows_the_command_with_an_optional_separator() {
+    let help = help_of("serve");
+    assert!(
+        help.contains("[--] COMMAND [ARGS...]"),
+        "serve help does not show the command, with or without `--`:\n{help}"
+    );
+}
+
+/// The MCP Inspector (`mcp-inspector --cli forkline stdio -- node srv.js`)
+/// swallows the `--`: the command must work without it.
+#[test]
+fn stdio_runs_a_command_given_without_a_separator() {
+    let child = fake_server(&[]);
+    let mut args = vec!["stdio", "--max-message-bytes", "64KiB"];
+    args.extend(child.iter().map(String::as_str));
+    let mut forkline = Piped::spawn(&args);
+    assert_echo(
+        &forkline.call(serde_json::json!(1), "tools/list", serde_json::json!({})),
+        &serde_json::json!(1),
+        "tools/list",
+    );
+    forkline.close_stdin();
+    let status = forkline.wait_exit(PATIENCE);
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "exit after stdin EOF; stderr:\n{}",
+        forkline.stderr_text()
     );
 }
 
@@ -112,6 +145,11 @@ fn bad_flags_and_values_exit_2_naming_the_flag() {
             "--max-message-bytes",
         ),
         (&["serve", "--shutdown-grace", "later"], "--shutdown-grace"),
+        (&["serve", "--max-inflight", "0"], "--max-inflight"),
+        (
+            &["stdio", "--max-inflight", "lots", "--", "true"],
+            "--max-inflight",
+        ),
         (&["serve", "--bogus-flag"], "--bogus-flag"),
         (
             &["stdio", "--max-message-bytes", "huge", "--", "true"],
@@ -134,6 +172,56 @@ fn bad_flags_and_values_exit_2_naming_the_flag() {
             "forkline {args:?} wrote to stdout: {}",
             run.stdout
         );
+    }
+}
+
+/// A negative value is a bad value of its flag, not an unknown flag `-3`.
+#[test]
+fn negative_values_are_invalid_values_of_their_flag() {
+    let cases = [
+        ("--idle-timeout", "-3", "<SECS>"),
+        ("--shutdown-grace", "-0.5", "<SECS>"),
+        ("--max-sessions", "-3", "<N>"),
+        ("--max-sessions-per-client", "-1", "<N>"),
+        ("--max-message-bytes", "-4096", "<N>"),
+        ("--max-inflight", "-1", "<N>"),
+    ];
+    for (flag, value, placeholder) in cases {
+        for args in [
+            vec!["serve", "--tcp", "127.0.0.1:0", flag, value],
+            vec!["stdio", flag, value, "--", "true"],
+        ] {
+            let run = run_forkline(&args, b"");
+            assert_eq!(run.status.code(), Some(2), "forkline {args:?}: {run:?}");
+            let named = format!("invalid value '{value}' for '{flag} {placeholder}'");
+            assert!(
+                run.stderr.contains(&named),
+                "forkline {args:?}: stderr does not say {named:?}:\n{}",
+                run.stderr
+            );
+        }
+    }
+}
+
+/// A duration of 1e19 s used to parse and then panic adding it to an
+/// `Instant`; anything over a year is refused up front.
+#[test]
+fn durations_over_a_year_exit_2_naming_the_flag_and_the_maximum() {
+    for flag in ["--idle-timeout", "--shutdown-grace"] {
+        for value in ["1e19", "31536001"] {
+            for args in [
+                vec!["stdio", flag, value, "--", "true"],
+                vec!["serve", "--tcp", "127.0.0.1:0", flag, value],
+            ] {
+                let run = run_forkline(&args, b"");
+                assert_eq!(run.status.code(), Some(2), "forkline {args:?}: {run:?}");
+                assert!(
+                    run.stderr.contains(flag) && run.stderr.contains("31536000"),
+                    "forkline {args:?}: stderr does not name {flag} and the maximum:\n{}",
+                    run.stderr
+                );
+            }
+        }
     }
 }
 

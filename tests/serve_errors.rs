@@ -79,6 +79,79 @@ fn valid_json_that_is_not_json_rpc_gets_invalid_request() {
     }
 }
 
+/// Sends `bad` and then a request `after` in one write, so a forwarded
+/// `bad` would show up as the child's answer to `after` arriving first.
+/// Returns forkline's reply to `bad` after checking the echo of `after`.
+fn send_bad_then_call(client: &mut Client, bad: &str, after: &str) -> Value {
+    let follow_up = json!({"jsonrpc": "2.0", "id": after, "method": after});
+    client
+        .send_raw(format!("{bad}\n{follow_up}\n").as_bytes())
+        .expect("send");
+    let reply = client.recv();
+    assert_ne!(
+        reply["id"],
+        json!(after),
+        "no reply to {bad} before the answer to {after}: it was forwarded"
+    );
+    assert_from_forkline(&reply);
+    assert_echo(&client.recv(), &json!(after), after);
+    reply
+}
+
+#[test]
+fn a_request_id_over_1_kib_is_refused_and_never_reaches_the_child() {
+    let forkline = Forkline::serve_tcp(&[], &fake_server(&["--trace"]));
+    let mut client = forkline.connect();
+    let long_id = "i".repeat(2000);
+    let bad = json!({"jsonrpc": "2.0", "id": long_id, "method": "long-id"}).to_string();
+    let reply = send_bad_then_call(&mut client, &bad, "after-long-id");
+    let message = assert_error(&reply, -32600, &Value::Null);
+    assert!(
+        message.contains("1024"),
+        "the message does not say the limit: {message}"
+    );
+    // The fake traces every request it reads, in order: once it traced the
+    // follow-up, a trace of the long-id request would already be there.
+    forkline.wait_for_log("fake: received after-long-id");
+    assert!(
+        !forkline.stderr_text().contains("fake: received long-id"),
+        "the request with a long id reached the child; log:\n{}",
+        forkline.stderr_text()
+    );
+    assert_echo(
+        &client.call(json!(3), "still-here", json!({})),
+        &json!(3),
+        "still-here",
+    );
+}
+
+/// serde reads a JSON array into a struct field by field, so a batch of
+/// arrays used to pass for a batch of requests and reach the child.
+#[test]
+fn a_batch_of_non_objects_is_refused_and_never_reaches_the_child() {
+    let forkline = Forkline::serve_tcp(&[], &fake_server(&["--trace"]));
+    let mut client = forkline.connect();
+    for (i, bad) in [
+        r#"[["2.0",1,"tools/call"]]"#,
+        r#"[{"jsonrpc":"2.0","id":"in-batch","method":"in-batch"},["2.0",2,"x"]]"#,
+        r#"[[{"jsonrpc":"2.0","id":1,"method":"nested"}]]"#,
+        r#"[7]"#,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let after = format!("after-batch-{i}");
+        let reply = send_bad_then_call(&mut client, bad, &after);
+        assert_error(&reply, -32600, &Value::Null);
+        forkline.wait_for_log(&format!("fake: received {after}"));
+    }
+    assert!(
+        !forkline.stderr_text().contains("fake: received in-batch"),
+        "a batch with a non-object item reached the child; log:\n{}",
+        forkline.stderr_text()
+    );
+}
+
 #[test]
 fn invalid_utf8_gets_parse_error_and_the_session_goes_on() {
     let forkline = Forkline::serve_tcp(&[], &fake_server(&[]));
@@ -151,6 +224,35 @@ fn oversized_line_without_a_readable_id_gets_null_id() {
         &client.call(json!(1), "after-big", json!({})),
         &json!(1),
         "after-big",
+    );
+}
+
+/// The id of an oversized line is read from its head and copied into the
+/// -32003 reply; a broken one (`"\q"` is no JSON escape) used to make
+/// forkline's own reply invalid JSON.
+#[test]
+fn an_oversized_line_with_a_broken_id_gets_valid_json_with_null_id() {
+    let forkline = Forkline::serve_tcp(&["--max-message-bytes", "1024"], &fake_server(&[]));
+    let mut client = forkline.connect();
+    let line = format!(
+        r#"{{"jsonrpc":"2.0","id":"\q","method":"x","params":{{"pad":"{}"}}}}"#,
+        "x".repeat(4096)
+    );
+    client.send(&line);
+    let raw = client
+        .recv_raw_line_within(PATIENCE)
+        .expect("a reply to the oversized line");
+    let reply: Value = serde_json::from_slice(&raw).unwrap_or_else(|e| {
+        panic!(
+            "forkline's -32003 is not valid JSON ({e}): {}",
+            String::from_utf8_lossy(&raw)
+        )
+    });
+    assert_error(&reply, -32003, &Value::Null);
+    assert_echo(
+        &client.call(json!(1), "after-bad-id", json!({})),
+        &json!(1),
+        "after-bad-id",
     );
 }
 

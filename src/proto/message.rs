@@ -1,5 +1,4 @@
-//! JSON-RPC 2.0 envelopes: what a framed line is, read cheaply, and the
-//! error objects forkline itself sends.
+//! JSON-RPC 2.0 envelopes: what a framed line is, read cheaply.
 //!
 //! The pumps forward original bytes and never re-serialise a message, so
 //! all it needs is the shape (request, notification, response), the `id`
@@ -13,16 +12,9 @@ use serde::de::IgnoredAny;
 use serde::{Deserialize, Deserializer};
 use serde_json::value::RawValue;
 
-/// Error codes forkline sends (PRODUCT.md, "Framing and message rules").
-pub mod code {
-    pub const PARSE_ERROR: i64 = -32700;
-    pub const INVALID_REQUEST: i64 = -32600;
-    pub const SESSION_REFUSED: i64 = -32001;
-    pub const CHILD_GONE: i64 = -32002;
-    pub const TOO_LARGE: i64 = -32003;
-    pub const SHUTTING_DOWN: i64 = -32004;
-    pub const TOO_MANY_INFLIGHT: i64 = -32005;
-}
+// The error objects moved to `reply`; these names stay reachable here so
+// callers need not know.
+pub use super::reply::{code, error_line};
 
 /// A JSON-RPC id as its raw JSON text (`7`, `"abc"`), so ids of different
 /// types never collide and the reply carries exactly what was sent.
@@ -175,18 +167,18 @@ pub fn classify(line: &[u8]) -> Result<Kind, Invalid> {
     let line =
         std::str::from_utf8(line).map_err(|e| Invalid::Json(format!("invalid UTF-8: {e}")))?;
     match line.bytes().find(|b| !b.is_ascii_whitespace()) {
-        Some(b'{') => {
-            let envelope: Envelope = serde_json::from_str(line).map_err(invalid)?;
-            envelope_kind(envelope)
-        }
+        Some(b'{') => object_kind(line),
         Some(b'[') => {
-            let items: Vec<Envelope> = serde_json::from_str(line).map_err(invalid)?;
+            // Items as raw text first: deserialised straight into
+            // `Envelope`, an array item would be read field by field
+            // (`["2.0",1,"tools/call"]` as a request).
+            let items: Vec<&RawValue> = serde_json::from_str(line).map_err(invalid)?;
             if items.is_empty() {
                 return Err(Invalid::Rpc("empty batch".into()));
             }
             items
                 .into_iter()
-                .map(envelope_kind)
+                .map(|item| object_kind(item.get()))
                 .collect::<Result<_, _>>()
                 .map(Kind::Batch)
         }
@@ -195,6 +187,20 @@ pub fn classify(line: &[u8]) -> Result<Kind, Invalid> {
             Err(e) => Err(invalid(e)),
         },
     }
+}
+
+/// The kind of one message that must be a JSON object: a whole line, or
+/// one item of a batch (with no whitespace around it).
+fn object_kind(text: &str) -> Result<Kind, Invalid> {
+    // serde reads a JSON array into a struct too, field by field; only an
+    // object is a JSON-RPC message (JSON-RPC 2.0, sections 4 and 6).
+    if !text.trim_start().starts_with('{') {
+        return Err(Invalid::Rpc(
+            "a message (and every item of a batch) must be a JSON object".into(),
+        ));
+    }
+    let envelope: Envelope = serde_json::from_str(text).map_err(invalid)?;
+    envelope_kind(envelope)
 }
 
 fn invalid(e: serde_json::Error) -> Invalid {
@@ -234,8 +240,20 @@ fn envelope_kind(e: Envelope) -> Result<Kind, Invalid> {
     }
 }
 
+/// The longest id forkline accepts, as raw JSON text (a string's quotes
+/// and escapes count). Every awaited request keeps its id until answered,
+/// so this and `--max-inflight` together bound what one session holds
+/// (PRODUCT.md, "--max-inflight").
+pub const MAX_ID_BYTES: usize = 1024;
+
 fn request_id(raw: &RawValue) -> Result<Id, Invalid> {
     let text = raw.get();
+    if text.len() > MAX_ID_BYTES {
+        return Err(Invalid::Rpc(format!(
+            "\"id\" is {} bytes long; at most {MAX_ID_BYTES} are allowed",
+            text.len()
+        )));
+    }
     match text.as_bytes().first() {
         Some(b'"' | b'-' | b'0'..=b'9') => Ok(Id(text.into())),
         _ => Err(Invalid::Rpc("\"id\" must be a string or a number".into())),
@@ -243,7 +261,10 @@ fn request_id(raw: &RawValue) -> Result<Id, Invalid> {
 }
 
 /// Finds the top-level `id` of a possibly truncated JSON object, for the
-/// head of an oversized line. Returns `None` when it cannot tell for sure.
+/// head of an oversized line. Returns `None` when it cannot tell for sure,
+/// and when the id is not a valid JSON string or number of at most
+/// `MAX_ID_BYTES`: the id goes into a reply as it is, and a reply must
+/// always be valid JSON.
 pub fn sniff_id(head: &[u8]) -> Option<Id> {
     let mut s = Scanner { bytes: head, at: 0 };
     s.expect(b'{')?;
@@ -260,7 +281,15 @@ pub fn sniff_id(head: &[u8]) -> Option<Id> {
                 b'-' | b'0'..=b'9' => s.number()?,
                 _ => return None,
             }
+            // The scanner only finds where the id ends. The id is copied
+            // into forkline's own reply as it is, so it must be the JSON
+            // `classify` would accept: valid UTF-8, escapes and number
+            // syntax checked by serde_json, and no longer than any other id.
             let text = std::str::from_utf8(&head[start..s.at]).ok()?;
+            if text.len() > MAX_ID_BYTES {
+                return None;
+            }
+            serde_json::from_str::<&RawValue>(text).ok()?;
             return Some(Id(text.into()));
         }
         s.skip_value()?;
@@ -367,15 +396,6 @@ impl<'a> Scanner<'a> {
     }
 }
 
-/// One JSON-RPC error object as a line body (no newline).
-pub fn error_line(id: Option<&Id>, code: i64, message: &str) -> Vec<u8> {
-    let id = id.map_or("null", Id::as_json);
-    // Serialising a &str cannot fail.
-    let message = serde_json::to_string(message).unwrap_or_else(|_| "\"error\"".into());
-    format!(r#"{{"jsonrpc":"2.0","id":{id},"error":{{"code":{code},"message":{message}}}}}"#)
-        .into_bytes()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -429,6 +449,55 @@ mod tests {
     }
 
     #[test]
+    fn batch_items_must_be_objects() {
+        // serde reads a JSON array into a struct field by field, so
+        // `["2.0",1,"tools/call"]` used to pass for a request.
+        for bad in [
+            &br#"[["2.0",1,"tools/call"]]"#[..],
+            br#"[{"jsonrpc":"2.0","id":1,"method":"a"},["2.0",2,"b"]]"#,
+            br#"[[{"jsonrpc":"2.0","id":1,"method":"a"}]]"#,
+            br#"[["2.0",1,null,{}]]"#,
+            br#"[1]"#,
+            br#"["2.0"]"#,
+            br#"[null]"#,
+            br#"[true]"#,
+        ] {
+            match classify(bad) {
+                Err(Invalid::Rpc(why)) => assert!(why.contains("object"), "{why}"),
+                other => panic!("{}: {other:?}", String::from_utf8_lossy(bad)),
+            }
+        }
+        // Whitespace around items is not part of them.
+        let spaced = b" [ {\"jsonrpc\":\"2.0\",\"method\":\"n\"} ,\n\t\
+            {\"jsonrpc\":\"2.0\",\"id\":2,\"result\":1} ] ";
+        assert!(matches!(
+            classify(spaced),
+            Ok(Kind::Batch(items)) if items.len() == 2
+        ));
+        // A broken item is still a parse error, not an invalid request.
+        assert!(matches!(
+            classify(br#"[{"jsonrpc":"2.0","method":"n"},{"#),
+            Err(Invalid::Json(_))
+        ));
+    }
+
+    #[test]
+    fn a_single_message_must_be_an_object() {
+        for bad in [
+            &br#"["2.0",1,"tools/call"]"#[..],
+            br#" ["2.0",1,"tools/call"]"#,
+            br#""2.0""#,
+            br#"null"#,
+        ] {
+            assert!(
+                matches!(classify(bad), Err(Invalid::Rpc(_))),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
+
+    #[test]
     fn not_json_is_a_parse_error() {
         for bad in [
             &b"{"[..],
@@ -467,6 +536,94 @@ mod tests {
         }
     }
 
+    /// A JSON string id whose raw text (quotes included) is `len` bytes.
+    fn string_id(len: usize) -> String {
+        format!("\"{}\"", "x".repeat(len - 2))
+    }
+
+    #[test]
+    fn ids_over_a_kibibyte_are_invalid_requests() {
+        let request = |id: &str| format!(r#"{{"jsonrpc":"2.0","id":{id},"method":"m"}}"#);
+        let response = |id: &str| format!(r#"{{"jsonrpc":"2.0","id":{id},"result":{{}}}}"#);
+        assert_eq!(
+            MAX_ID_BYTES, 1024,
+            "PRODUCT.md: longer than 1 KiB is refused"
+        );
+        let at_limit = string_id(MAX_ID_BYTES);
+        assert_eq!(
+            classify(request(&at_limit).as_bytes()),
+            Ok(Kind::Request {
+                id: id(&at_limit),
+                method: "m".into()
+            })
+        );
+        let long_number = "1".repeat(1025);
+        for over in [string_id(1025), string_id(2000), long_number] {
+            for line in [request(&over), response(&over)] {
+                match classify(line.as_bytes()) {
+                    Err(Invalid::Rpc(why)) => {
+                        assert!(why.contains(&MAX_ID_BYTES.to_string()), "{why}")
+                    }
+                    other => panic!("a {}-byte id: {other:?}", over.len()),
+                }
+            }
+            let batch = format!("[{}]", request(&over));
+            assert!(matches!(classify(batch.as_bytes()), Err(Invalid::Rpc(_))));
+        }
+    }
+
+    /// The head of an oversized request whose id is the raw bytes `id`.
+    fn head_with_id(id: &[u8]) -> Vec<u8> {
+        let mut head = br#"{"jsonrpc":"2.0","id":"#.to_vec();
+        head.extend_from_slice(id);
+        head.extend_from_slice(br#","method":"x","params":{"pad":"xxxxxxxx"#);
+        head
+    }
+
+    #[test]
+    fn sniffed_ids_that_are_not_valid_json_are_not_trusted() {
+        let long = string_id(MAX_ID_BYTES + 1);
+        let bad: [(&str, &[u8]); 11] = [
+            ("bad escape", br#""\q""#),
+            ("short unicode escape", br#""\u12""#),
+            ("raw control byte", b"\"a\x01b\""),
+            ("raw newline", b"\"a\nb\""),
+            ("lone minus", b"-"),
+            ("exponent without digits", b"1e"),
+            ("leading zero", b"01"),
+            ("fraction without digits", b"1."),
+            ("plus sign", b"+1"),
+            ("invalid UTF-8", b"\"\xff\""),
+            ("longer than MAX_ID_BYTES", long.as_bytes()),
+        ];
+        for (what, id) in bad {
+            let sniffed = sniff_id(&head_with_id(id));
+            assert_eq!(sniffed, None, "{what}");
+            let line = error_line(sniffed.as_ref(), code::TOO_LARGE, "too large");
+            let reply: serde_json::Value = serde_json::from_slice(&line)
+                .unwrap_or_else(|e| panic!("{what}: error line is not JSON ({e})"));
+            assert_eq!(reply["id"], serde_json::Value::Null, "{what}");
+        }
+        let at_limit = string_id(MAX_ID_BYTES);
+        let good: [&[u8]; 6] = [
+            br#""a\"b\\c""#,
+            br#""\u00e9\n""#,
+            "\"é☃\"".as_bytes(),
+            b"-1.5e+3",
+            b"0",
+            at_limit.as_bytes(),
+        ];
+        for id in good {
+            let sniffed = sniff_id(&head_with_id(id));
+            let text = String::from_utf8_lossy(id);
+            assert_eq!(sniffed.as_ref().map(Id::as_json), Some(&*text));
+            let line = error_line(sniffed.as_ref(), code::TOO_LARGE, "too large");
+            let reply: serde_json::Value = serde_json::from_slice(&line).expect("valid JSON");
+            let original: serde_json::Value = serde_json::from_slice(id).expect("valid id");
+            assert_eq!(reply["id"], original, "{text}");
+        }
+    }
+
     #[test]
     fn sniffs_ids_from_truncated_heads() {
         assert_eq!(
@@ -490,22 +647,5 @@ mod tests {
         );
         assert_eq!(sniff_id(br#"{"id":{"x":1}}"#), None);
         assert_eq!(sniff_id(b"garbage"), None);
-    }
-
-    #[test]
-    fn error_lines_are_valid_jsonrpc() {
-        let line = error_line(Some(&id("\"a\"")), code::CHILD_GONE, "child \"x\" exited");
-        let v: serde_json::Value = serde_json::from_slice(&line).expect("valid JSON");
-        assert_eq!(v["id"], "a");
-        assert_eq!(v["error"]["code"], -32002);
-        assert_eq!(v["error"]["message"], "child \"x\" exited");
-        assert_eq!(
-            classify(&line),
-            Ok(Kind::Response {
-                id: Some(id("\"a\""))
-            })
-        );
-        let null = error_line(None, code::PARSE_ERROR, "bad");
-        assert!(null.starts_with(br#"{"jsonrpc":"2.0","id":null,"#));
     }
 }
