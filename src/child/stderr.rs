@@ -1,11 +1,11 @@
-//! The I/O hub: one thread and one `mio::Poll` that log every child's
-//! stderr, line by line, tagged with its session.
+//! The child-stderr log: one thread (`child-stderr`) and one `mio::Poll`
+//! that log every child's stderr, line by line, tagged with its session.
 //!
 //! A drain thread per session would cost a stack per session for output
-//! that is idle nearly always. The hub owns every pipe it watches, so a
+//! that is idle nearly always. The thread owns every pipe it watches, so a
 //! session that ends can never leave a registration behind that matches a
 //! recycled fd number. Requests arrive on a channel and a `Waker`; dropping
-//! the `Hub` stops and joins the thread.
+//! the [`StderrLog`] stops and joins the thread.
 
 use std::collections::HashMap;
 use std::io::{self, Read};
@@ -27,8 +27,8 @@ const WAKER: Token = Token(0);
 /// Longest stderr line logged whole; the rest of a longer one is cut.
 const STDERR_LINE_BYTES: usize = 8 * 1024;
 
-/// A handle to the hub thread. Dropping it stops and joins the thread.
-pub struct Hub {
+/// A handle to the `child-stderr` thread. Dropping it stops and joins the thread.
+pub struct StderrLog {
     requests: Sender<Request>,
     waker: Arc<Waker>,
     thread: Option<JoinHandle<()>>,
@@ -36,7 +36,7 @@ pub struct Hub {
 
 enum Request {
     /// Log every line of this child's stderr until EOF or `Release`.
-    Stderr {
+    Watch {
         session: SessionId,
         pipe: ChildStderr,
     },
@@ -44,20 +44,20 @@ enum Request {
     Release { session: SessionId },
 }
 
-impl Hub {
-    /// Starts the hub thread.
-    pub fn start() -> io::Result<Hub> {
+impl StderrLog {
+    /// Starts the `child-stderr` thread.
+    pub fn start() -> io::Result<StderrLog> {
         let poll = Poll::new()?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         let (requests, inbox) = crossbeam_channel::unbounded();
         let thread = std::thread::Builder::new()
-            .name("io-hub".into())
+            .name("child-stderr".into())
             .spawn(move || {
-                if let Err(e) = HubLoop::new(poll, inbox).run() {
-                    error!("the I/O hub stopped: {e}");
+                if let Err(e) = LogLoop::new(poll, inbox).run() {
+                    error!("the child-stderr thread stopped: {e}");
                 }
             })?;
-        Ok(Hub {
+        Ok(StderrLog {
             requests,
             waker,
             thread: Some(thread),
@@ -65,34 +65,34 @@ impl Hub {
     }
 
     fn send(&self, request: Request) {
-        // Both fail only once the hub is gone, i.e. during teardown.
+        // Both fail only once the thread is gone, i.e. during teardown.
         if self.requests.send(request).is_ok() {
             let _ = self.waker.wake();
         }
     }
 
     /// Logs `pipe` line by line, tagged with `session`, until EOF or
-    /// [`Hub::release_stderr`].
-    pub fn drain_stderr(&self, session: SessionId, pipe: ChildStderr) {
-        self.send(Request::Stderr { session, pipe });
+    /// [`StderrLog::release`].
+    pub fn watch(&self, session: SessionId, pipe: ChildStderr) {
+        self.send(Request::Watch { session, pipe });
     }
 
     /// Logs what is left in the session's stderr and closes it: the child
     /// is gone, but an escaped grandchild could hold the pipe open.
-    pub fn release_stderr(&self, session: SessionId) {
+    pub fn release(&self, session: SessionId) {
         self.send(Request::Release { session });
     }
 }
 
-impl Drop for Hub {
+impl Drop for StderrLog {
     fn drop(&mut self) {
-        // Replacing the sender disconnects the hub's inbox.
+        // Replacing the sender disconnects the thread's inbox.
         let (dead, _) = crossbeam_channel::bounded(0);
         drop(std::mem::replace(&mut self.requests, dead));
         let _ = self.waker.wake();
         if let Some(thread) = self.thread.take() {
             if thread.join().is_err() {
-                error!("thread io-hub panicked");
+                error!("thread child-stderr panicked");
             }
         }
     }
@@ -106,7 +106,7 @@ struct StderrPipe {
     dropped: usize,
 }
 
-struct HubLoop {
+struct LogLoop {
     poll: Poll,
     inbox: Receiver<Request>,
     stderr: HashMap<Token, StderrPipe>,
@@ -114,9 +114,9 @@ struct HubLoop {
     next: usize,
 }
 
-impl HubLoop {
-    fn new(poll: Poll, inbox: Receiver<Request>) -> HubLoop {
-        HubLoop {
+impl LogLoop {
+    fn new(poll: Poll, inbox: Receiver<Request>) -> LogLoop {
+        LogLoop {
             poll,
             inbox,
             stderr: HashMap::new(),
@@ -151,7 +151,7 @@ impl HubLoop {
 
     fn handle(&mut self, request: Request) {
         match request {
-            Request::Stderr { session, pipe } => {
+            Request::Watch { session, pipe } => {
                 self.next += 1;
                 let token = Token(self.next);
                 let fd = pipe.as_raw_fd();

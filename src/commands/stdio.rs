@@ -12,7 +12,7 @@ use log::{info, warn};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
-use crate::child::stderr::Hub;
+use crate::child::stderr::StderrLog;
 use crate::config::StdioConfig;
 use crate::error::{Context, Error};
 use crate::session::run::{self as session, ClientStream, Shared};
@@ -26,7 +26,7 @@ use crate::sys::interrupt::{Alarm, Interruptible};
 pub fn run(config: &StdioConfig) -> Result<bool, Error> {
     let shutdown = Trigger::new().context(|| "cannot create the shutdown trigger".into())?;
     let hurry = Trigger::new().context(|| "cannot create the shutdown trigger".into())?;
-    let hub = Hub::start().context(|| "cannot start the I/O hub thread".into())?;
+    let hub = StderrLog::start().context(|| "cannot start the child-stderr thread".into())?;
     let client_alarm = Alarm::new().context(|| "cannot create a wake-up fd".into())?;
     let mut signals =
         Signals::new([SIGTERM, SIGINT]).context(|| "cannot install signal handlers".into())?;

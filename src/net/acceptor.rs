@@ -17,7 +17,7 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
 
-use crate::child::stderr::Hub;
+use crate::child::stderr::StderrLog;
 use crate::config::ServeConfig;
 use crate::error::{Context, Error};
 use crate::net::listener::{Accepted, Listener};
@@ -36,7 +36,7 @@ const FIRST_LISTENER: usize = 2;
 /// Everything a session's job needs from the proxy, shared by `Arc`.
 struct Proxy {
     config: ServeConfig,
-    hub: Hub,
+    hub: StderrLog,
     shutdown: Trigger,
     hurry: Trigger,
 }
@@ -78,7 +78,7 @@ pub fn serve(config: ServeConfig) -> Result<(), Error> {
     });
     let proxy = Arc::new(Proxy {
         config,
-        hub: Hub::start().context(|| "cannot start the I/O hub thread".into())?,
+        hub: StderrLog::start().context(|| "cannot start the child-stderr thread".into())?,
         shutdown: Trigger::new().context(|| "cannot create the shutdown trigger".into())?,
         hurry: Trigger::new().context(|| "cannot create the shutdown trigger".into())?,
     });

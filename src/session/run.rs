@@ -18,7 +18,7 @@ use std::time::Instant;
 use log::{debug, error, info, trace, warn};
 
 use crate::child::process::{self as child, Exit};
-use crate::child::stderr::Hub;
+use crate::child::stderr::StderrLog;
 use crate::config::{ChildCommand, Limits};
 use crate::proto::framing::{self, Frame};
 use crate::proto::message::{self, Message, code};
@@ -42,7 +42,7 @@ pub struct Shared<'a> {
     pub shutdown: &'a Trigger,
     /// Fired on the second: skip every grace.
     pub hurry: &'a Trigger,
-    pub hub: &'a Hub,
+    pub hub: &'a StderrLog,
 }
 
 /// The client end of a byte-stream session (a socket, or forkline's own
@@ -171,7 +171,7 @@ fn run_with_alarm<R: Read + Send>(
         shared.command
     );
 
-    shared.hub.drain_stderr(id, pipes.stderr);
+    shared.hub.watch(id, pipes.stderr);
     let stdin = pipes.stdin;
     if let Err(e) = set_nonblocking(stdin.as_fd()) {
         warn!("[{id}] cannot make the child's stdin non-blocking: {e}");
@@ -213,7 +213,7 @@ fn run_with_alarm<R: Read + Send>(
             child.pid()
         );
     }
-    shared.hub.release_stderr(id);
+    shared.hub.release(id);
 
     let (unanswered, mut counters) = flow.finish();
     let (code, text) = match reason {
