@@ -17,7 +17,7 @@ use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
 use crate::child::reaper::Reaper;
-use crate::child::stderr::Hub;
+use crate::child::stderr::StderrLog;
 use crate::config::StdioConfig;
 use crate::error::{Context, Error};
 use crate::session::client::{ClientSide, StreamClient};
@@ -31,7 +31,7 @@ use crate::shutdown::Trigger;
 pub fn run(config: &StdioConfig) -> Result<i32, Error> {
     let shutdown = Trigger::new().context(|| "cannot create the shutdown trigger".into())?;
     let hurry = Trigger::new().context(|| "cannot create the shutdown trigger".into())?;
-    let stderr = Hub::start().context(|| "cannot start the stderr log thread".into())?;
+    let stderr = StderrLog::start().context(|| "cannot start the stderr log thread".into())?;
     let reaper = Reaper::start().context(|| "cannot start the child reaper".into())?;
     let mut signals =
         Signals::new([SIGTERM, SIGINT]).context(|| "cannot install signal handlers".into())?;

@@ -22,7 +22,7 @@ use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
 
 use crate::child::reaper::Reaper;
-use crate::child::stderr::Hub;
+use crate::child::stderr::StderrLog;
 use crate::config::ServeConfig;
 use crate::error::{Context, Error};
 use crate::net::fd_limit::{self, Reserve};
@@ -50,7 +50,7 @@ const ACCEPT_RETRY: Duration = Duration::from_millis(100);
 /// Everything a session's job needs from the proxy, shared by `Arc`.
 struct Proxy {
     config: ServeConfig,
-    stderr: Hub,
+    stderr: StderrLog,
     reaper: Reaper,
     shutdown: Trigger,
     hurry: Trigger,
@@ -78,7 +78,7 @@ pub fn serve(config: ServeConfig) -> Result<(), Error> {
         listeners.push(Some(listener));
     }
     let proxy = Arc::new(Proxy {
-        stderr: Hub::start().context(|| "cannot start the stderr log thread".into())?,
+        stderr: StderrLog::start().context(|| "cannot start the stderr log thread".into())?,
         reaper: Reaper::start().context(|| "cannot start the child reaper".into())?,
         shutdown: Trigger::new().context(|| "cannot create the shutdown trigger".into())?,
         hurry: Trigger::new().context(|| "cannot create the shutdown trigger".into())?,

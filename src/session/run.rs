@@ -17,7 +17,7 @@ use log::{info, warn};
 
 use crate::child::process::{self, Exit};
 use crate::child::reaper::{ExitWatch, Reaper};
-use crate::child::stderr::Hub;
+use crate::child::stderr::StderrLog;
 use crate::config::{ChildCommand, Limits};
 use crate::proto::message::code;
 use crate::session::client::ClientSide;
@@ -30,7 +30,7 @@ pub struct Shared<'a> {
     pub command: &'a ChildCommand,
     pub limits: &'a Limits,
     pub control: Control<'a>,
-    pub stderr: &'a Hub,
+    pub stderr: &'a StderrLog,
     pub reaper: &'a Reaper,
 }
 
@@ -131,7 +131,7 @@ fn run_session(
         child.pid(),
         shared.command
     );
-    shared.stderr.drain_stderr(id, io.stderr);
+    shared.stderr.watch(id, io.stderr);
     let socket = ChildSocket::new(io.stdio, Arc::clone(child.watch()));
 
     let mut relay = Relay::new(
@@ -153,7 +153,7 @@ fn run_session(
             child.pid()
         );
     }
-    shared.stderr.release_stderr(id);
+    shared.stderr.release(id);
 
     let (code, text) = match reason {
         EndReason::Shutdown => (

@@ -2,6 +2,5 @@
 //! socket pairs and shutdown.
 
 pub mod alarm;
-pub mod interrupt;
 pub mod poll;
 pub mod socket;
