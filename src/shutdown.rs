@@ -9,7 +9,7 @@ use std::sync::Mutex;
 
 use crossbeam_channel::{Receiver, Sender};
 
-use crate::sys::interrupt::Alarm;
+use crate::sys::alarm::Alarm;
 
 /// A channel that never carries a value: only its disconnection matters.
 pub enum Never {}

@@ -34,7 +34,7 @@ use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
 
 use crate::session::table::SessionId;
-use crate::sys::interrupt::set_nonblocking;
+use crate::sys::poll::set_nonblocking;
 
 const WAKER: Token = Token(0);
 
