@@ -176,3 +176,185 @@ fn run_session(
         counters,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::session::client::{StreamClient, channel_pair};
+    use crate::session::outbox::WriteKind;
+    use crate::session::rules::Direction;
+    use crate::shutdown::Trigger;
+    use std::io::{BufRead, BufReader, Write};
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::time::Duration;
+
+    struct Proxy {
+        command: ChildCommand,
+        limits: Limits,
+        shutdown: Trigger,
+        hurry: Trigger,
+        stderr: StderrLog,
+        reaper: Reaper,
+    }
+
+    impl Proxy {
+        fn new(script: &str) -> Proxy {
+            Proxy {
+                command: ChildCommand {
+                    program: "/bin/sh".into(),
+                    args: vec!["-c".into(), script.into()],
+                },
+                limits: Limits {
+                    shutdown_grace: Duration::from_secs(2),
+                    ..Limits::default()
+                },
+                shutdown: Trigger::new().expect("trigger"),
+                hurry: Trigger::new().expect("trigger"),
+                stderr: StderrLog::start().expect("stderr log"),
+                reaper: Reaper::start().expect("reaper"),
+            }
+        }
+
+        fn shared(&self) -> Shared<'_> {
+            Shared {
+                command: &self.command,
+                limits: &self.limits,
+                control: Control {
+                    shutdown: &self.shutdown,
+                    hurry: &self.hurry,
+                },
+                stderr: &self.stderr,
+                reaper: &self.reaper,
+            }
+        }
+    }
+
+    fn gone(pid: u32) -> bool {
+        !std::path::Path::new(&format!("/proc/{pid}")).exists()
+    }
+
+    fn poll_until(mut cond: impl FnMut() -> bool) -> bool {
+        (0..2000).any(|_| {
+            if cond() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+            false
+        })
+    }
+
+    /// Panics on the first message it sees, as a bug in a tap would.
+    struct PanickingTap;
+
+    impl Tap for PanickingTap {
+        fn message(&mut self, _: Direction, _: &[u8]) {
+            panic!("a deliberate test panic in a tap");
+        }
+    }
+
+    #[test]
+    fn a_session_that_panics_still_ends_its_child_and_its_group() {
+        let proxy = Proxy::new("sleep 1000 & cat");
+        let (ours, mut theirs) = UnixStream::pair().expect("socketpair");
+        ours.set_nonblocking(true).expect("non-blocking");
+        let pid = AtomicU32::new(0);
+        theirs
+            .write_all(b"{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"x\"}\n")
+            .expect("send a request");
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let client = ClientSide::Stream(StreamClient {
+                read: ours.as_fd(),
+                write: ours.as_fd(),
+                write_kind: WriteKind::Socket,
+            });
+            run(
+                SessionId(7),
+                "test",
+                &proxy.shared(),
+                client,
+                |p| pid.store(p, Ordering::SeqCst),
+                Some(Box::new(PanickingTap)),
+            )
+        }));
+        assert!(outcome.is_err(), "the tap's panic propagates");
+        let pid = pid.load(Ordering::SeqCst);
+        assert_ne!(pid, 0, "the child was spawned");
+        assert!(
+            poll_until(|| gone(pid)),
+            "child {pid} outlived its panicked session"
+        );
+        assert!(
+            poll_until(|| proxy.reaper.live() == 0),
+            "the child was never reaped"
+        );
+        proxy.reaper.stop();
+    }
+
+    #[test]
+    fn a_channel_client_runs_on_the_same_engine() {
+        // Answers one request, as `cat` would echo one, but as a response.
+        let proxy = Proxy::new(
+            r#"read line; echo '{"jsonrpc":"2.0","id":1,"result":{"ok":true}}'; cat >/dev/null"#,
+        );
+        let (client, peer) = channel_pair(4).expect("channels");
+        std::thread::scope(|s| {
+            let session = s.spawn(|| {
+                run(
+                    SessionId(8),
+                    "test",
+                    &proxy.shared(),
+                    ClientSide::Channels(client),
+                    |_| {},
+                    None,
+                )
+            });
+            assert!(peer.send(br#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#.to_vec()));
+            assert!(peer.send(b"not json".to_vec()));
+            let first = peer.recv().expect("an answer");
+            let second = peer.recv().expect("the parse error");
+            let mut got = [first, second];
+            got.sort();
+            assert!(
+                got.iter()
+                    .any(|l| l.starts_with(br#"{"jsonrpc":"2.0","id":1,"result""#))
+            );
+            assert!(got.iter().any(|l| l.windows(6).any(|w| w == b"-32700")));
+            // Dropping the sender is the client's end of input.
+            drop(peer.to_session);
+            let summary = session.join().expect("session thread");
+            assert_eq!(summary.reason, EndReason::ClientClosed);
+            assert_eq!(summary.exit.map(|e| e.status.code()), Some(Some(0)));
+            assert_eq!(summary.counters.messages_in, 1);
+            assert_eq!(summary.counters.messages_out, 2);
+        });
+        proxy.reaper.stop();
+    }
+
+    #[test]
+    fn a_stream_client_gets_its_answer_and_the_child_is_reaped_at_eof() {
+        let proxy = Proxy::new("cat");
+        let (ours, theirs) = UnixStream::pair().expect("socketpair");
+        ours.set_nonblocking(true).expect("non-blocking");
+        std::thread::scope(|s| {
+            let session = s.spawn(|| {
+                let client = ClientSide::Stream(StreamClient {
+                    read: ours.as_fd(),
+                    write: ours.as_fd(),
+                    write_kind: WriteKind::Socket,
+                });
+                run(SessionId(9), "test", &proxy.shared(), client, |_| {}, None)
+            });
+            (&theirs)
+                .write_all(b"{\"jsonrpc\":\"2.0\",\"method\":\"n\"}\n")
+                .expect("send");
+            let mut line = String::new();
+            BufReader::new(&theirs).read_line(&mut line).expect("echo");
+            assert_eq!(line, "{\"jsonrpc\":\"2.0\",\"method\":\"n\"}\n");
+            theirs.shutdown(Shutdown::Write).expect("half-close");
+            let summary = session.join().expect("session thread");
+            assert_eq!(summary.reason, EndReason::ClientClosed);
+        });
+        assert_eq!(proxy.reaper.live(), 0);
+        proxy.reaper.stop();
+    }
+}

@@ -102,9 +102,30 @@ impl Forkline {
         Self::serve(&all, 1)
     }
 
+    /// `forkline serve ARGS…` with `configure` applied to the command
+    /// first (an environment, a resource limit).
+    pub fn serve_configured(
+        args: &[&str],
+        expected_listeners: usize,
+        configure: impl FnOnce(&mut Command),
+    ) -> Forkline {
+        Self::start_with("serve", args, expected_listeners, configure)
+    }
+
     fn start(subcommand: &str, args: &[&str], expected_listeners: usize) -> Forkline {
+        Self::start_with(subcommand, args, expected_listeners, |_| {})
+    }
+
+    fn start_with(
+        subcommand: &str,
+        args: &[&str],
+        expected_listeners: usize,
+        configure: impl FnOnce(&mut Command),
+    ) -> Forkline {
         let tempdir = TempDir::new("forkline");
-        let mut child = Command::new(forkline_bin())
+        let mut command = Command::new(forkline_bin());
+        configure(&mut command);
+        let mut child = command
             .arg(subcommand)
             .args(args)
             .env("RUST_LOG", "debug")

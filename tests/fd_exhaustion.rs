@@ -1,0 +1,96 @@
+//! When `accept(2)` itself fails for want of descriptors (EMFILE), the
+//! acceptor spends its reserve descriptor to take each waiting connection,
+//! send it a -32001 line naming the limit and close it, and drains the
+//! whole backlog (issue 10, defect 5). Before, the edge-triggered accept
+//! loop gave up on the first EMFILE and the backlog waited unseen.
+//!
+//! This runs the acceptor in this test process and uses up the process's
+//! own descriptors, so it must stay the only test in this file: the limit
+//! is process-wide.
+
+mod common;
+
+use std::io::Read;
+use std::os::unix::net::UnixStream;
+
+use common::{PATIENCE, TempDir, poll_until};
+use forkline::config::{ChildCommand, Limits, ListenAddr, ServeConfig};
+
+const FD_LIMIT: u64 = 256;
+const WAITING_CLIENTS: usize = 5;
+
+#[test]
+fn accept_out_of_descriptors_refuses_every_waiting_connection_with_a_line() {
+    let limit = libc::rlimit {
+        rlim_cur: FD_LIMIT,
+        rlim_max: FD_LIMIT,
+    };
+    // SAFETY: plain setrlimit on this process.
+    assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) }, 0);
+    let dir = TempDir::new("fd-exhaustion");
+    let socket = dir.path.join("forkline.sock");
+    let config = ServeConfig {
+        listen: vec![ListenAddr::Unix(socket.clone())],
+        limits: Limits {
+            max_sessions: 1000,
+            max_sessions_per_client: 1000,
+            ..Limits::default()
+        },
+        command: ChildCommand {
+            program: "cat".into(),
+            args: Vec::new(),
+        },
+    };
+    let server = std::thread::spawn(move || forkline::net::acceptor::serve(config));
+    assert!(
+        poll_until(PATIENCE, || socket.exists()),
+        "the listener never appeared"
+    );
+
+    // Use up every descriptor of this process but the clients' own.
+    let mut hoard = Vec::new();
+    for _ in 0..FD_LIMIT {
+        match std::fs::File::open("/dev/null") {
+            Ok(file) => hoard.push(file),
+            Err(_) => break,
+        }
+    }
+    assert!(
+        hoard.len() > WAITING_CLIENTS,
+        "could not exhaust descriptors"
+    );
+    hoard.truncate(hoard.len() - WAITING_CLIENTS);
+    let mut clients: Vec<UnixStream> = (0..WAITING_CLIENTS)
+        .map(|_| UnixStream::connect(&socket).expect("connect while fds remain"))
+        .collect();
+
+    for client in &mut clients {
+        client
+            .set_read_timeout(Some(PATIENCE))
+            .expect("read timeout");
+        let mut line = String::new();
+        client
+            .read_to_string(&mut line)
+            .expect("a refusal line, then EOF");
+        let msg: serde_json::Value = serde_json::from_str(line.trim()).expect("one JSON line");
+        assert_eq!(msg["error"]["code"], -32001, "{msg}");
+        let text = msg["error"]["message"].as_str().unwrap_or_default();
+        assert!(
+            text.contains("file descriptors") && text.contains(&FD_LIMIT.to_string()),
+            "the refusal names the descriptor limit: {text}"
+        );
+    }
+
+    drop(hoard);
+    drop(clients);
+    // SAFETY: raising SIGTERM in this process: serve's handler takes it.
+    unsafe { libc::raise(libc::SIGTERM) };
+    assert!(
+        poll_until(PATIENCE, || server.is_finished()),
+        "serve did not shut down after SIGTERM"
+    );
+    server
+        .join()
+        .expect("the acceptor thread")
+        .expect("serve returns Ok after SIGTERM");
+}
