@@ -11,6 +11,7 @@
 use std::io::{self, Write};
 use std::os::fd::AsFd;
 use std::sync::Arc;
+use std::time::Duration;
 
 use log::{error, info, warn};
 use mio::{Events, Interest, Poll, Token, Waker};
@@ -32,6 +33,12 @@ const SIGNALS: Token = Token(0);
 const WAKER: Token = Token(1);
 /// Listener `i` is registered as `Token(FIRST_LISTENER + i)`.
 const FIRST_LISTENER: usize = 2;
+
+/// A worker idle this long exits; see `Pool::new` for why not longer.
+const WORKER_LINGER: Duration = Duration::from_secs(5);
+/// A session's worker spawns the child, supervises and answers what was
+/// left unanswered; the pumps it starts choose their own stacks.
+const WORKER_STACK_BYTES: usize = 256 * 1024;
 
 /// Everything a session's job needs from the proxy, shared by `Arc`.
 struct Proxy {
@@ -82,7 +89,16 @@ pub fn serve(config: ServeConfig) -> Result<(), Error> {
         shutdown: Trigger::new().context(|| "cannot create the shutdown trigger".into())?,
         hurry: Trigger::new().context(|| "cannot create the shutdown trigger".into())?,
     });
-    let mut pool = Pool::new(proxy.config.limits.max_sessions);
+    let pool_waker = Arc::clone(&waker);
+    let mut pool = Pool::new(
+        proxy.config.limits.max_sessions,
+        WORKER_LINGER,
+        WORKER_STACK_BYTES,
+        // A worker that exited wakes the loop, which joins it.
+        move || {
+            let _ = pool_waker.wake();
+        },
+    );
     let mut events = Events::with_capacity(64);
 
     loop {
@@ -110,6 +126,7 @@ pub fn serve(config: ServeConfig) -> Result<(), Error> {
                 }
             }
         }
+        pool.reap_exited();
         if proxy.shutdown.has_fired() && sessions.is_empty() {
             break;
         }
