@@ -47,6 +47,13 @@ const FIRST_LISTENER: usize = 2;
 /// again this much later instead of in a hot loop.
 const ACCEPT_RETRY: Duration = Duration::from_millis(100);
 
+/// A worker idle this long exits; see `Pool::new` for why not longer.
+const WORKER_LINGER: Duration = Duration::from_secs(5);
+/// A session's worker runs its whole session: spawn, relay, teardown. It
+/// parses one JSON envelope at a time (serde_json's nesting limit bounds
+/// the recursion); only the pages it touches count as memory.
+const WORKER_STACK_BYTES: usize = 256 * 1024;
+
 /// Everything a session's job needs from the proxy, shared by `Arc`.
 struct Proxy {
     config: ServeConfig,
@@ -111,7 +118,16 @@ pub fn serve(config: ServeConfig) -> Result<(), Error> {
         // only delays that to the next event.
         let _ = session_waker.wake();
     });
-    let mut pool = Pool::new(limits.max_sessions);
+    let pool_waker = Arc::clone(&waker);
+    let mut pool = Pool::new(
+        limits.max_sessions,
+        WORKER_LINGER,
+        WORKER_STACK_BYTES,
+        // A worker that exited wakes the loop, which joins it.
+        move || {
+            let _ = pool_waker.wake();
+        },
+    );
     let mut events = Events::with_capacity(64);
     let mut throttle = Throttle::default();
     // Listeners whose backlog must be tried again after ACCEPT_RETRY.
@@ -159,6 +175,7 @@ pub fn serve(config: ServeConfig) -> Result<(), Error> {
                 }
             }
         }
+        pool.reap_exited();
         if proxy.shutdown.has_fired() && sessions.is_empty() {
             break;
         }
