@@ -28,8 +28,10 @@ use crate::session::table::SessionId;
 use crate::shutdown::Trigger;
 use crate::sys::poll::poll;
 
-/// One read's worth, on the worker's stack (so an idle session holds no
-/// read buffer on the heap).
+/// One read's worth. Taken from the allocator for the turn and given back
+/// after it: a buffer on the worker's stack would stay resident for the
+/// session's life once touched, and most sessions are idle; freed chunks
+/// are reused by whichever session reads next.
 const READ_CHUNK: usize = 8 * 1024;
 
 /// Messages taken from a channel client per turn, so one busy client
@@ -173,7 +175,6 @@ impl<'a> Relay<'a> {
     /// Relays until the session ends; returns why. Blocks the calling
     /// thread, waking only for I/O, a broadcast or a deadline.
     pub fn run(&mut self) -> EndReason {
-        let mut chunk = [0u8; READ_CHUNK];
         loop {
             if let Some(reason) = self.end_reason() {
                 return reason;
@@ -191,6 +192,7 @@ impl<'a> Relay<'a> {
                 warn!("[{}] poll failed: {e}; ending the session", self.core.id);
                 return self.end_now(EndReason::ClientClosed);
             }
+            let mut chunk = ReadBuffer::new();
             self.handle(&fds, &slots, &mut chunk);
         }
     }
@@ -399,7 +401,7 @@ impl<'a> Relay<'a> {
         slots
     }
 
-    fn handle(&mut self, fds: &[libc::pollfd; 5], slots: &[usize; 5], chunk: &mut [u8]) {
+    fn handle(&mut self, fds: &[libc::pollfd; 5], slots: &[usize; 5], chunk: &mut ReadBuffer) {
         let revents = |slot: usize| {
             if slots[slot] == NONE {
                 0
@@ -476,11 +478,11 @@ impl<'a> Relay<'a> {
         }
     }
 
-    fn read_client(&mut self, chunk: &mut [u8]) {
+    fn read_client(&mut self, chunk: &mut ReadBuffer) {
         let ClientSide::Stream(stream) = &self.client else {
             return;
         };
-        match read_now(stream.read, chunk) {
+        match chunk.read(stream.read) {
             Ok(Some(0)) => {
                 let core = &mut self.core;
                 self.from_client.finish(|frame| core.client_frame(frame));
@@ -489,7 +491,7 @@ impl<'a> Relay<'a> {
             Ok(Some(n)) => {
                 let core = &mut self.core;
                 self.from_client
-                    .push(&chunk[..n], |frame| core.client_frame(frame));
+                    .push(chunk.filled(n), |frame| core.client_frame(frame));
             }
             Ok(None) => {}
             Err(e) => {
@@ -529,11 +531,11 @@ impl<'a> Relay<'a> {
         }
     }
 
-    fn read_child(&mut self, chunk: &mut [u8]) {
+    fn read_child(&mut self, chunk: &mut ReadBuffer) {
         let Some(fd) = self.child else {
             return;
         };
-        let result = read_now(fd, chunk);
+        let result = chunk.read(fd);
         if let Ok(Some(0)) | Err(_) = &result {
             debug!("[{}] the server's output ended: {result:?}", self.core.id);
         }
@@ -548,7 +550,7 @@ impl<'a> Relay<'a> {
             Ok(Some(n)) => {
                 let core = &mut self.core;
                 self.from_child
-                    .push(&chunk[..n], |frame| core.child_frame(frame));
+                    .push(chunk.filled(n), |frame| core.child_frame(frame));
             }
             Ok(None) => {}
         }
@@ -700,19 +702,43 @@ fn pollfd(fd: RawFd, events: libc::c_short) -> libc::pollfd {
     }
 }
 
-/// One read that does not block: `Ok(None)` when there is nothing after
-/// all (a spurious wake-up), `Ok(Some(0))` at end of file.
-fn read_now(fd: BorrowedFd<'_>, buf: &mut [u8]) -> std::io::Result<Option<usize>> {
-    loop {
-        let n = unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
-        if n >= 0 {
-            return Ok(Some(n as usize));
+/// A read buffer allocated on first use in a turn, without zeroing.
+struct ReadBuffer {
+    bytes: Vec<u8>,
+}
+
+impl ReadBuffer {
+    fn new() -> ReadBuffer {
+        ReadBuffer { bytes: Vec::new() }
+    }
+
+    /// One read that does not block: `Ok(None)` when there is nothing
+    /// after all (a spurious wake-up), `Ok(Some(0))` at end of file.
+    fn read(&mut self, fd: BorrowedFd<'_>) -> std::io::Result<Option<usize>> {
+        self.bytes.clear();
+        self.bytes.reserve(READ_CHUNK);
+        let room = self.bytes.spare_capacity_mut();
+        loop {
+            // SAFETY: read(2) writes at most `room.len()` bytes into the
+            // spare capacity; we only look at what it reports as written.
+            let n = unsafe { libc::read(fd.as_raw_fd(), room.as_mut_ptr().cast(), room.len()) };
+            if n >= 0 {
+                return Ok(Some(n as usize));
+            }
+            let err = std::io::Error::last_os_error();
+            match err.kind() {
+                std::io::ErrorKind::Interrupted => continue,
+                std::io::ErrorKind::WouldBlock => return Ok(None),
+                _ => return Err(err),
+            }
         }
-        let err = std::io::Error::last_os_error();
-        match err.kind() {
-            std::io::ErrorKind::Interrupted => continue,
-            std::io::ErrorKind::WouldBlock => return Ok(None),
-            _ => return Err(err),
-        }
+    }
+
+    /// The `n` bytes the last read wrote.
+    fn filled(&mut self, n: usize) -> &[u8] {
+        // SAFETY: `read` just initialised these `n` bytes of the spare
+        // capacity (n <= capacity, as read(2) never writes more).
+        unsafe { self.bytes.set_len(n) };
+        &self.bytes
     }
 }
