@@ -145,8 +145,8 @@ fn max_sessions_per_client_counts_per_uid_over_unix() {
 
 #[test]
 fn idle_timeout_ends_a_quiet_session_but_not_a_busy_one() {
-    const TIMEOUT: Duration = Duration::from_millis(500);
-    let forkline = Forkline::serve_tcp(&["--idle-timeout", "0.5"], &fake_server(&[]));
+    const TIMEOUT: Duration = Duration::from_millis(1000);
+    let forkline = Forkline::serve_tcp(&["--idle-timeout", "1"], &fake_server(&[]));
     let mut guard = StrayGuard::new();
     let mut quiet = forkline.connect();
     let mut busy = forkline.connect();
@@ -156,7 +156,7 @@ fn idle_timeout_ends_a_quiet_session_but_not_a_busy_one() {
     guard.watch_env(&busy_env);
     let start = Instant::now();
 
-    // Keep `busy` talking (a message every 100 ms, well inside the 500 ms
+    // Keep `busy` talking (a message every 100 ms, well inside the 1 s
     // timeout) until the quiet one has been closed and at least three
     // timeouts have passed. Bounded: 600 rounds is a minute.
     let mut quiet_closed = false;
