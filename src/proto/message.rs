@@ -16,13 +16,44 @@ use serde_json::value::RawValue;
 // callers need not know.
 pub use super::reply::{code, error_line};
 
-/// A JSON-RPC id as its raw JSON text (`7`, `"abc"`), so ids of different
-/// types never collide and the reply carries exactly what was sent.
+/// A JSON-RPC id as canonical JSON text (`7`, `"abc"`): ids of different
+/// types never collide, and the same value written two ways is one id.
+/// JSON-RPC matches an answer to its request by value, and servers that
+/// parse and re-serialise write `"req\/1"` back as `"req/1"` and `1.0` as
+/// `1`; comparing raw text would leave such a request waiting forever.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Id(Box<str>);
 
 impl Id {
-    /// The raw JSON text of the id.
+    /// Canonical text of a valid JSON string or number: a string without
+    /// escapes and an integer in plain form are already canonical (the
+    /// common case, no allocation beyond the copy); anything else is
+    /// decoded and written again as serde_json writes it.
+    fn canonical(raw: &str) -> Id {
+        if raw.starts_with('"') {
+            if !raw.contains('\\') {
+                return Id(raw.into());
+            }
+            return match serde_json::from_str::<String>(raw) {
+                Ok(value) => Id(serde_json::to_string(&value)
+                    .unwrap_or_else(|_| raw.to_string())
+                    .into()),
+                Err(_) => Id(raw.into()),
+            };
+        }
+        if raw.bytes().all(|b| b.is_ascii_digit() || b == b'-') && raw != "-0" {
+            return Id(raw.into());
+        }
+        match serde_json::from_str::<f64>(raw) {
+            // Integral and exactly representable: the integer's own form.
+            Ok(n) if n.fract() == 0.0 && n.abs() < 9_007_199_254_740_992.0 => {
+                Id((n as i64).to_string().into())
+            }
+            _ => Id(raw.into()),
+        }
+    }
+
+    /// The id's canonical JSON text.
     pub fn as_json(&self) -> &str {
         &self.0
     }
@@ -255,7 +286,7 @@ fn request_id(raw: &RawValue) -> Result<Id, Invalid> {
         )));
     }
     match text.as_bytes().first() {
-        Some(b'"' | b'-' | b'0'..=b'9') => Ok(Id(text.into())),
+        Some(b'"' | b'-' | b'0'..=b'9') => Ok(Id::canonical(text)),
         _ => Err(Invalid::Rpc("\"id\" must be a string or a number".into())),
     }
 }
@@ -290,7 +321,7 @@ pub fn sniff_id(head: &[u8]) -> Option<Id> {
                 return None;
             }
             serde_json::from_str::<&RawValue>(text).ok()?;
-            return Some(Id(text.into()));
+            return Some(Id::canonical(text));
         }
         s.skip_value()?;
         match s.next_non_ws()? {
@@ -399,6 +430,35 @@ impl<'a> Scanner<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_same_id_written_two_ways_is_one_id() {
+        let id_of = |json: &str| match classify(json.as_bytes()) {
+            Ok(Kind::Request { id, .. }) => id,
+            Ok(Kind::Response { id: Some(id) }) => id,
+            other => panic!("{json}: {other:?}"),
+        };
+        let pairs = [
+            (r#"{"jsonrpc":"2.0","id":"req\/1","method":"m"}"#, r#"{"jsonrpc":"2.0","id":"req/1","result":{}}"#),
+            (r#"{"jsonrpc":"2.0","id":"\u0061","method":"m"}"#, r#"{"jsonrpc":"2.0","id":"a","result":{}}"#),
+            (r#"{"jsonrpc":"2.0","id":"caf\u00e9","method":"m"}"#, r#"{"jsonrpc":"2.0","id":"café","result":{}}"#),
+            (r#"{"jsonrpc":"2.0","id":1.0,"method":"m"}"#, r#"{"jsonrpc":"2.0","id":1,"result":{}}"#),
+            (r#"{"jsonrpc":"2.0","id":1e2,"method":"m"}"#, r#"{"jsonrpc":"2.0","id":100,"result":{}}"#),
+            (r#"{"jsonrpc":"2.0","id":-0,"method":"m"}"#, r#"{"jsonrpc":"2.0","id":0,"result":{}}"#),
+        ];
+        for (request, answer) in pairs {
+            assert_eq!(id_of(request), id_of(answer), "{request} vs {answer}");
+        }
+        assert_ne!(
+            id_of(r#"{"jsonrpc":"2.0","id":"1","method":"m"}"#),
+            id_of(r#"{"jsonrpc":"2.0","id":1,"result":{}}"#),
+            "a string and a number are different ids"
+        );
+        // Canonical text is still valid JSON of the same value.
+        let tricky = id_of(r#"{"jsonrpc":"2.0","id":"q\"\\\n","method":"m"}"#);
+        let back: String = serde_json::from_str(tricky.as_json()).expect("valid JSON");
+        assert_eq!(back, "q\"\\\n");
+    }
 
     fn id(s: &str) -> Id {
         Id(s.into())
@@ -616,11 +676,15 @@ mod tests {
         for id in good {
             let sniffed = sniff_id(&head_with_id(id));
             let text = String::from_utf8_lossy(id);
-            assert_eq!(sniffed.as_ref().map(Id::as_json), Some(&*text));
+            assert!(sniffed.is_some(), "{text} is a valid id");
             let line = error_line(sniffed.as_ref(), code::TOO_LARGE, "too large");
             let reply: serde_json::Value = serde_json::from_slice(&line).expect("valid JSON");
             let original: serde_json::Value = serde_json::from_slice(id).expect("valid id");
-            assert_eq!(reply["id"], original, "{text}");
+            // The same value, perhaps written in canonical form.
+            match original.as_f64() {
+                Some(n) => assert_eq!(reply["id"].as_f64(), Some(n), "{text}"),
+                None => assert_eq!(reply["id"], original, "{text}"),
+            }
         }
     }
 
