@@ -389,3 +389,102 @@ fn connect_exits_0_when_its_stdout_reader_goes_away_during_a_flood() {
     server.wait_for_log("session closed");
     assert_all_gone(&[env.pid], "session child after connect's client left");
 }
+
+// ---- `forkline stdio` exit status (issue 10, defect 12) -------------------
+//
+// PRODUCT.md, "stdio": 0 when the child exited 0, the child's own code when
+// it exited non-zero, 128+N when signal N killed it, 1 when it could not
+// start: the client that launched forkline sees what it would have seen
+// launching the server itself.
+
+/// `forkline stdio -- fake`, with the child's pid watched.
+fn stdio_fake(guard: &mut StrayGuard) -> (Piped, FakeEnv) {
+    let child = fake_server(&[]);
+    let mut forkline = Piped::spawn(&stdio_args(&child));
+    let env = FakeEnv::from_result(&forkline.call(json!(1), "fake/env", json!({}))["result"]);
+    guard.watch_env(&env);
+    (forkline, env)
+}
+
+#[test]
+fn stdio_exits_with_the_childs_own_code() {
+    let mut guard = StrayGuard::new();
+    let (mut forkline, env) = stdio_fake(&mut guard);
+    // Our stdin stays open: the child's exit alone ends the session.
+    forkline.request(json!(2), "fake/exit", json!({"code": 3}));
+    let message = assert_error(&forkline.recv(), -32002, &json!(2));
+    assert!(
+        mentions_exit_status(&message, 3),
+        "the exit status is missing: {message}"
+    );
+    let status = forkline.wait_exit(PATIENCE);
+    assert_eq!(
+        status.code(),
+        Some(3),
+        "forkline's exit status after its child exited 3; stderr:\n{}",
+        forkline.stderr_text()
+    );
+    assert_all_gone(&[env.pid], "the child");
+}
+
+#[test]
+fn stdio_exits_0_when_the_child_exits_0_on_its_own() {
+    let mut guard = StrayGuard::new();
+    let (mut forkline, env) = stdio_fake(&mut guard);
+    forkline.request(json!(2), "fake/exit", json!({"code": 0}));
+    assert_error(&forkline.recv(), -32002, &json!(2));
+    let status = forkline.wait_exit(PATIENCE);
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "forkline's exit status after its child exited 0; stderr:\n{}",
+        forkline.stderr_text()
+    );
+    assert_all_gone(&[env.pid], "the child");
+}
+
+#[test]
+fn stdio_exits_128_plus_the_signal_that_killed_the_child() {
+    for (script, signal) in [("kill -9 $$", 9), ("kill -TERM $$", 15)] {
+        let mut forkline = Piped::spawn(&["stdio", "--", "sh", "-c", script]);
+        let status = forkline.wait_exit(PATIENCE);
+        assert_eq!(
+            status.code(),
+            Some(128 + signal),
+            "forkline's exit status after `sh -c '{script}'`; stderr:\n{}",
+            forkline.stderr_text()
+        );
+    }
+}
+
+#[test]
+fn stdio_exits_1_when_the_command_cannot_start_and_answers_with_32002() {
+    let requests = [
+        json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {}}),
+        json!({"jsonrpc": "2.0", "method": "notifications/initialized"}),
+        json!({"jsonrpc": "2.0", "id": "two", "method": "tools/list"}),
+    ];
+    let input: String = requests.iter().map(|r| format!("{r}\n")).collect();
+    let run = run_forkline(
+        &["stdio", "--", "/nonexistent/mcp-server", "--flag"],
+        input.as_bytes(),
+    );
+    assert_eq!(run.status.code(), Some(1), "exit status: {run:?}");
+    let answers: Vec<Value> = run
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad JSON ({e}): {l}")))
+        .collect();
+    assert_eq!(
+        answers.len(),
+        2,
+        "one answer per request, none for the notification: {run:?}"
+    );
+    for (answer, id) in answers.iter().zip([json!(1), json!("two")]) {
+        let message = assert_error(answer, -32002, &id);
+        assert!(
+            message.contains("/nonexistent/mcp-server"),
+            "the answer does not name the command: {message}"
+        );
+    }
+}

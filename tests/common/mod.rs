@@ -989,3 +989,56 @@ pub fn abort_on_close(stream: &TcpStream) {
         std::io::Error::last_os_error()
     );
 }
+
+// ---- engine tests: the fixture child of a session, the shutdown probe -----
+//
+// Added for engine_limits.rs and engine_shutdown.rs; nothing above changed.
+
+/// The pid of the one fixture child `forkline` runs (for fixtures that
+/// cannot answer `fake/env`, e.g. `--no-read`); panics after `PATIENCE`.
+pub fn the_fixture_child(forkline: &Forkline) -> u32 {
+    let mut pid = None;
+    poll_until(PATIENCE, || {
+        let mut found = children_of(forkline.pid())
+            .into_iter()
+            .filter(|(p, state)| *state != 'Z' && cmdline(*p).contains("fake_mcp_server"));
+        pid = found.next().map(|(p, _)| p);
+        assert!(
+            found.next().is_none(),
+            "more than one fixture child of forkline {}",
+            forkline.pid()
+        );
+        pid.is_some()
+    });
+    pid.unwrap_or_else(|| {
+        panic!(
+            "no fixture child of forkline {} within {PATIENCE:?}; log:\n{}",
+            forkline.pid(),
+            forkline.stderr_text()
+        )
+    })
+}
+
+/// After a shutdown signal: sends `probe-N` requests (method `probe`)
+/// until one is refused with -32004, which proves the session has seen the
+/// shutdown. Probes the session took before it saw the signal must be the
+/// fake's echo. Returns how long the refused probe waited for its answer.
+pub fn probe_until_shutting_down(client: &mut Client) -> Duration {
+    let deadline = Instant::now() + PATIENCE;
+    for n in 0..10_000u32 {
+        assert!(
+            Instant::now() < deadline,
+            "no -32004 for a new request within {PATIENCE:?} of the signal"
+        );
+        let id = serde_json::json!(format!("probe-{n}"));
+        let sent = Instant::now();
+        let reply = client.call(id.clone(), "probe", serde_json::json!({}));
+        let waited = sent.elapsed();
+        if reply.get("error").is_some() {
+            assert_error(&reply, -32004, &id);
+            return waited;
+        }
+        assert_echo(&reply, &id, "probe");
+    }
+    panic!("10000 probes and none refused with -32004");
+}
