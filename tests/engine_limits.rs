@@ -8,9 +8,9 @@
 //! whatever it sends: the second test pushes past the limit with big
 //! requests and long ids and measures forkline's peak memory.
 //!
-//! The last test (ignored until src is fixed) shows the bookkeeping
-//! leaking places when a server writes an answer's id differently from
-//! its request's.
+//! The last test shows that an answer frees its request's place even when
+//! the server writes the id differently from the request (the same value
+//! by JSON-RPC's rule).
 //!
 //! (The bound for a flooding child whose client never reads is
 //! tests/lifecycle.rs,
@@ -217,7 +217,6 @@ fn requests_past_max_inflight_cost_no_memory_however_big() {
 /// answer must still free its request's place, or a session leaks one
 /// place per request until every request is refused.
 #[test]
-#[ignore = "src bug: ids are matched by their raw JSON text (src/proto/message.rs, Id), so an answer with the same id written differently never frees its place"]
 fn an_answer_whose_id_is_written_differently_still_frees_its_place() {
     let forkline = Forkline::serve_tcp(&["--max-inflight", "2"], &fake_server(&[]));
     let mut guard = StrayGuard::new();
