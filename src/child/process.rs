@@ -133,20 +133,31 @@ impl ChildProcess {
 
     /// Ends the child, whose stdin the caller has already closed. Waits
     /// `grace` for it to exit; then SIGTERM to the group and `grace` again;
-    /// then SIGKILL. `hurry` cuts the graces short. Blocks for at most
-    /// about two graces (plus `KILL_WAIT` for a process that ignores even
-    /// SIGKILL for a while).
-    pub fn stop(&mut self, grace: Duration, hurry: &Trigger) -> Exit {
+    /// then SIGKILL. `hurry` cuts the graces short. `shutdown` firing
+    /// *during* the first wait ends it at once: a SIGTERM to forkline
+    /// while a child is being stopped reaches the child now — what the
+    /// client launching `forkline stdio` expects, since it escalates to
+    /// SIGKILL after a couple of seconds and a child it cannot see would
+    /// be orphaned. (A shutdown that began before, ending the session, has
+    /// given in-flight requests their grace already; the child still gets
+    /// its chance to exit on end of input.) Blocks for at most about two
+    /// graces, plus `KILL_WAIT` for a process slow to die of SIGKILL.
+    pub fn stop(&mut self, grace: Duration, shutdown: &Trigger, hurry: &Trigger) -> Exit {
         if let Some(exit) = self.stopped {
             return exit;
         }
         let mut forced = false;
-        if !self.wait_exited(grace, Some(hurry)) {
+        let first_wait: &[&Trigger] = if shutdown.has_fired() {
+            &[hurry]
+        } else {
+            &[hurry, shutdown]
+        };
+        if !self.wait_exited(grace, first_wait) {
             forced = true;
             self.watch.signal_group(libc::SIGTERM);
-            if !self.wait_exited(grace, Some(hurry)) {
+            if !self.wait_exited(grace, &[hurry]) {
                 self.watch.signal_group(libc::SIGKILL);
-                if !self.wait_exited(KILL_WAIT, None) {
+                if !self.wait_exited(KILL_WAIT, &[]) {
                     error!(
                         "child pid={} still not reaped {KILL_WAIT:?} after SIGKILL",
                         self.pid()
@@ -164,20 +175,22 @@ impl ChildProcess {
     }
 
     /// Waits up to `timeout` for the reaper to report the exit; `false`
-    /// if the child still runs (or `hurry` fired).
-    fn wait_exited(&self, timeout: Duration, hurry: Option<&Trigger>) -> bool {
+    /// if the child still runs (or one of `cut_short` fired, before or
+    /// during the wait).
+    fn wait_exited(&self, timeout: Duration, cut_short: &[&Trigger]) -> bool {
         if self.watch.status().is_some() {
             return true;
         }
+        if cut_short.iter().any(|t| t.has_fired()) {
+            return false;
+        }
         let never = crossbeam_channel::never();
-        let hurry = match hurry {
-            Some(trigger) if !trigger.has_fired() => trigger.receiver(),
-            Some(_) => return false,
-            None => &never,
-        };
+        let first = cut_short.first().map_or(&never, |t| t.receiver());
+        let second = cut_short.get(1).map_or(&never, |t| t.receiver());
         select! {
             recv(self.watch.receiver()) -> _ => true,
-            recv(hurry) -> _ => self.watch.status().is_some(),
+            recv(first) -> _ => self.watch.status().is_some(),
+            recv(second) -> _ => self.watch.status().is_some(),
             default(timeout) => self.watch.status().is_some(),
         }
     }
@@ -218,7 +231,7 @@ mod tests {
         let reaper = reaper();
         let (mut child, io) = spawn(&reaper, &sh("cat >/dev/null; exit 7"), &[]).expect("spawn");
         io.stdio.shutdown(Shutdown::Write).expect("close stdin");
-        let exit = child.stop(Duration::from_secs(10), &trigger());
+        let exit = child.stop(Duration::from_secs(10), &trigger(), &trigger());
         assert_eq!(exit.status.code(), Some(7));
         assert!(!exit.forced);
         assert_eq!(exit.to_string(), "exit status 7");
@@ -236,7 +249,7 @@ mod tests {
             .read_line(&mut line)
             .expect("read");
         assert_eq!(line, "got hi\n");
-        let exit = child.stop(Duration::from_secs(10), &trigger());
+        let exit = child.stop(Duration::from_secs(10), &trigger(), &trigger());
         assert_eq!(exit.status.code(), Some(0));
         reaper.stop();
     }
@@ -258,7 +271,7 @@ mod tests {
             .expect("pid line");
         let grandchild: i32 = line.trim().parse().expect("grandchild pid");
         io.stdio.shutdown(Shutdown::Write).expect("close stdin");
-        let exit = child.stop(Duration::from_millis(50), &trigger());
+        let exit = child.stop(Duration::from_millis(50), &trigger(), &trigger());
         assert!(exit.forced);
         assert_eq!(exit.to_string(), "killed by SIGKILL");
         let gone = (0..400).any(|_| {
@@ -285,7 +298,7 @@ mod tests {
         let grandchild: i32 = out.trim().parse().expect("grandchild pid");
         assert_eq!(
             child
-                .stop(Duration::from_secs(10), &trigger())
+                .stop(Duration::from_secs(10), &trigger(), &trigger())
                 .status
                 .code(),
             Some(0)
@@ -304,9 +317,43 @@ mod tests {
             spawn(&reaper, &sh("trap '' TERM; while :; do sleep 1; done"), &[]).expect("spawn");
         io.stdio.shutdown(Shutdown::Write).expect("close stdin");
         let started = std::time::Instant::now();
-        let exit = child.stop(Duration::from_secs(3600), &hurry);
+        let exit = child.stop(Duration::from_secs(3600), &trigger(), &hurry);
         assert!(exit.forced);
         assert!(started.elapsed() < Duration::from_secs(3600));
+        reaper.stop();
+    }
+
+    #[test]
+    fn a_shutdown_during_the_wait_sends_sigterm_at_once() {
+        let reaper = reaper();
+        let shutdown = trigger();
+        // Ignores end of input, dies of SIGTERM.
+        let (mut child, io) = spawn(&reaper, &sh("while :; do sleep 1; done"), &[]).expect("spawn");
+        io.stdio.shutdown(Shutdown::Write).expect("close stdin");
+        let started = std::time::Instant::now();
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                std::thread::sleep(Duration::from_millis(50));
+                shutdown.fire();
+            });
+            let exit = child.stop(Duration::from_secs(3600), &shutdown, &trigger());
+            assert!(exit.forced);
+            assert_eq!(exit.to_string(), "killed by SIGTERM");
+        });
+        assert!(started.elapsed() < Duration::from_secs(60), "did not wait out the grace");
+        reaper.stop();
+    }
+
+    #[test]
+    fn a_shutdown_that_came_before_leaves_the_child_its_grace() {
+        let reaper = reaper();
+        let shutdown = trigger();
+        shutdown.fire();
+        let (mut child, io) = spawn(&reaper, &sh("cat >/dev/null; exit 4"), &[]).expect("spawn");
+        io.stdio.shutdown(Shutdown::Write).expect("close stdin");
+        let exit = child.stop(Duration::from_secs(10), &shutdown, &trigger());
+        assert!(!exit.forced, "exited on its own at end of input");
+        assert_eq!(exit.status.code(), Some(4));
         reaper.stop();
     }
 

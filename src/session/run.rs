@@ -146,7 +146,11 @@ fn run_session(
     relay.finish_input();
     // Closing its stdin is the polite end (MCP stdio, "Shutdown").
     let _ = socket.stream.shutdown(Shutdown::Write);
-    let exit = child.stop(limits.shutdown_grace, shared.control.hurry);
+    let exit = child.stop(
+        limits.shutdown_grace,
+        shared.control.shutdown,
+        shared.control.hurry,
+    );
     if exit.forced {
         info!(
             "[{id}] child pid={} did not exit after its stdin closed; {exit}",
