@@ -850,18 +850,16 @@ fn inspector_calls_server_everything_through_connect() {
 }
 
 /// No orphan, ever (PRODUCT.md): after the Inspector's `forkline stdio`
-/// session, the server must be gone. It is not yet. The Inspector's
-/// session is shorter than the 350 ms after which server-everything asks
-/// the client for `roots/list`; that request is still pending at EOF, so
-/// Node does not exit. The Inspector (TypeScript SDK `StdioClientTransport
-/// .close()`) waits 2 s, SIGTERMs forkline, waits 2 s, SIGKILLs it, while
-/// forkline waits out `--shutdown-grace` (5 s) after closing the child's
-/// stdin before it SIGTERMs the child. Killed, it leaves the server
-/// (in its own process group) running until the request times out, 60 s.
-/// The same happens with pipes; the server behaves alike on a socket.
+/// session, the server must be gone. The Inspector's session is shorter
+/// than the 350 ms after which server-everything asks the client for
+/// `roots/list`; that request is still pending at EOF, so Node does not
+/// exit on end of input. The Inspector (TypeScript SDK
+/// `StdioClientTransport.close()`) waits 2 s, SIGTERMs forkline, waits 2 s
+/// and SIGKILLs it. forkline, still in the grace it gives the child after
+/// closing its stdin, passes the SIGTERM on to the child's group at once,
+/// so the server is gone before the SIGKILL. (Before, forkline waited out
+/// its 5 s grace, was SIGKILLed, and left the server running for 60 s.)
 #[test]
-#[ignore = "forkline stdio is SIGKILLed by the Inspector before its 5 s grace ends and orphans \
-            the child; un-ignore once stdio ends its child promptly on SIGTERM"]
 fn inspector_leaves_no_server_running() {
     let Some(packages) = NodePackages::find() else {
         return;

@@ -25,7 +25,11 @@ fn after_a_burst_threads_and_descriptors_return_to_their_idle_level() {
     for (n, client) in clients.iter_mut().enumerate() {
         let ping = json!({"jsonrpc": "2.0", "method": "test/ping", "params": {"n": n}});
         client.send(&ping.to_string());
-        assert_eq!(client.recv()["params"]["n"], json!(n), "session {n} answers");
+        assert_eq!(
+            client.recv()["params"]["n"],
+            json!(n),
+            "session {n} answers"
+        );
     }
     let (busy_threads, busy_fds) = (thread_count(pid), fd_count(pid));
     assert!(

@@ -340,7 +340,10 @@ mod tests {
             assert!(exit.forced);
             assert_eq!(exit.to_string(), "killed by SIGTERM");
         });
-        assert!(started.elapsed() < Duration::from_secs(60), "did not wait out the grace");
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "did not wait out the grace"
+        );
         reaper.stop();
     }
 

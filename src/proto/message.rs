@@ -439,12 +439,30 @@ mod tests {
             other => panic!("{json}: {other:?}"),
         };
         let pairs = [
-            (r#"{"jsonrpc":"2.0","id":"req\/1","method":"m"}"#, r#"{"jsonrpc":"2.0","id":"req/1","result":{}}"#),
-            (r#"{"jsonrpc":"2.0","id":"\u0061","method":"m"}"#, r#"{"jsonrpc":"2.0","id":"a","result":{}}"#),
-            (r#"{"jsonrpc":"2.0","id":"caf\u00e9","method":"m"}"#, r#"{"jsonrpc":"2.0","id":"café","result":{}}"#),
-            (r#"{"jsonrpc":"2.0","id":1.0,"method":"m"}"#, r#"{"jsonrpc":"2.0","id":1,"result":{}}"#),
-            (r#"{"jsonrpc":"2.0","id":1e2,"method":"m"}"#, r#"{"jsonrpc":"2.0","id":100,"result":{}}"#),
-            (r#"{"jsonrpc":"2.0","id":-0,"method":"m"}"#, r#"{"jsonrpc":"2.0","id":0,"result":{}}"#),
+            (
+                r#"{"jsonrpc":"2.0","id":"req\/1","method":"m"}"#,
+                r#"{"jsonrpc":"2.0","id":"req/1","result":{}}"#,
+            ),
+            (
+                r#"{"jsonrpc":"2.0","id":"\u0061","method":"m"}"#,
+                r#"{"jsonrpc":"2.0","id":"a","result":{}}"#,
+            ),
+            (
+                r#"{"jsonrpc":"2.0","id":"caf\u00e9","method":"m"}"#,
+                r#"{"jsonrpc":"2.0","id":"café","result":{}}"#,
+            ),
+            (
+                r#"{"jsonrpc":"2.0","id":1.0,"method":"m"}"#,
+                r#"{"jsonrpc":"2.0","id":1,"result":{}}"#,
+            ),
+            (
+                r#"{"jsonrpc":"2.0","id":1e2,"method":"m"}"#,
+                r#"{"jsonrpc":"2.0","id":100,"result":{}}"#,
+            ),
+            (
+                r#"{"jsonrpc":"2.0","id":-0,"method":"m"}"#,
+                r#"{"jsonrpc":"2.0","id":0,"result":{}}"#,
+            ),
         ];
         for (request, answer) in pairs {
             assert_eq!(id_of(request), id_of(answer), "{request} vs {answer}");

@@ -45,19 +45,31 @@ pub struct ChannelClient {
 }
 
 /// The other side of a [`ChannelClient`] (an HTTP front end, or a test).
+/// Dropping it ends the session's input and rings the doorbell, so the
+/// worker sees the end at once.
 pub struct ChannelPeer {
-    pub to_session: Sender<Vec<u8>>,
-    pub from_session: Receiver<Vec<u8>>,
-    pub doorbell: Arc<Doorbell>,
+    to_session: Option<Sender<Vec<u8>>>,
+    from_session: Receiver<Vec<u8>>,
+    doorbell: Arc<Doorbell>,
 }
 
 impl ChannelPeer {
-    /// Sends one message to the session; `false` once the session is gone.
-    /// Blocks while the session's inbox is full.
+    /// Sends one message to the session; `false` once the session is gone
+    /// or input was ended. Blocks while the session's inbox is full.
     pub fn send(&self, line: Vec<u8>) -> bool {
-        let sent = self.to_session.send(line).is_ok();
+        let sent = self
+            .to_session
+            .as_ref()
+            .is_some_and(|to_session| to_session.send(line).is_ok());
         self.doorbell.ring();
         sent
+    }
+
+    /// The client's end of input: the session answers what is in flight
+    /// (within its grace) and ends. Answers can still be received.
+    pub fn end_input(&mut self) {
+        self.to_session = None;
+        self.doorbell.ring();
     }
 
     /// Receives one message from the session, blocking; `None` once the
@@ -81,11 +93,17 @@ pub fn channel_pair(capacity: usize) -> io::Result<(ChannelClient, ChannelPeer)>
             doorbell: Arc::clone(&doorbell),
         },
         ChannelPeer {
-            to_session,
+            to_session: Some(to_session),
             from_session,
             doorbell,
         },
     ))
+}
+
+impl Drop for ChannelPeer {
+    fn drop(&mut self) {
+        self.end_input();
+    }
 }
 
 /// An eventfd the channel side rings to wake the session's worker.

@@ -300,7 +300,7 @@ mod tests {
         let proxy = Proxy::new(
             r#"read line; echo '{"jsonrpc":"2.0","id":1,"result":{"ok":true}}'; cat >/dev/null"#,
         );
-        let (client, peer) = channel_pair(4).expect("channels");
+        let (client, mut peer) = channel_pair(4).expect("channels");
         std::thread::scope(|s| {
             let session = s.spawn(|| {
                 run(
@@ -323,8 +323,7 @@ mod tests {
                     .any(|l| l.starts_with(br#"{"jsonrpc":"2.0","id":1,"result""#))
             );
             assert!(got.iter().any(|l| l.windows(6).any(|w| w == b"-32700")));
-            // Dropping the sender is the client's end of input.
-            drop(peer.to_session);
+            peer.end_input();
             let summary = session.join().expect("session thread");
             assert_eq!(summary.reason, EndReason::ClientClosed);
             assert_eq!(summary.exit.map(|e| e.status.code()), Some(Some(0)));
