@@ -4,9 +4,9 @@
 //! for every client session, spawns a fresh child process of that server
 //! and relays newline-framed JSON-RPC between the two, with limits,
 //! isolation and a clean shutdown. It is synchronous by design: a mio
-//! acceptor, a bounded pool of worker threads, two pump threads per session
-//! that report to its supervisor over crossbeam channels, and a slab of
-//! sessions.
+//! acceptor, a bounded pool of worker threads — one per session, moving
+//! both directions from one `poll(2)` — a reaper thread for every child's
+//! exit, a thread for every child's stderr, and a slab of sessions.
 //!
 //! The binary is a thin shell over these modules; `run` is its entry.
 

@@ -1,11 +1,11 @@
 //! TCP and Unix listeners and their streams, behind one enum each.
 //!
-//! Listeners are non-blocking (they live in the acceptor's `Poll`);
-//! accepted streams are switched to blocking, because each session reads
-//! and writes them from its own threads. A Unix listener owns its socket
+//! Listeners are non-blocking (they live in the acceptor's `Poll`), and
+//! so are accepted streams: each session's worker moves both directions
+//! from one `poll(2)` and never blocks in a read or a write. A Unix listener owns its socket
 //! file: a stale one is replaced at bind, ours is removed on drop.
 
-use std::io::{self, Read, Write};
+use std::io;
 use std::net::Shutdown;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::os::unix::fs::FileTypeExt;
@@ -209,59 +209,20 @@ fn peer_uid(stream: &std::os::unix::net::UnixStream) -> io::Result<u32> {
     Ok(cred.uid)
 }
 
-/// A connected client stream. The session's client pump reads it through
-/// `&Stream` (like `&TcpStream`); both pumps write its fd without blocking
-/// (see `writer`); `shutdown_read` wakes the reading pump.
+/// A connected client stream, non-blocking: the session's worker reads
+/// and writes its fd after `poll(2)` says so.
 pub enum Stream {
     Tcp(std::net::TcpStream),
     Unix(std::os::unix::net::UnixStream),
 }
 
 impl Stream {
-    /// Wakes a thread blocked reading this stream (it sees EOF), and
-    /// leaves writing possible.
-    pub fn shutdown_read(&self) {
-        let _ = match self {
-            Stream::Tcp(s) => s.shutdown(Shutdown::Read),
-            Stream::Unix(s) => s.shutdown(Shutdown::Read),
-        };
-    }
-
-    /// Wakes any thread blocked on this stream; later I/O fails or sees EOF.
+    /// Ends the connection both ways (after a refusal line).
     pub fn shutdown(&self) {
         let _ = match self {
             Stream::Tcp(s) => s.shutdown(Shutdown::Both),
             Stream::Unix(s) => s.shutdown(Shutdown::Both),
         };
-    }
-}
-
-impl Read for &Stream {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        match *self {
-            Stream::Tcp(s) => (&*s).read(buf),
-            Stream::Unix(s) => (&*s).read(buf),
-        }
-    }
-}
-
-impl Write for &Stream {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        match *self {
-            Stream::Tcp(s) => (&*s).write(buf),
-            Stream::Unix(s) => (&*s).write(buf),
-        }
-    }
-
-    fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
-        match *self {
-            Stream::Tcp(s) => (&*s).write_vectored(bufs),
-            Stream::Unix(s) => (&*s).write_vectored(bufs),
-        }
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
     }
 }
 

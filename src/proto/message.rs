@@ -1,6 +1,6 @@
 //! JSON-RPC 2.0 envelopes: what a framed line is, read cheaply.
 //!
-//! The pumps forward original bytes and never re-serialise a message, so
+//! The session worker forwards original bytes and never re-serialise a message, so
 //! all it needs is the shape (request, notification, response), the `id`
 //! and the `method`. One serde pass validates the whole line and borrows
 //! those three fields; no value tree is built.
