@@ -34,12 +34,12 @@
 
 mod common;
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::thread::{self, JoinHandle};
+use std::thread::JoinHandle;
 use std::time::Duration;
 
+use common::interop::{descendants, drain, join_within, sdk_python, skip_unless_ci};
 use common::*;
 use serde_json::{Value, json};
 
@@ -70,18 +70,9 @@ const EVERYTHING_VERSION: &str = "2025-11-25";
 /// SDK launched (see `with_exit_report`).
 const EXIT_MARKER: &str = "forkline-node-test: server command exited with status ";
 
-fn in_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0")
-}
-
 /// Passes (after a notice) when `what` is missing outside CI; panics in CI.
 fn missing(what: &str) {
-    assert!(
-        !in_ci(),
-        "CI is set but {what}. .ci/run should have installed it with .ci/setup-sdk; the \
-         Node interop tests must run in CI, not be skipped"
-    );
-    eprintln!("notice: skipping Node interop test: {what} (run .ci/setup-sdk to enable it)");
+    skip_unless_ci(what);
 }
 
 /// The Node packages in `target/npm`.
@@ -119,29 +110,6 @@ impl NodePackages {
             "stdio".to_string(),
         ]
     }
-}
-
-/// The Python with the MCP SDK (as in tests/interop_sdk.rs), or `None`
-/// after a notice.
-fn sdk_python() -> Option<PathBuf> {
-    if let Some(path) = std::env::var_os("FORKLINE_SDK_PYTHON").filter(|p| !p.is_empty()) {
-        let path = PathBuf::from(path);
-        assert!(
-            path.exists(),
-            "FORKLINE_SDK_PYTHON={} does not exist; run .ci/setup-sdk or unset it",
-            path.display()
-        );
-        return Some(path);
-    }
-    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/sdk-venv/bin/python");
-    if venv.exists() {
-        return Some(venv);
-    }
-    missing(&format!(
-        "there is no Python with the MCP SDK ({} does not exist, FORKLINE_SDK_PYTHON is unset)",
-        venv.display()
-    ));
-    None
 }
 
 /// Makes this test process the reaper of orphans among its descendants
@@ -313,39 +281,6 @@ impl Drop for ClientRun {
     fn drop(&mut self) {
         self.kill_all();
     }
-}
-
-fn drain(mut pipe: impl Read + Send + 'static) -> JoinHandle<Vec<u8>> {
-    thread::spawn(move || {
-        let mut buf = Vec::new();
-        let _ = pipe.read_to_end(&mut buf);
-        buf
-    })
-}
-
-/// Joins a pipe reader if it ends within `timeout` (a process the client
-/// launched could hold the pipe open; then the reader is left behind).
-fn join_within(handle: Option<JoinHandle<Vec<u8>>>, timeout: Duration) -> String {
-    let Some(handle) = handle else {
-        return String::new();
-    };
-    if !poll_until(timeout, || handle.is_finished()) {
-        return "<pipe still open: something the client launched outlived it>".to_string();
-    }
-    String::from_utf8_lossy(&handle.join().unwrap_or_default()).into_owned()
-}
-
-/// Every live descendant of `pid`, children first.
-fn descendants(pid: u32) -> Vec<u32> {
-    let mut out = Vec::new();
-    let mut queue = vec![pid];
-    while let Some(parent) = queue.pop() {
-        for (child, _) in children_of(parent) {
-            out.push(child);
-            queue.push(child);
-        }
-    }
-    out
 }
 
 // ---- the Python SDK client --------------------------------------------------

@@ -17,12 +17,12 @@
 
 mod common;
 
-use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::thread::{self, JoinHandle};
+use std::thread::JoinHandle;
 use std::time::Duration;
 
+use common::interop::{descendants, drain, join_within, sdk_python};
 use common::*;
 use serde_json::Value;
 
@@ -40,38 +40,6 @@ const ECHO_TEXT: &str = "forkline ✓ «interop» \"quoted\" \\ tab\tend";
 /// Marker the `sh` wrapper prints with the exit status of the command the
 /// SDK launched (see `with_exit_report`).
 const EXIT_MARKER: &str = "forkline-sdk-test: server command exited with status ";
-
-/// The Python to run the SDK client with, or `None` (after a notice) when
-/// there is none and this is not CI.
-fn sdk_python() -> Option<PathBuf> {
-    if let Some(path) = std::env::var_os("FORKLINE_SDK_PYTHON").filter(|p| !p.is_empty()) {
-        let path = PathBuf::from(path);
-        assert!(
-            path.exists(),
-            "FORKLINE_SDK_PYTHON={} does not exist; run .ci/setup-sdk or unset it",
-            path.display()
-        );
-        return Some(path);
-    }
-    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/sdk-venv/bin/python");
-    if venv.exists() {
-        return Some(venv);
-    }
-    let in_ci = std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0");
-    assert!(
-        !in_ci,
-        "CI is set but there is no Python with the MCP SDK: neither FORKLINE_SDK_PYTHON nor \
-         {} exists. .ci/run should have set it up with .ci/setup-sdk; the SDK interop tests \
-         must run in CI, not be skipped",
-        venv.display()
-    );
-    eprintln!(
-        "notice: skipping MCP SDK interop test: no {} and FORKLINE_SDK_PYTHON is unset \
-         (run .ci/setup-sdk to enable these tests)",
-        venv.display()
-    );
-    None
-}
 
 /// Wraps `command` in `sh` so its exit status is printed to stderr with
 /// `EXIT_MARKER`. The SDK closes the server's stdin at the end and, if it
@@ -171,40 +139,6 @@ impl Drop for SdkClient {
     fn drop(&mut self) {
         self.kill_all();
     }
-}
-
-fn drain(mut pipe: impl Read + Send + 'static) -> JoinHandle<Vec<u8>> {
-    thread::spawn(move || {
-        let mut buf = Vec::new();
-        let _ = pipe.read_to_end(&mut buf);
-        buf
-    })
-}
-
-/// Joins a pipe reader if it ends within `timeout` (an orphaned grandchild
-/// could hold the pipe open; then the reader is left behind, not waited on
-/// forever).
-fn join_within(handle: Option<JoinHandle<Vec<u8>>>, timeout: Duration) -> String {
-    let Some(handle) = handle else {
-        return String::new();
-    };
-    if !poll_until(timeout, || handle.is_finished()) {
-        return "<pipe still open: something the client launched outlived it>".to_string();
-    }
-    String::from_utf8_lossy(&handle.join().unwrap_or_default()).into_owned()
-}
-
-/// Every live descendant of `pid`, children first.
-fn descendants(pid: u32) -> Vec<u32> {
-    let mut out = Vec::new();
-    let mut queue = vec![pid];
-    while let Some(parent) = queue.pop() {
-        for (child, _) in children_of(parent) {
-            out.push(child);
-            queue.push(child);
-        }
-    }
-    out
 }
 
 /// Runs sdk_client.py against `server` and returns its report; panics with
