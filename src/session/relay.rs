@@ -168,10 +168,6 @@ impl<'a> Relay<'a> {
         }
     }
 
-    pub fn rules(&self) -> &Rules {
-        &self.core.rules
-    }
-
     /// Relays until the session ends; returns why. Blocks the calling
     /// thread, waking only for I/O, a broadcast or a deadline.
     pub fn run(&mut self) -> EndReason {

@@ -5,7 +5,7 @@ use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::time::Duration;
 
-use crate::sys::poll::wait_any;
+use crate::sys::poll::poll;
 
 /// A one-shot, level-triggered wake-up, observable through `poll(2)` by any
 /// number of threads. Backed by an eventfd: ringing it makes it readable
@@ -34,10 +34,12 @@ impl Alarm {
     }
 
     pub fn is_ringing(&self) -> bool {
-        matches!(
-            wait_any(&[(self.fd.as_fd(), libc::POLLIN)], Some(Duration::ZERO)),
-            Ok(Some(_))
-        )
+        let mut fds = [libc::pollfd {
+            fd: self.fd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        }];
+        matches!(poll(&mut fds, Some(Duration::ZERO)), Ok(1))
     }
 
     pub fn as_fd(&self) -> BorrowedFd<'_> {

@@ -1,29 +1,8 @@
-//! `poll(2)` over borrowed fds, and switching an fd to non-blocking mode.
+//! `poll(2)` with EINTR handled, and switching an fd to non-blocking mode.
 
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd};
 use std::time::{Duration, Instant};
-
-/// Waits until one of `fds` is ready for its `events` or `timeout` passes.
-/// Returns the index of a ready fd, or `None` on timeout. Retries on EINTR
-/// with the time that is left.
-pub fn wait_any(
-    fds: &[(BorrowedFd<'_>, libc::c_short)],
-    timeout: Option<Duration>,
-) -> io::Result<Option<usize>> {
-    let mut pollfds: Vec<libc::pollfd> = fds
-        .iter()
-        .map(|(fd, events)| libc::pollfd {
-            fd: fd.as_raw_fd(),
-            events: *events,
-            revents: 0,
-        })
-        .collect();
-    if poll(&mut pollfds, timeout)? == 0 {
-        return Ok(None);
-    }
-    Ok(pollfds.iter().position(|p| p.revents != 0))
-}
 
 /// Switches an fd we own alone (a child's pipe end) to non-blocking mode.
 pub fn set_nonblocking(fd: BorrowedFd<'_>) -> io::Result<()> {
