@@ -39,7 +39,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use common::interop::{descendants, drain, join_within, sdk_python, skip_unless_ci};
+use common::interop::{SdkReport, descendants, drain, join_within, sdk_python, skip_unless_ci};
 use common::*;
 use serde_json::{Value, json};
 
@@ -301,16 +301,6 @@ fn with_exit_report(command: &[String]) -> Vec<String> {
     wrapped
 }
 
-/// What sdk_client.py reported.
-#[derive(Debug)]
-struct SdkReport {
-    era: String,
-    protocol_version: String,
-    tools: Vec<String>,
-    echo: String,
-    stderr: String,
-}
-
 /// The `echo` tool sdk_client.py calls: its argument's name, and how
 /// often `ECHO_TEXT` is repeated in it.
 struct EchoCall {
@@ -350,35 +340,7 @@ fn run_sdk(
         )
     };
     assert!(outcome.succeeded(), "sdk_client.py failed\n{}", context());
-    let line = outcome.stdout.lines().rev().find(|l| !l.trim().is_empty());
-    let json: Value = serde_json::from_str(line.unwrap_or(""))
-        .unwrap_or_else(|e| panic!("sdk_client.py printed no JSON report ({e})\n{}", context()));
-    let field = |name: &str| {
-        json[name]
-            .as_str()
-            .unwrap_or_else(|| panic!("report lacks string {name:?}\n{}", context()))
-            .to_string()
-    };
-    let tools = json["tools"]
-        .as_array()
-        .unwrap_or_else(|| panic!("report lacks \"tools\"\n{}", context()))
-        .iter()
-        .map(|t| t.as_str().expect("tool names are strings").to_string())
-        .collect();
-    // The SDK logs (and drops) any line it cannot parse: forkline must
-    // never hand the client garbage, nor split or join the server's lines.
-    assert!(
-        !outcome.stderr.contains("Failed to parse JSONRPC message"),
-        "the SDK received a line that is not JSON-RPC\n{}",
-        context()
-    );
-    SdkReport {
-        era: field("era"),
-        protocol_version: field("protocol_version"),
-        tools,
-        echo: field("echo"),
-        stderr: outcome.stderr.clone(),
-    }
+    SdkReport::parse(&outcome.stdout, &outcome.stderr, context)
 }
 
 /// The handshake era was negotiated with server-everything, it lists

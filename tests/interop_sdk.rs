@@ -22,7 +22,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use common::interop::{descendants, drain, join_within, sdk_python};
+use common::interop::{SdkReport, descendants, drain, join_within, sdk_python};
 use common::*;
 use serde_json::Value;
 
@@ -55,17 +55,6 @@ fn with_exit_report(command: &[String]) -> Vec<String> {
     ];
     wrapped.extend_from_slice(command);
     wrapped
-}
-
-/// What sdk_client.py reported.
-#[derive(Debug)]
-struct SdkReport {
-    era: String,
-    protocol_version: String,
-    tools: Vec<String>,
-    echo: String,
-    /// The client's stderr, which includes the launched command's stderr.
-    stderr: String,
 }
 
 /// A running sdk_client.py. Dropping it kills the Python process and the
@@ -161,39 +150,7 @@ fn run_sdk(python: &Path, server: &[String], proxy: Option<&Forkline>) -> SdkRep
         Some(s) if !s.success() => panic!("sdk_client.py failed ({s})\n{}", context()),
         Some(_) => {}
     }
-    let line = stdout
-        .lines()
-        .rev()
-        .find(|l| !l.trim().is_empty())
-        .unwrap_or("");
-    let json: Value = serde_json::from_str(line)
-        .unwrap_or_else(|e| panic!("sdk_client.py printed no JSON report ({e})\n{}", context()));
-    let field = |name: &str| {
-        json[name]
-            .as_str()
-            .unwrap_or_else(|| panic!("report lacks string {name:?}: {json}\n{}", context()))
-            .to_string()
-    };
-    let tools = json["tools"]
-        .as_array()
-        .unwrap_or_else(|| panic!("report lacks \"tools\": {json}\n{}", context()))
-        .iter()
-        .map(|t| t.as_str().expect("tool names are strings").to_string())
-        .collect();
-    // The SDK logs (and drops) any line from the server it cannot parse:
-    // forkline must never hand the client garbage.
-    assert!(
-        !stderr.contains("Failed to parse JSONRPC message"),
-        "the SDK received a line that is not JSON-RPC\n{}",
-        context()
-    );
-    SdkReport {
-        era: field("era"),
-        protocol_version: field("protocol_version"),
-        tools,
-        echo: field("echo"),
-        stderr,
-    }
+    SdkReport::parse(&stdout, &stderr, context)
 }
 
 /// The stateless era was negotiated, and the tool works.

@@ -86,3 +86,51 @@ pub fn descendants(pid: u32) -> Vec<u32> {
     }
     out
 }
+
+/// What sdk_client.py reported.
+#[derive(Debug)]
+pub struct SdkReport {
+    pub era: String,
+    pub protocol_version: String,
+    pub tools: Vec<String>,
+    pub echo: String,
+    pub stderr: String,
+}
+
+impl SdkReport {
+    /// Reads the JSON line sdk_client.py printed last; panics with
+    /// `context()` when there is none or it lacks a field, and when the SDK
+    /// logged a line it could not parse (forkline must never hand a client
+    /// garbage, nor split or join the server's lines).
+    pub fn parse(stdout: &str, stderr: &str, context: impl Fn() -> String) -> SdkReport {
+        let line = stdout.lines().rev().find(|l| !l.trim().is_empty());
+        let json: serde_json::Value =
+            serde_json::from_str(line.unwrap_or("")).unwrap_or_else(|e| {
+                panic!("sdk_client.py printed no JSON report ({e})\n{}", context())
+            });
+        let field = |name: &str| {
+            json[name]
+                .as_str()
+                .unwrap_or_else(|| panic!("report lacks string {name:?}: {json}\n{}", context()))
+                .to_string()
+        };
+        let tools = json["tools"]
+            .as_array()
+            .unwrap_or_else(|| panic!("report lacks \"tools\": {json}\n{}", context()))
+            .iter()
+            .map(|t| t.as_str().expect("tool names are strings").to_string())
+            .collect();
+        assert!(
+            !stderr.contains("Failed to parse JSONRPC message"),
+            "the SDK received a line that is not JSON-RPC\n{}",
+            context()
+        );
+        SdkReport {
+            era: field("era"),
+            protocol_version: field("protocol_version"),
+            tools,
+            echo: field("echo"),
+            stderr: stderr.to_string(),
+        }
+    }
+}
