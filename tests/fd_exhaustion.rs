@@ -11,7 +11,10 @@
 mod common;
 
 use std::io::Read;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::net::UnixStream;
+use std::path::Path;
 
 use common::{PATIENCE, TempDir, poll_until};
 use forkline::config::{ChildCommand, Limits, ListenAddr, ServeConfig};
@@ -47,7 +50,12 @@ fn accept_out_of_descriptors_refuses_every_waiting_connection_with_a_line() {
         "the listener never appeared"
     );
 
-    // Use up every descriptor of this process but the clients' own.
+    // The clients' sockets are made first and connected only once this
+    // process has no descriptor left, so every `accept` the acceptor tries
+    // fails with EMFILE and only its reserve can answer them. (The listener
+    // is bound after the rest of serve's set-up, so nothing of the server's
+    // is still to be opened.)
+    let sockets: Vec<OwnedFd> = (0..WAITING_CLIENTS).map(|_| unix_socket()).collect();
     let mut hoard = Vec::new();
     for _ in 0..FD_LIMIT {
         match std::fs::File::open("/dev/null") {
@@ -56,13 +64,10 @@ fn accept_out_of_descriptors_refuses_every_waiting_connection_with_a_line() {
         }
     }
     assert!(
-        hoard.len() > WAITING_CLIENTS,
+        std::fs::File::open("/dev/null").is_err(),
         "could not exhaust descriptors"
     );
-    hoard.truncate(hoard.len() - WAITING_CLIENTS);
-    let mut clients: Vec<UnixStream> = (0..WAITING_CLIENTS)
-        .map(|_| UnixStream::connect(&socket).expect("connect while fds remain"))
-        .collect();
+    let mut clients: Vec<UnixStream> = sockets.into_iter().map(|fd| connect(fd, &socket)).collect();
 
     for client in &mut clients {
         client
@@ -93,4 +98,30 @@ fn accept_out_of_descriptors_refuses_every_waiting_connection_with_a_line() {
         .join()
         .expect("the acceptor thread")
         .expect("serve returns Ok after SIGTERM");
+}
+
+/// An unconnected Unix stream socket: `UnixStream::connect` would need a
+/// new descriptor at the moment there are none.
+fn unix_socket() -> OwnedFd {
+    // SAFETY: plain socket(2); the result is checked before use.
+    let fd = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
+    // SAFETY: `fd` was just created and is owned by nothing else.
+    unsafe { OwnedFd::from_raw_fd(fd) }
+}
+
+fn connect(fd: OwnedFd, path: &Path) -> UnixStream {
+    // SAFETY: all-zero is a valid sockaddr_un.
+    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    let bytes = path.as_os_str().as_bytes();
+    assert!(bytes.len() < addr.sun_path.len(), "socket path too long");
+    for (dst, src) in addr.sun_path.iter_mut().zip(bytes) {
+        *dst = *src as libc::c_char;
+    }
+    let len = std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
+    // SAFETY: `addr` is a filled sockaddr_un of `len` bytes; `fd` is a socket.
+    let rc = unsafe { libc::connect(fd.as_raw_fd(), (&raw const addr).cast(), len) };
+    assert_eq!(rc, 0, "connect: {}", std::io::Error::last_os_error());
+    UnixStream::from(fd)
 }

@@ -23,7 +23,7 @@ use signal_hook_mio::v1_0::Signals;
 
 use crate::child::reaper::Reaper;
 use crate::child::stderr::StderrLog;
-use crate::config::ServeConfig;
+use crate::config::{ListenAddr, ServeConfig};
 use crate::error::{Context, Error};
 use crate::net::fd_limit::{self, Reserve};
 use crate::net::listener::{AcceptError, Accepted, Listener, Stream};
@@ -76,14 +76,6 @@ pub fn serve(config: ServeConfig) -> Result<(), Error> {
         .register(&mut signals, SIGNALS, Interest::READABLE)
         .context(|| "cannot watch signals".into())?;
 
-    let mut listeners = Vec::with_capacity(config.listen.len());
-    for (i, addr) in config.listen.iter().enumerate() {
-        let mut listener = Listener::bind(addr)?;
-        poll.registry()
-            .register(&mut listener, Token(FIRST_LISTENER + i), Interest::READABLE)
-            .context(|| format!("cannot watch {addr}"))?;
-        listeners.push(Some(listener));
-    }
     let proxy = Arc::new(Proxy {
         stderr: StderrLog::start().context(|| "cannot start the stderr log thread".into())?,
         reaper: Reaper::start().context(|| "cannot start the child reaper".into())?,
@@ -92,6 +84,15 @@ pub fn serve(config: ServeConfig) -> Result<(), Error> {
         config,
     });
     let mut reserve = Reserve::new();
+    // Bound last: once a socket exists, everything serving it is in place,
+    // so a client (or a test) that sees the socket file can rely on that.
+    let mut listeners = match bind_all(&proxy.config.listen, &poll) {
+        Ok(listeners) => listeners,
+        Err(e) => {
+            proxy.reaper.stop();
+            return Err(e);
+        }
+    };
     let limits = &proxy.config.limits;
     let capacity = fd_limit::session_capacity(fd_limit, fd_limit::open_fds());
     if limits.max_sessions > capacity {
@@ -184,6 +185,18 @@ pub fn serve(config: ServeConfig) -> Result<(), Error> {
     proxy.reaper.stop();
     info!("shut down cleanly");
     Ok(())
+}
+
+fn bind_all(addrs: &[ListenAddr], poll: &Poll) -> Result<Vec<Option<Listener>>, Error> {
+    let mut listeners = Vec::with_capacity(addrs.len());
+    for (i, addr) in addrs.iter().enumerate() {
+        let mut listener = Listener::bind(addr)?;
+        poll.registry()
+            .register(&mut listener, Token(FIRST_LISTENER + i), Interest::READABLE)
+            .context(|| format!("cannot watch {addr}"))?;
+        listeners.push(Some(listener));
+    }
+    Ok(listeners)
 }
 
 fn on_signal(signal: i32, proxy: &Proxy, listeners: &mut [Option<Listener>], poll: &Poll) {
