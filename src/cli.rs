@@ -60,6 +60,18 @@ pub struct ServeArgs {
     /// replaced and the file is removed at exit
     #[arg(long = "unix", value_name = "PATH")]
     pub unix: Vec<PathBuf>,
+    /// Serve MCP Streamable HTTP at http://ADDR/mcp (and the older HTTP+SSE
+    /// transport at /sse); repeatable
+    #[arg(long = "http", value_name = "ADDR", value_parser = parse_socket_addr)]
+    pub http: Vec<std::net::SocketAddr>,
+    /// HTTP clients must send `Authorization: Bearer TOKEN` with a token
+    /// from this file (one `name:token` per line; the name is the principal)
+    #[arg(long, value_name = "PATH")]
+    pub auth_token_file: Option<PathBuf>,
+    /// Accept HTTP requests from this browser Origin besides localhost
+    /// (e.g. https://app.example); repeatable
+    #[arg(long = "allow-origin", value_name = "ORIGIN")]
+    pub allow_origin: Vec<String>,
     #[command(flatten)]
     pub limits: LimitArgs,
     /// The MCP server to run for each session (default: `forkline
@@ -174,7 +186,7 @@ impl ServeArgs {
     pub fn to_config(&self) -> Result<ServeConfig, Error> {
         let mut listen: Vec<ListenAddr> = self.tcp.iter().copied().map(ListenAddr::Tcp).collect();
         listen.extend(self.unix.iter().cloned().map(ListenAddr::Unix));
-        if listen.is_empty() {
+        if listen.is_empty() && self.http.is_empty() {
             listen.push(ListenAddr::Tcp(std::net::SocketAddr::from((
                 [127, 0, 0, 1],
                 7070,
@@ -189,8 +201,17 @@ impl ServeArgs {
                 )
             })?,
         };
+        let tokens = match &self.auth_token_file {
+            Some(path) => Some(crate::http::security::read_token_file(path)?),
+            None => None,
+        };
         Ok(ServeConfig {
             listen,
+            http: self.http.clone(),
+            access: crate::http::security::Access {
+                tokens,
+                allowed_origins: self.allow_origin.clone(),
+            },
             limits: self.limits.to_limits(),
             command,
         })

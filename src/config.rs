@@ -88,7 +88,12 @@ impl std::fmt::Display for ChildCommand {
 /// Everything `serve` needs.
 #[derive(Debug, Clone)]
 pub struct ServeConfig {
+    /// Raw-socket listeners (TCP, Unix).
     pub listen: Vec<ListenAddr>,
+    /// Streamable HTTP (and HTTP+SSE) listeners.
+    pub http: Vec<std::net::SocketAddr>,
+    /// Who may use the HTTP listeners.
+    pub access: crate::http::security::Access,
     pub limits: Limits,
     pub command: ChildCommand,
 }

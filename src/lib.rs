@@ -15,6 +15,7 @@ pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod error;
+pub mod http;
 pub mod logging;
 pub mod net;
 pub mod proto;

@@ -34,6 +34,8 @@ fn accept_out_of_descriptors_refuses_every_waiting_connection_with_a_line() {
     let socket = dir.path.join("forkline.sock");
     let config = ServeConfig {
         listen: vec![ListenAddr::Unix(socket.clone())],
+        http: Vec::new(),
+        access: Default::default(),
         limits: Limits {
             max_sessions: 1000,
             max_sessions_per_client: 1000,

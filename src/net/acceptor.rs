@@ -25,15 +25,18 @@ use crate::child::reaper::Reaper;
 use crate::child::stderr::StderrLog;
 use crate::config::{ListenAddr, ServeConfig};
 use crate::error::{Context, Error};
+use crate::http::frontend::{Admit, CHANNEL_CAPACITY, Frontend};
 use crate::net::fd_limit::{self, Reserve};
 use crate::net::listener::{AcceptError, Accepted, Listener, Stream};
 use crate::proto::message::{Message, code};
-use crate::session::client::{ClientSide, StreamClient};
+use crate::session::client::{
+    ChannelClient, ChannelPeer, ClientSide, Notify, StreamClient, notifying_pair,
+};
 use crate::session::outbox::WriteKind;
 use crate::session::pool::Pool;
 use crate::session::relay::Control;
 use crate::session::run::{self as session, Shared};
-use crate::session::table::{Refusal, Sessions, Slot};
+use crate::session::table::{ClientKey, Refusal, SessionId, Sessions, Slot};
 use crate::shutdown::Trigger;
 use crate::sys::socket;
 
@@ -41,6 +44,8 @@ const SIGNALS: Token = Token(0);
 const WAKER: Token = Token(1);
 /// Listener `i` is registered as `Token(FIRST_LISTENER + i)`.
 const FIRST_LISTENER: usize = 2;
+/// How long, at shutdown, HTTP answers already owed may take to be written.
+const HTTP_LINGER: Duration = Duration::from_secs(2);
 
 /// After a failure that does not concern one connection (out of memory or
 /// buffers, out of descriptors with no reserve), the backlog is tried
@@ -86,8 +91,19 @@ pub fn serve(config: ServeConfig) -> Result<(), Error> {
     let mut reserve = Reserve::new();
     // Bound last: once a socket exists, everything serving it is in place,
     // so a client (or a test) that sees the socket file can rely on that.
-    let mut listeners = match bind_all(&proxy.config.listen, &poll) {
-        Ok(listeners) => listeners,
+    let bound = bind_all(&proxy.config.listen, &poll).and_then(|listeners| {
+        let http = Frontend::bind(
+            &proxy.config.http,
+            poll.registry(),
+            Arc::clone(&waker),
+            proxy.config.access.clone(),
+            proxy.config.limits.max_message_bytes,
+            proxy.config.limits.max_sessions,
+        )?;
+        Ok((listeners, http))
+    });
+    let (mut listeners, mut http) = match bound {
+        Ok(bound) => bound,
         Err(e) => {
             proxy.reaper.stop();
             return Err(e);
@@ -107,6 +123,9 @@ pub fn serve(config: ServeConfig) -> Result<(), Error> {
     // Written whatever the log level: scripts and tests read these lines.
     for listener in listeners.iter().flatten() {
         eprintln!("forkline: listening on {}", listener.local_addr());
+    }
+    for addr in http.local_addrs() {
+        eprintln!("forkline: listening on http://{addr}/mcp");
     }
     info!(
         "serving `{}` max_sessions={} fd_limit={fd_limit} fd_capacity={capacity}",
@@ -134,8 +153,16 @@ pub fn serve(config: ServeConfig) -> Result<(), Error> {
     // Listeners whose backlog must be tried again after ACCEPT_RETRY.
     let mut retry_at: Option<Instant> = None;
 
+    // Once the last session has ended at shutdown, how long what is owed
+    // to HTTP clients may take to be written before the loop ends anyway.
+    let mut linger_until: Option<Instant> = None;
+
     loop {
-        let timeout = retry_at.map(|at| at.saturating_duration_since(Instant::now()));
+        let wake_at = [retry_at, http.next_deadline(), linger_until]
+            .into_iter()
+            .flatten()
+            .min();
+        let timeout = wake_at.map(|at| at.saturating_duration_since(Instant::now()));
         if let Err(e) = poll.poll(&mut events, timeout) {
             if e.kind() == io::ErrorKind::Interrupted {
                 continue;
@@ -146,17 +173,33 @@ pub fn serve(config: ServeConfig) -> Result<(), Error> {
             });
         }
         let mut ready: Vec<usize> = Vec::new();
+        let mut woken = false;
         for event in events.iter() {
             match event.token() {
                 SIGNALS => {
                     for signal in signals.pending() {
-                        on_signal(signal, &proxy, &mut listeners, &poll);
+                        if on_signal(signal, &proxy, &mut listeners, &poll) {
+                            http.begin_shutdown(poll.registry());
+                        }
                     }
                 }
-                WAKER => {}
+                WAKER => woken = true,
+                token if Frontend::owns(token) => {
+                    let mut admit = HttpAdmission {
+                        sessions: &sessions,
+                        proxy: &proxy,
+                        pool: &mut pool,
+                        fd_limit,
+                    };
+                    http.on_event(poll.registry(), token, &mut admit);
+                }
                 Token(n) => ready.push(n - FIRST_LISTENER),
             }
         }
+        if woken {
+            http.on_wake(poll.registry());
+        }
+        http.on_timers(poll.registry());
         if retry_at.is_some_and(|at| Instant::now() >= at) {
             retry_at = None;
             ready.extend(0..listeners.len());
@@ -178,7 +221,10 @@ pub fn serve(config: ServeConfig) -> Result<(), Error> {
         }
         pool.reap_exited();
         if proxy.shutdown.has_fired() && sessions.is_empty() {
-            break;
+            let until = *linger_until.get_or_insert_with(|| Instant::now() + HTTP_LINGER);
+            if http.is_flushed() || Instant::now() >= until {
+                break;
+            }
         }
     }
     pool.join();
@@ -199,7 +245,8 @@ fn bind_all(addrs: &[ListenAddr], poll: &Poll) -> Result<Vec<Option<Listener>>, 
     Ok(listeners)
 }
 
-fn on_signal(signal: i32, proxy: &Proxy, listeners: &mut [Option<Listener>], poll: &Poll) {
+/// Returns whether this signal began the shutdown.
+fn on_signal(signal: i32, proxy: &Proxy, listeners: &mut [Option<Listener>], poll: &Poll) -> bool {
     let name = if signal == SIGINT {
         "SIGINT"
     } else {
@@ -208,7 +255,7 @@ fn on_signal(signal: i32, proxy: &Proxy, listeners: &mut [Option<Listener>], pol
     if proxy.shutdown.has_fired() {
         warn!("{name} again: skipping the grace period");
         proxy.hurry.fire();
-        return;
+        return false;
     }
     info!(
         "{name}: shutting down; in-flight requests get up to {:?}",
@@ -222,6 +269,7 @@ fn on_signal(signal: i32, proxy: &Proxy, listeners: &mut [Option<Listener>], pol
         }
     }
     proxy.shutdown.fire();
+    true
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -340,16 +388,7 @@ fn refuse(stream: &Stream, refusal: &Refusal) {
 }
 
 fn run_session(slot: Slot, stream: Stream, peer: &str, proxy: &Proxy) {
-    let shared = Shared {
-        command: &proxy.config.command,
-        limits: &proxy.config.limits,
-        control: Control {
-            shutdown: &proxy.shutdown,
-            hurry: &proxy.hurry,
-        },
-        stderr: &proxy.stderr,
-        reaper: &proxy.reaper,
-    };
+    let shared = shared(proxy);
     let client = ClientSide::Stream(StreamClient {
         read: stream.as_fd(),
         write: stream.as_fd(),
@@ -367,6 +406,69 @@ fn run_session(slot: Slot, stream: Stream, peer: &str, proxy: &Proxy) {
     // session and, during shutdown, may find the table empty.
     drop(stream);
     drop(slot);
+}
+
+/// What the HTTP front end admits sessions through.
+struct HttpAdmission<'a> {
+    sessions: &'a Sessions,
+    proxy: &'a Arc<Proxy>,
+    pool: &'a mut Pool,
+    fd_limit: u64,
+}
+
+impl Admit for HttpAdmission<'_> {
+    fn admit(
+        &mut self,
+        client: ClientKey,
+        peer: String,
+        transport: &'static str,
+        notify: Notify,
+    ) -> Result<(SessionId, ChannelPeer), Refusal> {
+        let slot = self.sessions.try_admit(client, peer.clone(), transport)?;
+        let id = slot.id();
+        let (channels, channel_peer) = match notifying_pair(CHANNEL_CAPACITY, Some(notify)) {
+            Ok(pair) => pair,
+            Err(e) => {
+                error!("cannot set up an HTTP session's channels: {e}");
+                return Err(Refusal::Descriptors {
+                    fds: self.fd_limit,
+                    sessions: 0,
+                });
+            }
+        };
+        let job_proxy = Arc::clone(self.proxy);
+        let job = Box::new(move || run_channel_session(slot, channels, &peer, &job_proxy));
+        if self.pool.execute(job).is_err() {
+            error!("no worker could take a session; HTTP session dropped");
+        }
+        Ok((id, channel_peer))
+    }
+}
+
+fn run_channel_session(slot: Slot, channels: ChannelClient, peer: &str, proxy: &Proxy) {
+    let shared = shared(proxy);
+    session::run(
+        slot.id(),
+        peer,
+        &shared,
+        ClientSide::Channels(channels),
+        |pid| slot.set_child_pid(pid),
+        None,
+    );
+    drop(slot);
+}
+
+fn shared(proxy: &Proxy) -> Shared<'_> {
+    Shared {
+        command: &proxy.config.command,
+        limits: &proxy.config.limits,
+        control: Control {
+            shutdown: &proxy.shutdown,
+            hurry: &proxy.hurry,
+        },
+        stderr: &proxy.stderr,
+        reaper: &proxy.reaper,
+    }
 }
 
 /// At most one warning a second for accept failures, with a count of the

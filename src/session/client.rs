@@ -42,6 +42,30 @@ pub struct ChannelClient {
     pub inbox: Receiver<Vec<u8>>,
     pub outbox: Sender<Vec<u8>>,
     pub doorbell: Arc<Doorbell>,
+    /// Called after messages were put in `outbox`, and once more when the
+    /// worker lets go of the session: a front end that multiplexes many
+    /// sessions in one event loop cannot block on every outbox.
+    notify: Option<Notify>,
+}
+
+/// How a worker tells its channel peer that there is something to take.
+pub type Notify = Box<dyn Fn() + Send + Sync>;
+
+impl ChannelClient {
+    fn notify(&self) {
+        if let Some(notify) = &self.notify {
+            notify();
+        }
+    }
+}
+
+impl Drop for ChannelClient {
+    fn drop(&mut self) {
+        // Disconnect first, so the peer woken here sees the end.
+        let (dead, _) = crossbeam_channel::bounded(0);
+        drop(std::mem::replace(&mut self.outbox, dead));
+        self.notify();
+    }
 }
 
 /// The other side of a [`ChannelClient`] (an HTTP front end, or a test).
@@ -72,6 +96,33 @@ impl ChannelPeer {
         self.doorbell.ring();
     }
 
+    /// Sends one message without blocking.
+    pub fn try_send(&self, line: Vec<u8>) -> Result<(), Refused> {
+        let Some(to_session) = &self.to_session else {
+            return Err(Refused::Gone);
+        };
+        let sent = match to_session.try_send(line) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(_)) => Err(Refused::Full),
+            Err(TrySendError::Disconnected(_)) => Err(Refused::Gone),
+        };
+        self.doorbell.ring();
+        sent
+    }
+
+    /// One message from the session if one is waiting: `Ok(None)` when
+    /// none is, `Err` once the session has ended and all it sent is taken.
+    pub fn try_recv(&self) -> Result<Option<Vec<u8>>, Ended> {
+        match self.from_session.try_recv() {
+            Ok(line) => {
+                self.doorbell.ring();
+                Ok(Some(line))
+            }
+            Err(TryRecvError::Empty) => Ok(None),
+            Err(TryRecvError::Disconnected) => Err(Ended),
+        }
+    }
+
     /// Receives one message from the session, blocking; `None` once the
     /// session has ended and everything it sent was received.
     pub fn recv(&self) -> Option<Vec<u8>> {
@@ -81,8 +132,30 @@ impl ChannelPeer {
     }
 }
 
+/// Why [`ChannelPeer::try_send`] did not send.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Refused {
+    /// The session's inbox is full.
+    Full,
+    /// The session has ended, or its input was ended.
+    Gone,
+}
+
+/// The session has ended and everything it sent was received.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Ended;
+
 /// A connected pair, each way holding at most `capacity` messages.
 pub fn channel_pair(capacity: usize) -> io::Result<(ChannelClient, ChannelPeer)> {
+    notifying_pair(capacity, None)
+}
+
+/// A pair whose worker calls `notify` when it has put messages in its
+/// outbox and when it has ended.
+pub fn notifying_pair(
+    capacity: usize,
+    notify: Option<Notify>,
+) -> io::Result<(ChannelClient, ChannelPeer)> {
     let doorbell = Arc::new(Doorbell::new()?);
     let (to_session, inbox) = crossbeam_channel::bounded(capacity);
     let (outbox, from_session) = crossbeam_channel::bounded(capacity);
@@ -91,6 +164,7 @@ pub fn channel_pair(capacity: usize) -> io::Result<(ChannelClient, ChannelPeer)>
             inbox,
             outbox,
             doorbell: Arc::clone(&doorbell),
+            notify,
         },
         ChannelPeer {
             to_session: Some(to_session),
@@ -212,18 +286,28 @@ impl ClientSink {
                 }
             }
             (ClientSink::Channel(lines, bytes), ClientSide::Channels(channels)) => {
-                while let Some(line) = lines.pop_front() {
+                let mut sent = false;
+                let flushed = loop {
+                    let Some(line) = lines.pop_front() else {
+                        break Flushed::All;
+                    };
                     let len = line.len();
                     match channels.outbox.try_send(line) {
-                        Ok(()) => *bytes -= len,
+                        Ok(()) => {
+                            *bytes -= len;
+                            sent = true;
+                        }
                         Err(TrySendError::Full(line)) => {
                             lines.push_front(line);
-                            return Flushed::Partly;
+                            break Flushed::Partly;
                         }
-                        Err(TrySendError::Disconnected(_)) => return Flushed::Gone,
+                        Err(TrySendError::Disconnected(_)) => break Flushed::Gone,
                     }
+                };
+                if sent {
+                    channels.notify();
                 }
-                Flushed::All
+                flushed
             }
             // A sink is always made for its own side (`for_side`).
             _ => Flushed::Gone,

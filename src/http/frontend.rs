@@ -1,0 +1,1140 @@
+//! The HTTP front end: every HTTP listener and connection, driven by the
+//! acceptor's own `mio` loop, and the HTTP sessions they lead to.
+//!
+//! Connections cost no thread: a thousand open GET streams are a thousand
+//! sockets in this loop. Each session still has its own worker thread and
+//! child, reached through channels (`session::client::ChannelPeer`); a
+//! worker that has put messages in its outbox calls the session's notify,
+//! which queues the session here and wakes the loop, and the loop routes
+//! them to the streams they belong to (`http::session`).
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender};
+use log::{debug, info, warn};
+use mio::net::TcpListener;
+use mio::{Interest, Registry, Token, Waker};
+use slab::Slab;
+
+use crate::error::Error;
+use crate::http::conn::{self, Conn, Phase};
+use crate::http::request::{self, Malformed, Parsed, Request};
+use crate::http::response::{self, Response};
+use crate::http::security::{self, Access, NoToken, Principal};
+use crate::http::session::{
+    self, Delivery, GET_STREAM, HttpSession, OpenError, Posted, Reply, Transport,
+};
+use crate::net::fd_limit::Reserve;
+use crate::proto::message::{Invalid, Kind, classify, code};
+use crate::session::client::{ChannelPeer, Notify, Refused};
+use crate::session::table::{ClientKey, Refusal, SessionId};
+
+/// mio tokens: listeners and connections live above the acceptor's own.
+pub const LISTENER_TOKENS: usize = 1 << 30;
+pub const CONN_TOKENS: usize = 1 << 31;
+
+/// A request's head must be complete this long after its first byte.
+const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+/// And its body this long after the head.
+const BODY_TIMEOUT: Duration = Duration::from_secs(30);
+/// A connection with no request in progress is closed after this.
+const KEEP_ALIVE_IDLE: Duration = Duration::from_secs(60);
+/// An SSE stream with nothing to say sends a comment this often, so a
+/// dead peer is noticed and proxies do not time it out.
+const SSE_KEEP_ALIVE: Duration = Duration::from_secs(15);
+/// A session's output waits while one of its connections has this much
+/// unsent (backpressure: the worker then stops reading its child).
+const OUTPUT_HIGH_WATER: usize = 256 * 1024;
+/// Messages each way between the loop and one session's worker.
+pub const CHANNEL_CAPACITY: usize = 128;
+/// Messages taken from one session per turn, so one chatty child cannot
+/// hold the loop.
+const SESSION_BATCH: usize = 256;
+/// Pause before trying a listener again after `accept` failed.
+const ACCEPT_RETRY: Duration = Duration::from_millis(100);
+
+/// Protocol versions of the handshake era a client may name.
+const HANDSHAKE_VERSIONS: [&str; 4] = ["2024-11-05", "2025-03-26", "2025-06-18", "2025-11-25"];
+/// What a client that sends no `MCP-Protocol-Version` speaks (the spec).
+const DEFAULT_VERSION: &str = "2025-03-26";
+
+const ALLOWED_HEADERS: &str = "Content-Type, Accept, Authorization, Mcp-Session-Id, \
+     Mcp-Protocol-Version, Mcp-Method, Mcp-Name, Last-Event-ID";
+const EXPOSED_HEADERS: &str = "Mcp-Session-Id, Mcp-Protocol-Version, WWW-Authenticate";
+
+/// What the front end needs from the acceptor to start a session: a place
+/// in the session table and a worker.
+pub trait Admit {
+    fn admit(
+        &mut self,
+        client: ClientKey,
+        peer: String,
+        transport: &'static str,
+        notify: Notify,
+    ) -> Result<(SessionId, ChannelPeer), Refusal>;
+}
+
+/// The HTTP side of `serve`.
+pub struct Frontend {
+    listeners: Vec<(TcpListener, SocketAddr)>,
+    conns: Slab<Conn>,
+    sessions: Slab<Live>,
+    by_id: HashMap<String, usize>,
+    ready_tx: Sender<usize>,
+    ready_rx: Receiver<usize>,
+    waker: Arc<Waker>,
+    access: Access,
+    max_body: usize,
+    max_conns: usize,
+    draining: bool,
+    timers: BinaryHeap<Reverse<(Instant, usize, u64)>>,
+    /// Spent to refuse a connection with a 503 when `accept` hits EMFILE.
+    reserve: Reserve,
+    /// When to try the listeners' backlogs again after `accept` failed.
+    accept_retry: Option<Instant>,
+}
+
+struct Live {
+    session: HttpSession,
+    table_id: SessionId,
+    queued: Arc<AtomicBool>,
+}
+
+impl Frontend {
+    /// Binds every `--http` address and registers it with `registry`.
+    pub fn bind(
+        addrs: &[SocketAddr],
+        registry: &Registry,
+        waker: Arc<Waker>,
+        access: Access,
+        max_body: usize,
+        max_sessions: usize,
+    ) -> Result<Frontend, Error> {
+        let mut listeners = Vec::with_capacity(addrs.len());
+        for (i, addr) in addrs.iter().enumerate() {
+            let bind_error = |source| Error::Bind {
+                address: format!("http://{addr}"),
+                source,
+            };
+            let mut listener = TcpListener::bind(*addr).map_err(bind_error)?;
+            let local = listener.local_addr().map_err(bind_error)?;
+            registry
+                .register(
+                    &mut listener,
+                    Token(LISTENER_TOKENS + i),
+                    Interest::READABLE,
+                )
+                .map_err(bind_error)?;
+            listeners.push((listener, local));
+        }
+        // Bounded by the sessions that can exist: each is queued at most
+        // once until the loop takes it.
+        let (ready_tx, ready_rx) = crossbeam_channel::unbounded();
+        Ok(Frontend {
+            listeners,
+            conns: Slab::new(),
+            sessions: Slab::new(),
+            by_id: HashMap::new(),
+            ready_tx,
+            ready_rx,
+            waker,
+            access,
+            max_body,
+            // Clients keep a few connections per session (a GET stream,
+            // POSTs in flight); past this, new ones get 503.
+            max_conns: max_sessions.saturating_mul(4).max(64),
+            draining: false,
+            timers: BinaryHeap::new(),
+            reserve: Reserve::new(),
+            accept_retry: None,
+        })
+    }
+
+    /// The bound addresses, for the `listening on` lines.
+    pub fn local_addrs(&self) -> Vec<SocketAddr> {
+        self.listeners.iter().map(|(_, a)| *a).collect()
+    }
+
+    pub fn owns(token: Token) -> bool {
+        token.0 >= LISTENER_TOKENS
+    }
+
+    /// A readiness event for one of our tokens.
+    pub fn on_event(&mut self, registry: &Registry, token: Token, admit: &mut dyn Admit) {
+        if token.0 >= CONN_TOKENS {
+            let key = token.0 - CONN_TOKENS;
+            self.on_conn_ready(registry, key, admit);
+        } else {
+            self.accept(registry, token.0 - LISTENER_TOKENS);
+        }
+    }
+
+    fn accept(&mut self, registry: &Registry, i: usize) {
+        loop {
+            let Some((listener, _)) = self.listeners.get(i) else {
+                return;
+            };
+            match listener.accept() {
+                Ok((socket, peer)) => self.add_conn(registry, socket, peer),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) => match e.raw_os_error() {
+                    Some(libc::ECONNABORTED | libc::EINTR | libc::EPROTO) => {}
+                    Some(libc::EMFILE | libc::ENFILE) if self.reserve.release() => {
+                        // The reserve descriptor lets us take the
+                        // connection and say why it is refused.
+                        if let Ok((mut socket, _)) = listener.accept() {
+                            let mut bytes = Vec::new();
+                            Response::rpc_error(
+                                503,
+                                code::SESSION_REFUSED,
+                                "session refused: out of file descriptors",
+                            )
+                            .header("Retry-After", "1")
+                            .encode(true, &mut bytes);
+                            let _ = io::Write::write(&mut socket, &bytes);
+                        }
+                        self.reserve.restore();
+                    }
+                    _ => {
+                        // Edge-triggered: nothing will tell us again, so
+                        // the backlog is tried again after a pause.
+                        warn!("http accept failed: {e}; retrying");
+                        self.accept_retry = Some(Instant::now() + ACCEPT_RETRY);
+                        return;
+                    }
+                },
+            }
+        }
+    }
+
+    fn add_conn(&mut self, registry: &Registry, socket: mio::net::TcpStream, peer: SocketAddr) {
+        let _ = socket.set_nodelay(true);
+        let mut conn = Conn::new(socket, peer);
+        if self.conns.len() >= self.max_conns || self.draining {
+            let why = if self.draining {
+                "forkline is shutting down"
+            } else {
+                "too many HTTP connections"
+            };
+            let mut bytes = Vec::new();
+            Response::rpc_error(503, code::SESSION_REFUSED, why)
+                .header("Retry-After", "1")
+                .encode(true, &mut bytes);
+            conn.queue(&bytes);
+            let _ = conn.flush();
+            return;
+        }
+        let entry = self.conns.vacant_entry();
+        let key = entry.key();
+        if let Err(e) = registry.register(
+            &mut conn.socket,
+            Token(CONN_TOKENS + key),
+            Interest::READABLE | Interest::WRITABLE,
+        ) {
+            warn!("cannot watch an HTTP connection from {peer}: {e}");
+            return;
+        }
+        entry.insert(conn);
+        self.arm(key);
+    }
+
+    fn on_conn_ready(&mut self, registry: &Registry, key: usize, admit: &mut dyn Admit) {
+        let limit = conn::input_limit(self.max_body);
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        if let Err(e) = conn.fill(limit) {
+            debug!("http connection from {} failed: {e}", conn.peer);
+            self.close(registry, key);
+            return;
+        }
+        self.flush(registry, key);
+        self.serve_input(registry, key, admit);
+    }
+
+    /// Answers every whole request in the connection's input, while it is
+    /// free to (an answer still streaming holds the rest back).
+    fn serve_input(&mut self, registry: &Registry, key: usize, admit: &mut dyn Admit) {
+        loop {
+            let Some(conn) = self.conns.get_mut(key) else {
+                return;
+            };
+            let Phase::Reading { since, .. } = conn.phase else {
+                if conn.eof && conn.unsent() == 0 && !matches!(conn.phase, Phase::Answering { .. })
+                {
+                    self.close(registry, key);
+                } else if conn.eof {
+                    // A client that closed while its answer streams:
+                    // nothing more can reach it.
+                    self.close(registry, key);
+                }
+                return;
+            };
+            if conn.input.is_empty() {
+                if conn.eof {
+                    self.close(registry, key);
+                } else {
+                    conn.phase = Phase::Reading {
+                        since: None,
+                        head_done: false,
+                    };
+                    self.arm(key);
+                }
+                return;
+            }
+            match request::parse(&conn.input, self.max_body) {
+                Parsed::Partial { head_done } => {
+                    if conn.eof {
+                        self.close(registry, key);
+                        return;
+                    }
+                    let since = since.unwrap_or_else(Instant::now);
+                    let before = conn.phase;
+                    conn.phase = Phase::Reading {
+                        since: Some(since),
+                        head_done,
+                    };
+                    if before != conn.phase {
+                        self.arm(key);
+                    }
+                    return;
+                }
+                Parsed::Bad(malformed) => {
+                    self.refuse_malformed(registry, key, &malformed);
+                    return;
+                }
+                Parsed::Whole(req, used) => {
+                    conn.consume(used);
+                    conn.close_after = !req.keep_alive() || self.draining;
+                    conn.origin = None;
+                    self.on_request(registry, key, req, admit);
+                }
+            }
+        }
+    }
+
+    fn refuse_malformed(&mut self, registry: &Registry, key: usize, malformed: &Malformed) {
+        debug!("http: {malformed}");
+        let status = malformed.status();
+        let response = Response::rpc_error(status, code::INVALID_REQUEST, &malformed.to_string());
+        if let Some(conn) = self.conns.get_mut(key) {
+            // The rest of the input cannot be framed: answer and close.
+            conn.input = Vec::new();
+            conn.close_after = true;
+        }
+        self.respond(registry, key, response);
+    }
+
+    /// One whole request: every check of the contract in order, then the
+    /// endpoint.
+    fn on_request(&mut self, registry: &Registry, key: usize, req: Request, admit: &mut dyn Admit) {
+        let endpoint = match req.path.as_str() {
+            "/mcp" => Endpoint::Mcp,
+            "/sse" => Endpoint::Sse,
+            "/messages" | "/message" => Endpoint::Messages,
+            _ => {
+                let r = Response::text(
+                    404,
+                    "not found: forkline serves MCP at /mcp (and /sse, /messages)",
+                );
+                return self.respond(registry, key, r);
+            }
+        };
+        let origin = req.header("origin");
+        if !self.access.origin_allowed(origin) {
+            let r = Response::rpc_error(
+                403,
+                code::INVALID_REQUEST,
+                &format!(
+                    "Origin {} is not allowed (allow it with --allow-origin)",
+                    origin.unwrap_or_default()
+                ),
+            );
+            return self.respond(registry, key, r);
+        }
+        if let Some(conn) = self.conns.get_mut(key) {
+            conn.origin = origin.map(str::to_string);
+        }
+        if req.method == "OPTIONS" {
+            let r = Response::new(204)
+                .header("Access-Control-Allow-Methods", endpoint.allow())
+                .header("Access-Control-Allow-Headers", ALLOWED_HEADERS)
+                .header("Access-Control-Max-Age", "86400");
+            return self.respond(registry, key, r);
+        }
+        let principal = match self.access.authenticate(req.header("authorization")) {
+            Ok(principal) => principal,
+            Err(NoToken) => {
+                let r = Response::rpc_error(
+                    401,
+                    code::INVALID_REQUEST,
+                    "a valid bearer token is required",
+                )
+                .header("WWW-Authenticate", "Bearer");
+                return self.respond(registry, key, r);
+            }
+        };
+        let method_ok = match endpoint {
+            Endpoint::Mcp => matches!(req.method.as_str(), "GET" | "POST" | "DELETE"),
+            Endpoint::Sse => req.method == "GET",
+            Endpoint::Messages => req.method == "POST",
+        };
+        if !method_ok {
+            let r = Response::text(405, "method not allowed").header("Allow", endpoint.allow());
+            return self.respond(registry, key, r);
+        }
+        match (endpoint, req.method.as_str()) {
+            (Endpoint::Mcp, "POST") => self.post_mcp(registry, key, &req, principal, admit),
+            (Endpoint::Mcp, "GET") => self.get_mcp(registry, key, &req, principal),
+            (Endpoint::Mcp, _) => self.delete_mcp(registry, key, &req, principal),
+            (Endpoint::Sse, _) => self.get_sse(registry, key, &req, principal, admit),
+            (Endpoint::Messages, _) => self.post_messages(registry, key, &req, principal),
+        }
+    }
+
+    fn post_mcp(
+        &mut self,
+        registry: &Registry,
+        key: usize,
+        req: &Request,
+        principal: Option<Principal>,
+        admit: &mut dyn Admit,
+    ) {
+        if let Err(r) = check_json_post(req) {
+            return self.respond(registry, key, r);
+        }
+        let sse = req.names("text/event-stream");
+        if !sse && !req.accepts("application/json") {
+            let r = Response::rpc_error(
+                406,
+                code::INVALID_REQUEST,
+                "Accept must allow application/json or text/event-stream",
+            );
+            return self.respond(registry, key, r);
+        }
+        let version = req.header("mcp-protocol-version");
+        let session_id = req.header("mcp-session-id");
+        if let Some(v) = version {
+            if session_id.is_none() && v >= "2026-07-28" {
+                return self.stateless(registry, key, req);
+            }
+            if !HANDSHAKE_VERSIONS.contains(&v) {
+                let r = unsupported_version(v);
+                return self.respond(registry, key, r);
+            }
+        }
+        let (line, kind) = match message_of(&req.body) {
+            Ok(found) => found,
+            Err(r) => return self.respond(registry, key, r),
+        };
+        let live = match session_id {
+            Some(id) => match self.find(id, principal.as_ref()) {
+                Some(live) => live,
+                None => return self.respond(registry, key, unknown_session()),
+            },
+            None => {
+                if !is_initialize(&kind) {
+                    let r = Response::rpc_error(
+                        400,
+                        code::INVALID_REQUEST,
+                        "Bad Request: no Mcp-Session-Id header (only initialize starts a session)",
+                    );
+                    return self.respond(registry, key, r);
+                }
+                let protocol = requested_version(&req.body)
+                    .unwrap_or_else(|| version.unwrap_or(DEFAULT_VERSION).to_string());
+                match self.start_session(key, Transport::Streamable, principal, protocol, admit) {
+                    Ok(live) => live,
+                    Err(r) => return self.respond(registry, key, r),
+                }
+            }
+        };
+        let protocol = version
+            .map(str::to_string)
+            .unwrap_or_else(|| self.sessions[live].session.protocol.clone());
+        let posted = Posted {
+            kind: &kind,
+            progress_tokens: session::progress_tokens(&line),
+        };
+        let session_header = self.sessions[live].session.id.clone();
+        let head = |status| Response::new(status).header("Mcp-Session-Id", session_header.clone());
+        let reply = if sse {
+            Reply::Sse
+        } else {
+            Reply::Json {
+                head: head(200).header("Content-Type", "application/json"),
+                batch: matches!(kind, Kind::Batch(_)),
+                collected: Vec::new(),
+            }
+        };
+        let session = &mut self.sessions[live].session;
+        match session.peer.try_send(line) {
+            Ok(()) => {}
+            Err(Refused::Full) => {
+                let r =
+                    Response::rpc_error(503, code::SESSION_REFUSED, "the session is busy; retry")
+                        .header("Retry-After", "1");
+                return self.respond(registry, key, r);
+            }
+            Err(Refused::Gone) => return self.respond(registry, key, unknown_session()),
+        }
+        let Some(stream) = session.post(&posted, key, reply) else {
+            return self.respond(registry, key, head(202));
+        };
+        if !sse {
+            self.hold(key, live, false);
+            return;
+        }
+        let mut bytes = Vec::new();
+        let head = self.with_cors(key, sse_head(&session_header));
+        let close = self.conns.get(key).is_some_and(|c| c.close_after);
+        head.encode(close, &mut bytes);
+        if HttpSession::primes(&protocol) {
+            bytes.extend(self.sessions[live].session.priming(stream));
+        }
+        self.hold(key, live, true);
+        self.write(registry, key, &bytes);
+    }
+
+    /// Stateless-era requests (MCP 2026-07-28, no session): not served yet;
+    /// answered so that clients fall back to the handshake.
+    fn stateless(&mut self, registry: &Registry, key: usize, req: &Request) {
+        let v = req.header("mcp-protocol-version").unwrap_or_default();
+        self.respond(registry, key, unsupported_version(v));
+    }
+
+    fn get_mcp(
+        &mut self,
+        registry: &Registry,
+        key: usize,
+        req: &Request,
+        principal: Option<Principal>,
+    ) {
+        if !req.accepts("text/event-stream") {
+            let r = Response::rpc_error(
+                406,
+                code::INVALID_REQUEST,
+                "Accept must allow text/event-stream",
+            );
+            return self.respond(registry, key, r);
+        }
+        let Some(id) = req.header("mcp-session-id") else {
+            return self.respond(registry, key, missing_session());
+        };
+        let Some(live) = self.find(id, principal.as_ref()) else {
+            return self.respond(registry, key, unknown_session());
+        };
+        let from = req
+            .header("last-event-id")
+            .and_then(session::parse_event_id);
+        let protocol = req
+            .header("mcp-protocol-version")
+            .map(str::to_string)
+            .unwrap_or_else(|| self.sessions[live].session.protocol.clone());
+        let session = &mut self.sessions[live].session;
+        let delivery = match session.open_stream(key, from) {
+            Ok(d) => d,
+            Err(OpenError::Conflict) => {
+                let r = Response::rpc_error(
+                    409,
+                    code::INVALID_REQUEST,
+                    "a GET stream is already open for this session",
+                );
+                return self.respond(registry, key, r);
+            }
+        };
+        let mut bytes = Vec::new();
+        let close = self.conns.get(key).is_some_and(|c| c.close_after);
+        let session_id = session.id.clone();
+        let priming =
+            (from.is_none() && HttpSession::primes(&protocol)).then(|| session.priming(GET_STREAM));
+        self.with_cors(key, sse_head(&session_id))
+            .encode(close, &mut bytes);
+        bytes.extend(priming.unwrap_or_default());
+        bytes.extend(delivery.bytes);
+        if delivery.done {
+            self.write(registry, key, &bytes);
+            self.exchange_done(registry, key);
+        } else {
+            self.hold(key, live, true);
+            self.write(registry, key, &bytes);
+        }
+    }
+
+    fn delete_mcp(
+        &mut self,
+        registry: &Registry,
+        key: usize,
+        req: &Request,
+        principal: Option<Principal>,
+    ) {
+        let Some(id) = req.header("mcp-session-id") else {
+            return self.respond(registry, key, missing_session());
+        };
+        let Some(live) = self.find(id, principal.as_ref()) else {
+            return self.respond(registry, key, unknown_session());
+        };
+        let live = &mut self.sessions[live];
+        info!("[{}] http session ended by DELETE", live.table_id);
+        live.session.ended = true;
+        live.session.peer.end_input();
+        self.respond(registry, key, Response::new(200));
+    }
+
+    fn get_sse(
+        &mut self,
+        registry: &Registry,
+        key: usize,
+        req: &Request,
+        principal: Option<Principal>,
+        admit: &mut dyn Admit,
+    ) {
+        if !req.accepts("text/event-stream") {
+            let r = Response::rpc_error(
+                406,
+                code::INVALID_REQUEST,
+                "Accept must allow text/event-stream",
+            );
+            return self.respond(registry, key, r);
+        }
+        let live = match self.start_session(
+            key,
+            Transport::Legacy,
+            principal,
+            "2024-11-05".into(),
+            admit,
+        ) {
+            Ok(live) => live,
+            Err(r) => return self.respond(registry, key, r),
+        };
+        let session = &mut self.sessions[live].session;
+        session.attach_legacy(key);
+        let endpoint = format!("/messages?sessionId={}", session.id);
+        let mut bytes = Vec::new();
+        let close = self.conns.get(key).is_some_and(|c| c.close_after);
+        self.with_cors(key, Response::event_stream())
+            .encode(close, &mut bytes);
+        response::event(&mut bytes, None, Some("endpoint"), endpoint.as_bytes());
+        self.hold(key, live, true);
+        self.write(registry, key, &bytes);
+    }
+
+    fn post_messages(
+        &mut self,
+        registry: &Registry,
+        key: usize,
+        req: &Request,
+        principal: Option<Principal>,
+    ) {
+        let Some(id) = req.query_param("sessionId") else {
+            let r = Response::rpc_error(
+                400,
+                code::INVALID_REQUEST,
+                "Bad Request: no sessionId in the query",
+            );
+            return self.respond(registry, key, r);
+        };
+        let Some(live) = self.find(id, principal.as_ref()) else {
+            return self.respond(registry, key, unknown_session());
+        };
+        if let Err(r) = check_json_post(req) {
+            return self.respond(registry, key, r);
+        }
+        let (line, kind) = match message_of(&req.body) {
+            Ok(found) => found,
+            Err(r) => return self.respond(registry, key, r),
+        };
+        let posted = Posted {
+            kind: &kind,
+            progress_tokens: Vec::new(),
+        };
+        let session = &mut self.sessions[live].session;
+        if session.transport != Transport::Legacy {
+            return self.respond(registry, key, unknown_session());
+        }
+        match session.peer.try_send(line) {
+            Ok(()) => {
+                session.post(&posted, key, Reply::Sse);
+                self.respond(registry, key, Response::text(202, "Accepted"));
+            }
+            Err(Refused::Full) => {
+                let r =
+                    Response::rpc_error(503, code::SESSION_REFUSED, "the session is busy; retry")
+                        .header("Retry-After", "1");
+                self.respond(registry, key, r);
+            }
+            Err(Refused::Gone) => self.respond(registry, key, unknown_session()),
+        }
+    }
+
+    /// Admits a session and starts its worker.
+    fn start_session(
+        &mut self,
+        key: usize,
+        transport: Transport,
+        principal: Option<Principal>,
+        protocol: String,
+        admit: &mut dyn Admit,
+    ) -> Result<usize, Response> {
+        let refused = |text: &str| {
+            Response::rpc_error(503, code::SESSION_REFUSED, text).header("Retry-After", "1")
+        };
+        if self.draining {
+            return Err(refused("session refused: forkline is shutting down"));
+        }
+        let Some(peer) = self.conns.get(key).map(|c| c.peer) else {
+            return Err(refused("connection gone"));
+        };
+        let id = security::new_session_id().map_err(|e| {
+            warn!("no random session id: {e}");
+            Response::rpc_error(500, code::SESSION_REFUSED, "cannot make a session id")
+        })?;
+        let entry = self.sessions.vacant_entry();
+        let slot = entry.key();
+        let queued = Arc::new(AtomicBool::new(false));
+        let notify = {
+            let queued = Arc::clone(&queued);
+            let ready = self.ready_tx.clone();
+            let waker = Arc::clone(&self.waker);
+            Box::new(move || {
+                if !queued.swap(true, Ordering::AcqRel) {
+                    let _ = ready.send(slot);
+                    let _ = waker.wake();
+                }
+            })
+        };
+        let label = match transport {
+            Transport::Streamable => "http",
+            Transport::Legacy => "http+sse",
+        };
+        let (table_id, channel) = admit
+            .admit(ClientKey::Ip(peer.ip()), peer.to_string(), label, notify)
+            .map_err(|refusal| {
+                info!(
+                    "refused peer={peer} reason={} ({refusal})",
+                    refusal.reason()
+                );
+                refused(&refusal.to_string())
+            })?;
+        info!(
+            "[{table_id}] {label} session peer={peer}{} protocol={protocol}",
+            principal
+                .as_ref()
+                .map(|p| format!(" principal={p}"))
+                .unwrap_or_default()
+        );
+        self.by_id.insert(id.clone(), slot);
+        entry.insert(Live {
+            session: HttpSession::new(id, principal, channel, transport, protocol),
+            table_id,
+            queued,
+        });
+        Ok(slot)
+    }
+
+    /// A live session by its id, for this principal.
+    fn find(&self, id: &str, principal: Option<&Principal>) -> Option<usize> {
+        let &slot = self.by_id.get(id)?;
+        let live = self.sessions.get(slot)?;
+        (!live.session.ended && live.session.principal.as_ref() == principal).then_some(slot)
+    }
+
+    /// The worker of session `slot` has put messages out (or ended).
+    pub fn on_wake(&mut self, registry: &Registry) {
+        while let Ok(slot) = self.ready_rx.try_recv() {
+            if let Some(live) = self.sessions.get(slot) {
+                live.queued.store(false, Ordering::Release);
+            }
+            self.service(registry, slot);
+        }
+    }
+
+    fn service(&mut self, registry: &Registry, slot: usize) {
+        let mut out = Vec::new();
+        let mut ended = false;
+        {
+            let Some(live) = self.sessions.get_mut(slot) else {
+                return;
+            };
+            let stalled = live.session.conns().any(|c| {
+                self.conns
+                    .get(c)
+                    .is_some_and(|c| c.unsent() > OUTPUT_HIGH_WATER)
+            });
+            if stalled {
+                return;
+            }
+            for _ in 0..SESSION_BATCH {
+                match live.session.peer.try_recv() {
+                    Ok(Some(line)) => live.session.from_child(line, &mut out),
+                    Ok(None) => break,
+                    Err(_) => {
+                        live.session.end(&mut out);
+                        ended = true;
+                        break;
+                    }
+                }
+            }
+            if !ended && out.len() >= SESSION_BATCH {
+                // More may be waiting: come back next turn.
+                let _ = self.ready_tx.send(slot);
+                let _ = self.waker.wake();
+            }
+        }
+        self.deliver(registry, out);
+        if ended {
+            let live = self.sessions.remove(slot);
+            self.by_id.remove(&live.session.id);
+            if live.session.dropped_unread > 0 {
+                warn!(
+                    "[{}] {} server messages for the GET stream were dropped: none was open and the buffer ({} events) was full",
+                    live.table_id,
+                    live.session.dropped_unread,
+                    session::REPLAY_EVENTS
+                );
+            }
+            debug!("[{}] http session gone", live.table_id);
+        }
+    }
+
+    fn deliver(&mut self, registry: &Registry, out: Vec<Delivery>) {
+        for d in out {
+            self.write(registry, d.conn, &d.bytes);
+            if d.done {
+                self.exchange_done(registry, d.conn);
+            }
+        }
+    }
+
+    /// The answer on `key` is complete: read the next request (or close).
+    fn exchange_done(&mut self, registry: &Registry, key: usize) {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        conn.phase = if conn.close_after {
+            Phase::Closing
+        } else {
+            Phase::Reading {
+                since: None,
+                head_done: false,
+            }
+        };
+        self.arm(key);
+        self.flush(registry, key);
+    }
+
+    /// The conn waits for session `live`'s answer.
+    fn hold(&mut self, key: usize, live: usize, sse: bool) {
+        if let Some(conn) = self.conns.get_mut(key) {
+            conn.phase = Phase::Answering { session: live, sse };
+        }
+        self.arm(key);
+    }
+
+    fn respond(&mut self, registry: &Registry, key: usize, response: Response) {
+        let response = self.with_cors(key, response);
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        let mut bytes = Vec::new();
+        response.encode(conn.close_after, &mut bytes);
+        conn.queue(&bytes);
+        self.exchange_done(registry, key);
+    }
+
+    fn with_cors(&self, key: usize, response: Response) -> Response {
+        match self.conns.get(key).and_then(|c| c.origin.clone()) {
+            Some(origin) => response
+                .header("Access-Control-Allow-Origin", origin)
+                .header("Access-Control-Expose-Headers", EXPOSED_HEADERS)
+                .header("Vary", "Origin"),
+            None => response,
+        }
+    }
+
+    fn write(&mut self, registry: &Registry, key: usize, bytes: &[u8]) {
+        if let Some(conn) = self.conns.get_mut(key) {
+            conn.queue(bytes);
+        }
+        self.flush(registry, key);
+    }
+
+    fn flush(&mut self, registry: &Registry, key: usize) {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        let was_high = conn.unsent() > OUTPUT_HIGH_WATER;
+        match conn.flush() {
+            Ok(true) => {
+                if conn.phase == Phase::Closing {
+                    self.close(registry, key);
+                    return;
+                }
+                if was_high {
+                    if let Phase::Answering { session, .. } = conn.phase {
+                        self.service(registry, session);
+                    }
+                }
+            }
+            Ok(false) => {}
+            Err(e) => {
+                debug!("http write to {} failed: {e}", conn.peer);
+                self.close(registry, key);
+            }
+        }
+    }
+
+    fn close(&mut self, registry: &Registry, key: usize) {
+        if !self.conns.contains(key) {
+            return;
+        }
+        let mut conn = self.conns.remove(key);
+        let _ = registry.deregister(&mut conn.socket);
+        if let Phase::Answering { session, .. } = conn.phase {
+            if let Some(live) = self.sessions.get_mut(session) {
+                if live.session.detach(key) {
+                    info!("[{}] legacy SSE stream closed: session ends", live.table_id);
+                    live.session.ended = true;
+                    live.session.peer.end_input();
+                }
+            }
+        }
+    }
+
+    /// Sets the connection's deadline for its phase.
+    fn arm(&mut self, key: usize) {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        let now = Instant::now();
+        let deadline = match conn.phase {
+            Phase::Reading { since: None, .. } => Some(now + KEEP_ALIVE_IDLE),
+            Phase::Reading {
+                since: Some(since),
+                head_done: false,
+            } => Some(since + HEAD_TIMEOUT),
+            Phase::Reading {
+                since: Some(since),
+                head_done: true,
+            } => Some(since + BODY_TIMEOUT),
+            Phase::Answering { .. } => Some(now + SSE_KEEP_ALIVE),
+            Phase::Closing => Some(now + HEAD_TIMEOUT),
+        };
+        conn.deadline = deadline;
+        conn.timer_gen += 1;
+        if let Some(at) = deadline {
+            self.timers.push(Reverse((at, key, conn.timer_gen)));
+        }
+    }
+
+    /// When the loop must next wake for us.
+    pub fn next_deadline(&mut self) -> Option<Instant> {
+        if let Some(at) = self.accept_retry {
+            return Some(self.next_timer().map_or(at, |t| t.min(at)));
+        }
+        self.next_timer()
+    }
+
+    fn next_timer(&mut self) -> Option<Instant> {
+        while let Some(Reverse((at, key, generation))) = self.timers.peek().copied() {
+            if self
+                .conns
+                .get(key)
+                .is_some_and(|c| c.timer_gen == generation)
+            {
+                return Some(at);
+            }
+            self.timers.pop();
+        }
+        None
+    }
+
+    /// Runs every deadline that has passed.
+    pub fn on_timers(&mut self, registry: &Registry) {
+        let now = Instant::now();
+        if self.accept_retry.is_some_and(|at| at <= now) {
+            self.accept_retry = None;
+            for i in 0..self.listeners.len() {
+                self.accept(registry, i);
+            }
+        }
+        while let Some(Reverse((at, key, generation))) = self.timers.peek().copied() {
+            if at > now {
+                break;
+            }
+            self.timers.pop();
+            let Some(conn) = self.conns.get_mut(key) else {
+                continue;
+            };
+            if conn.timer_gen != generation {
+                continue;
+            }
+            match conn.phase {
+                Phase::Answering { sse, .. } => {
+                    if sse {
+                        let mut bytes = Vec::new();
+                        response::comment(&mut bytes, "keep-alive");
+                        conn.queue(&bytes);
+                    }
+                    self.arm(key);
+                    self.flush(registry, key);
+                }
+                Phase::Reading { since: Some(_), .. } => {
+                    debug!("http request from {} timed out", conn.peer);
+                    conn.input = Vec::new();
+                    conn.close_after = true;
+                    let r = Response::rpc_error(
+                        408,
+                        code::INVALID_REQUEST,
+                        "request not complete in time",
+                    );
+                    self.respond(registry, key, r);
+                }
+                Phase::Reading { since: None, .. } | Phase::Closing => self.close(registry, key),
+            }
+        }
+    }
+
+    /// SIGTERM: no new connections or sessions; idle connections close.
+    pub fn begin_shutdown(&mut self, registry: &Registry) {
+        self.draining = true;
+        for (mut listener, _) in self.listeners.drain(..) {
+            let _ = registry.deregister(&mut listener);
+        }
+        let idle: Vec<usize> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| {
+                matches!(c.phase, Phase::Reading { since: None, .. }) && c.input.is_empty()
+            })
+            .map(|(k, _)| k)
+            .collect();
+        for key in idle {
+            self.close(registry, key);
+        }
+        for (_, conn) in self.conns.iter_mut() {
+            conn.close_after = true;
+        }
+    }
+
+    /// Whether everything owed to clients has been written.
+    pub fn is_flushed(&self) -> bool {
+        self.sessions.is_empty() && self.conns.iter().all(|(_, c)| c.unsent() == 0)
+    }
+
+    /// HTTP sessions still open (workers not yet ended).
+    pub fn sessions(&self) -> usize {
+        self.sessions.len()
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Endpoint {
+    Mcp,
+    Sse,
+    Messages,
+}
+
+impl Endpoint {
+    fn allow(self) -> &'static str {
+        match self {
+            Endpoint::Mcp => "GET, POST, DELETE, OPTIONS",
+            Endpoint::Sse => "GET, OPTIONS",
+            Endpoint::Messages => "POST, OPTIONS",
+        }
+    }
+}
+
+fn sse_head(session_id: &str) -> Response {
+    Response::event_stream().header("Mcp-Session-Id", session_id.to_string())
+}
+
+fn check_json_post(req: &Request) -> Result<(), Response> {
+    let json = req
+        .header("content-type")
+        .and_then(|ct| ct.split(';').next())
+        .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json"));
+    if json {
+        Ok(())
+    } else {
+        Err(Response::rpc_error(
+            415,
+            code::INVALID_REQUEST,
+            "Content-Type must be application/json",
+        ))
+    }
+}
+
+/// The body as one line for the child, and its shape. A body spread over
+/// several lines is joined (newlines can only be whitespace in valid
+/// JSON), since the child reads one message per line.
+fn message_of(body: &[u8]) -> Result<(Vec<u8>, Kind), Response> {
+    let kind =
+        classify(body).map_err(|e: Invalid| Response::rpc_error(400, e.code(), &e.message()))?;
+    let mut line = body.trim_ascii().to_vec();
+    if memchr::memchr2(b'\n', b'\r', &line).is_some() {
+        for b in &mut line {
+            if *b == b'\n' || *b == b'\r' {
+                *b = b' ';
+            }
+        }
+    }
+    Ok((line, kind))
+}
+
+fn is_initialize(kind: &Kind) -> bool {
+    match kind {
+        Kind::Request { method, .. } => &**method == "initialize",
+        Kind::Batch(items) => items.iter().any(is_initialize),
+        _ => false,
+    }
+}
+
+/// `params.protocolVersion` of an initialize request.
+fn requested_version(body: &[u8]) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Init {
+        params: Params,
+    }
+    #[derive(serde::Deserialize)]
+    struct Params {
+        #[serde(rename = "protocolVersion")]
+        protocol_version: String,
+    }
+    serde_json::from_slice::<Init>(body)
+        .ok()
+        .map(|i| i.params.protocol_version)
+}
+
+fn unsupported_version(v: &str) -> Response {
+    Response::rpc_error(
+        400,
+        code::INVALID_REQUEST,
+        &format!(
+            "Bad Request: unsupported MCP-Protocol-Version {v:?} (supported: {})",
+            HANDSHAKE_VERSIONS.join(", ")
+        ),
+    )
+}
+
+fn unknown_session() -> Response {
+    Response::rpc_error(
+        404,
+        code::INVALID_REQUEST,
+        "Session not found (unknown or ended)",
+    )
+}
+
+fn missing_session() -> Response {
+    Response::rpc_error(
+        400,
+        code::INVALID_REQUEST,
+        "Bad Request: no Mcp-Session-Id header",
+    )
+}
