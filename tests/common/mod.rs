@@ -178,6 +178,16 @@ impl Forkline {
                 .collect();
             me.listening.len() >= expected_listeners || me.try_exit_status().is_some()
         });
+        if me.listening.len() < expected_listeners && me.try_exit_status().is_some() {
+            // forkline exited (a usage error, say): let the reader reach
+            // the end of its stderr, so the message below shows why.
+            let reader = me.stderr_thread.take();
+            if let Some(reader) = reader {
+                if poll_until(PATIENCE, || reader.is_finished()) {
+                    let _ = reader.join();
+                }
+            }
+        }
         assert!(
             found && me.listening.len() >= expected_listeners,
             "forkline did not report {expected_listeners} listener(s); stderr:\n{}",
