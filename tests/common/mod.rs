@@ -104,6 +104,18 @@ impl Forkline {
         Self::serve(&all, 1)
     }
 
+    /// `forkline serve --http 127.0.0.1:0 ARGS… -- CHILD…` (no `--` when
+    /// `child` is empty: then the child is `forkline echo-server`).
+    pub fn serve_http(args: &[&str], child: &[String]) -> Forkline {
+        let mut all: Vec<&str> = vec!["--http", "127.0.0.1:0"];
+        all.extend_from_slice(args);
+        if !child.is_empty() {
+            all.push("--");
+            all.extend(child.iter().map(String::as_str));
+        }
+        Self::serve(&all, 1)
+    }
+
     /// `forkline serve ARGS…` with `configure` applied to the command
     /// first (an environment, a resource limit).
     pub fn serve_configured(
@@ -166,6 +178,16 @@ impl Forkline {
                 .collect();
             me.listening.len() >= expected_listeners || me.try_exit_status().is_some()
         });
+        if me.listening.len() < expected_listeners && me.try_exit_status().is_some() {
+            // forkline exited (a usage error, say): let the reader reach
+            // the end of its stderr, so the message below shows why.
+            let reader = me.stderr_thread.take();
+            if let Some(reader) = reader {
+                if poll_until(PATIENCE, || reader.is_finished()) {
+                    let _ = reader.join();
+                }
+            }
+        }
         assert!(
             found && me.listening.len() >= expected_listeners,
             "forkline did not report {expected_listeners} listener(s); stderr:\n{}",
@@ -186,6 +208,27 @@ impl Forkline {
             .expect("a tcp listener")
             .parse()
             .expect("tcp listener address parses")
+    }
+
+    /// The first `http://` listener's MCP endpoint, as printed
+    /// (`http://127.0.0.1:PORT/mcp`).
+    pub fn http_url(&self) -> String {
+        self.listening
+            .iter()
+            .find(|l| l.starts_with("http://"))
+            .expect("an http listener")
+            .clone()
+    }
+
+    /// The first `http://` listener's origin, `http://127.0.0.1:PORT`, to
+    /// which the paths of the other endpoints (`/sse`) are appended.
+    pub fn http_origin(&self) -> String {
+        let url = self.http_url();
+        let host_start = "http://".len();
+        match url[host_start..].find('/') {
+            Some(slash) => url[..host_start + slash].to_string(),
+            None => url,
+        }
     }
 
     pub fn connect(&self) -> Client {

@@ -1,0 +1,837 @@
+//! Interop of `forkline serve --http` with real MCP clients nobody here
+//! wrote: the official Python SDK (`mcp`, pinned in `.ci/requirements.txt`)
+//! with its `streamable_http` and `sse` client transports, and the official
+//! TypeScript SDK (`@modelcontextprotocol/sdk`, pinned in `.ci/package.json`)
+//! with `StreamableHTTPClientTransport` and `SSEClientTransport`. Each
+//! connects through forkline to a stdio server forkline spawns per session:
+//! the built-in `echo-server`, the reference server `server-everything` (run
+//! with node from `target/npm`, never downloaded at test time), or the
+//! Python SDK's own server (`tests/fixtures/sdk_server.py --whoami`).
+//!
+//! The clients are `tests/fixtures/sdk_http_client.py` and
+//! `tests/fixtures/ts_http_client.mjs`; each prints one JSON report with
+//! every HTTP exchange it made. What is checked:
+//! - the handshake era end to end: `initialize`, `tools/list`, `tools/call`,
+//!   answers unchanged (non-ASCII, JSON escapes);
+//! - the Python SDK's default `mode="auto"`: its `server/discover` probe
+//!   (`MCP-Protocol-Version: 2026-07-28`, no session) is refused so that it
+//!   falls back to `initialize` (mcp/client/_probe.py);
+//! - progress notifications of a long tool call reach the client on the
+//!   request's stream (streamable HTTP) or the session's SSE stream;
+//! - the session ends when the client says so (DELETE, or closing the SSE
+//!   stream) and its child is gone;
+//! - ten concurrent clients get ten sessions and ten children.
+//!
+//! Without the SDK venv or the Node packages the tests say so and pass,
+//! except under CI, where they fail: there `.ci/run` must have run
+//! `.ci/setup-sdk`, and a skipped interop test would pass without testing.
+//!
+//! Processes: every client is killed and reaped by pid on every path; this
+//! test binary makes itself a child subreaper, so a child forkline leaves
+//! behind when it is killed becomes ours and is killed and reaped too.
+
+mod common;
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use common::interop::{descendants, drain, join_within, sdk_python, skip_unless_ci};
+use common::*;
+use serde_json::Value;
+
+/// How long a client script gives itself (`--timeout`) for everything.
+const CLIENT_TIMEOUT_SECS: u64 = 30;
+
+/// Our bound on one client process: its own timeout plus interpreter
+/// start-up on a busy machine.
+const CLIENT_PATIENCE: Duration = Duration::from_secs(CLIENT_TIMEOUT_SECS + 30);
+
+/// Text sent through `echo`: non-ASCII and JSON-escaped characters, so a
+/// relay that re-encodes instead of forwarding bytes unchanged shows up.
+const ECHO_TEXT: &str = "forkline ✓ «interop» \"quoted\" \\ tab\tend";
+
+/// The newest handshake-era version; both SDKs offer it in `initialize`,
+/// and every server here accepts it.
+const HANDSHAKE_VERSION: &str = "2025-11-25";
+
+/// server-everything's tool that sends `notifications/progress` once per
+/// step when the call carries a `progressToken`
+/// (dist/tools/trigger-long-running-operation.js).
+const PROGRESS_TOOL: &str = "trigger-long-running-operation";
+const PROGRESS_ARGS: &str = r#"{"duration": 1.5, "steps": 3}"#;
+
+/// How many clients the concurrency test runs at once (below forkline's
+/// default `--max-sessions-per-client` of 16).
+const CONCURRENT_CLIENTS: usize = 10;
+
+// ---- what a client is asked to do ------------------------------------------
+
+/// One of the two HTTP transports of MCP.
+#[derive(Clone, Copy, Debug)]
+enum Transport {
+    /// Streamable HTTP (2025-03-26 on), at `/mcp`.
+    StreamableHttp,
+    /// HTTP+SSE (2024-11-05), at `/sse` and the `endpoint` it names.
+    Sse,
+}
+
+impl Transport {
+    fn flag(self) -> &'static str {
+        match self {
+            Transport::StreamableHttp => "streamable_http",
+            Transport::Sse => "sse",
+        }
+    }
+
+    /// The URL a client of this transport is given.
+    fn url(self, proxy: &Forkline) -> String {
+        match self {
+            Transport::StreamableHttp => proxy.http_url(),
+            Transport::Sse => format!("{}/sse", proxy.http_origin()),
+        }
+    }
+}
+
+/// The calls a client makes after `tools/list`.
+struct Calls {
+    /// Tool called with `ECHO_TEXT` as its argument `arg`.
+    tool: &'static str,
+    arg: &'static str,
+    /// Also call `PROGRESS_TOOL` with a progress callback.
+    progress: bool,
+    /// Also call `whoami` (sdk_server.py --whoami).
+    whoami: bool,
+}
+
+/// forkline's built-in `echo-server`: `echo` returns `text`.
+const ECHO_SERVER: Calls = Calls {
+    tool: "echo",
+    arg: "text",
+    progress: false,
+    whoami: false,
+};
+
+/// server-everything: `echo` returns `Echo: ` + `message`; a progress call.
+const EVERYTHING: Calls = Calls {
+    tool: "echo",
+    arg: "message",
+    progress: true,
+    whoami: false,
+};
+
+/// sdk_server.py --whoami: `echo` returns `text`; `whoami` names its child.
+const WHOAMI_SERVER: Calls = Calls {
+    tool: "echo",
+    arg: "text",
+    progress: false,
+    whoami: true,
+};
+
+impl Calls {
+    /// The options both client scripts take for these calls.
+    fn options(&self) -> Vec<String> {
+        let mut options = vec![
+            "--tool".to_string(),
+            self.tool.to_string(),
+            "--arg".to_string(),
+            self.arg.to_string(),
+            "--text".to_string(),
+            ECHO_TEXT.to_string(),
+            "--timeout".to_string(),
+            CLIENT_TIMEOUT_SECS.to_string(),
+        ];
+        if self.progress {
+            options.extend(
+                [
+                    "--progress-tool",
+                    PROGRESS_TOOL,
+                    "--progress-args",
+                    PROGRESS_ARGS,
+                ]
+                .map(String::from),
+            );
+        }
+        if self.whoami {
+            options.extend(["--whoami-tool", "whoami"].map(String::from));
+        }
+        options
+    }
+}
+
+// ---- the software under test's peers ---------------------------------------
+
+/// The Node packages in `target/npm`, as `.ci/setup-sdk` installs them.
+struct NodePackages {
+    /// server-everything's entry point (`node ENTRY stdio`).
+    everything: PathBuf,
+    /// The node_modules holding the TypeScript SDK (ts_http_client.mjs
+    /// `--modules`).
+    modules: PathBuf,
+}
+
+impl NodePackages {
+    /// The installed packages, or `None` (after a notice) when they are
+    /// missing and this is not CI.
+    fn find() -> Option<NodePackages> {
+        let modules = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/npm/node_modules");
+        let packages = NodePackages {
+            everything: modules.join("@modelcontextprotocol/server-everything/dist/index.js"),
+            modules: modules.clone(),
+        };
+        let client = modules.join("@modelcontextprotocol/sdk/dist/esm/client/streamableHttp.js");
+        for path in [&packages.everything, &client] {
+            if !path.exists() {
+                skip_unless_ci(&format!("{} does not exist", path.display()));
+                return None;
+            }
+        }
+        Some(packages)
+    }
+
+    /// `node …/server-everything/dist/index.js stdio`.
+    fn everything_command(&self) -> Vec<String> {
+        vec![
+            "node".to_string(),
+            self.everything.display().to_string(),
+            "stdio".to_string(),
+        ]
+    }
+}
+
+/// `PYTHON tests/fixtures/sdk_server.py --whoami`.
+fn whoami_server_command(python: &Path) -> Vec<String> {
+    vec![
+        python.display().to_string(),
+        "-u".to_string(),
+        fixture("sdk_server.py").display().to_string(),
+        "--whoami".to_string(),
+    ]
+}
+
+/// Makes this test process the reaper of orphans among its descendants
+/// (prctl(2) `PR_SET_CHILD_SUBREAPER`), so a child left behind when a test
+/// kills forkline is ours to kill and reap instead of init's.
+fn become_subreaper() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // SAFETY: prctl with PR_SET_CHILD_SUBREAPER takes one integer.
+        let rc = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+        assert_eq!(
+            rc,
+            0,
+            "prctl(PR_SET_CHILD_SUBREAPER): {}",
+            std::io::Error::last_os_error()
+        );
+    });
+}
+
+/// `forkline serve --http 127.0.0.1:0 -- CHILD…`, whose `Drop` also kills
+/// and reaps (by pid) every process forkline had started.
+struct Proxy {
+    forkline: Option<Forkline>,
+}
+
+impl Proxy {
+    /// Panics (with forkline's log) when forkline does not report an
+    /// `http://` listener; an empty `child` means `forkline echo-server`.
+    fn start(child: &[String]) -> Proxy {
+        become_subreaper();
+        let forkline = Forkline::serve_http(&[], child);
+        Proxy {
+            forkline: Some(forkline),
+        }
+    }
+
+    fn get(&self) -> &Forkline {
+        self.forkline.as_ref().expect("forkline runs until drop")
+    }
+
+    /// Live (not zombie) children of forkline.
+    fn live_children(&self) -> Vec<u32> {
+        children_of(self.get().pid())
+            .into_iter()
+            .filter(|(_, state)| *state != 'Z')
+            .map(|(pid, _)| pid)
+            .collect()
+    }
+
+    /// Waits until forkline has no live child left: every session the
+    /// clients ended has stopped its child.
+    fn assert_no_children_within(&self, timeout: Duration) {
+        let mut left = Vec::new();
+        let gone = poll_until(timeout, || {
+            left = self.live_children();
+            left.is_empty()
+        });
+        assert!(
+            gone,
+            "forkline still has children {left:?} ({}) {timeout:?} after every client ended its \
+             session; log:\n{}",
+            left.iter()
+                .map(|p| cmdline(*p))
+                .collect::<Vec<_>>()
+                .join(" | "),
+            self.get().stderr_text()
+        );
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let Some(forkline) = self.forkline.take() else {
+            return;
+        };
+        let orphans = descendants(forkline.pid());
+        drop(forkline); // kills and reaps forkline
+        for pid in orphans {
+            // SAFETY: plain kill(2)/waitpid(2) on pids we saw descend from
+            // forkline; as subreaper we reap them, so none is reused meanwhile.
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+            poll_until(PATIENCE, || {
+                let rc = unsafe { libc::waitpid(pid as i32, std::ptr::null_mut(), libc::WNOHANG) };
+                rc != 0 // reaped (pid) or not ours / already gone (-1)
+            });
+        }
+    }
+}
+
+// ---- running a client --------------------------------------------------------
+
+/// A running client script. Dropping it kills whatever it started, then
+/// it, and reaps it.
+struct ClientProcess {
+    what: String,
+    child: Child,
+    stdout: Option<JoinHandle<Vec<u8>>>,
+    stderr: Option<JoinHandle<Vec<u8>>>,
+}
+
+impl ClientProcess {
+    fn spawn(what: String, mut command: Command) -> ClientProcess {
+        let mut child = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {what}: {e}"));
+        let stdout = drain(child.stdout.take().expect("stdout piped"));
+        let stderr = drain(child.stderr.take().expect("stderr piped"));
+        ClientProcess {
+            what,
+            child,
+            stdout: Some(stdout),
+            stderr: Some(stderr),
+        }
+    }
+
+    /// `PYTHON sdk_http_client.py --transport T --mode MODE CALLS… URL`.
+    fn python(
+        python: &Path,
+        transport: Transport,
+        mode: &str,
+        calls: &Calls,
+        url: &str,
+    ) -> ClientProcess {
+        let mut command = Command::new(python);
+        command
+            .arg("-u")
+            .arg(fixture("sdk_http_client.py"))
+            .args(["--transport", transport.flag(), "--mode", mode])
+            .args(calls.options())
+            .arg(url);
+        let what = format!(
+            "sdk_http_client.py --transport {} --mode {mode} {url}",
+            transport.flag()
+        );
+        ClientProcess::spawn(what, command)
+    }
+
+    /// `node ts_http_client.mjs --transport T CALLS… URL`.
+    fn typescript(
+        packages: &NodePackages,
+        transport: Transport,
+        calls: &Calls,
+        url: &str,
+    ) -> ClientProcess {
+        let mut command = Command::new("node");
+        command
+            .arg(fixture("ts_http_client.mjs"))
+            .args(["--transport", transport.flag()])
+            .arg("--modules")
+            .arg(&packages.modules)
+            .args(calls.options())
+            .arg(url);
+        let what = format!("ts_http_client.mjs --transport {} {url}", transport.flag());
+        ClientProcess::spawn(what, command)
+    }
+
+    /// Waits (bounded) for the client to exit and returns its report;
+    /// panics with everything known (its output, forkline's log) when it
+    /// fails, hangs or prints no JSON report.
+    fn report(mut self, proxy: &Proxy) -> Report {
+        let mut status: Option<ExitStatus> = None;
+        poll_until(CLIENT_PATIENCE, || {
+            status = self.child.try_wait().expect("try_wait client");
+            status.is_some()
+        });
+        if status.is_none() {
+            self.kill_all();
+        }
+        let stdout = join_within(self.stdout.take(), PATIENCE);
+        let stderr = join_within(self.stderr.take(), PATIENCE);
+        let context = format!(
+            "client: {}\n--- client stdout ---\n{stdout}\n--- client stderr ---\n{stderr}\n--- \
+             forkline serve log ---\n{}",
+            self.what,
+            proxy.get().stderr_text()
+        );
+        match status {
+            None => panic!("client still running after {CLIENT_PATIENCE:?}; killed\n{context}"),
+            Some(s) if !s.success() => panic!("client failed ({s})\n{context}"),
+            Some(_) => {}
+        }
+        let line = stdout.lines().rev().find(|l| !l.trim().is_empty());
+        let json = serde_json::from_str(line.unwrap_or(""))
+            .unwrap_or_else(|e| panic!("client printed no JSON report ({e})\n{context}"));
+        Report { json, context }
+    }
+
+    fn kill_all(&mut self) {
+        if self.child.try_wait().ok().flatten().is_some() {
+            return;
+        }
+        for pid in descendants(self.child.id()) {
+            // SAFETY: plain kill(2) on a pid seen descending from our child.
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for ClientProcess {
+    fn drop(&mut self) {
+        self.kill_all();
+    }
+}
+
+/// What a client script printed, with the context to explain a failure.
+struct Report {
+    json: Value,
+    context: String,
+}
+
+impl Report {
+    fn str(&self, field: &str) -> &str {
+        self.json[field].as_str().unwrap_or_else(|| {
+            panic!(
+                "report lacks string {field:?}: {}\n{}",
+                self.json, self.context
+            )
+        })
+    }
+
+    fn tools(&self) -> Vec<&str> {
+        self.json["tools"]
+            .as_array()
+            .unwrap_or_else(|| panic!("report lacks \"tools\"\n{}", self.context))
+            .iter()
+            .map(|t| t.as_str().expect("tool names are strings"))
+            .collect()
+    }
+
+    /// The HTTP exchanges, in the order their responses arrived.
+    fn http(&self) -> &[Value] {
+        self.json["http"]
+            .as_array()
+            .unwrap_or_else(|| panic!("report lacks \"http\"\n{}", self.context))
+    }
+
+    /// The handshake era at `HANDSHAKE_VERSION` (the Python report also
+    /// names the era from the SDK's own record of it).
+    fn assert_handshake(&self) {
+        if !self.json["era"].is_null() {
+            assert_eq!(self.str("era"), "legacy", "era\n{}", self.context);
+        }
+        assert_eq!(
+            self.str("protocol_version"),
+            HANDSHAKE_VERSION,
+            "negotiated version\n{}",
+            self.context
+        );
+    }
+
+    fn assert_tools(&self, expected: &[&str]) {
+        let tools = self.tools();
+        for name in expected {
+            assert!(
+                tools.contains(name),
+                "tools/list lacks {name:?}: {tools:?}\n{}",
+                self.context
+            );
+        }
+    }
+
+    fn assert_echo(&self, expected: &str) {
+        assert_eq!(
+            self.str("echo"),
+            expected,
+            "tools/call echo\n{}",
+            self.context
+        );
+    }
+
+    /// At least one progress notification, and the tool's answer after them.
+    fn assert_progress(&self) {
+        let progress = self.json["progress"]
+            .as_array()
+            .unwrap_or_else(|| panic!("report lacks \"progress\"\n{}", self.context));
+        assert!(
+            !progress.is_empty(),
+            "no notifications/progress reached the client during {PROGRESS_TOOL}\n{}",
+            self.context
+        );
+        assert!(
+            self.str("progress_result")
+                .starts_with("Long running operation completed"),
+            "{PROGRESS_TOOL} result\n{}",
+            self.context
+        );
+    }
+
+    /// The client ended its streamable HTTP session with a DELETE that
+    /// forkline answered 200 or 204.
+    fn assert_deleted(&self) {
+        let deleted = self.http().iter().any(|e| {
+            e["method"] == "DELETE"
+                && (e["status"] == 200 || e["status"] == 204)
+                && e["headers"]["mcp-session-id"].is_string()
+        });
+        assert!(
+            deleted,
+            "no DELETE with Mcp-Session-Id answered 200/204\n{}",
+            self.context
+        );
+    }
+
+    /// forkline assigned a session id of 32 lowercase hex characters
+    /// (HTTP-CONTRACT.md, POST /mcp).
+    fn session_id(&self) -> &str {
+        let id = self.str("session_id");
+        assert!(
+            id.len() == 32
+                && id
+                    .bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)),
+            "session id {id:?} is not 32 lowercase hex characters\n{}",
+            self.context
+        );
+        id
+    }
+}
+
+// ---- Python SDK, streamable HTTP -------------------------------------------
+
+/// The Python SDK in handshake mode → forkline → `echo-server`.
+#[test]
+fn python_streamable_http_calls_echo_server() {
+    let Some(python) = sdk_python() else { return };
+    let proxy = Proxy::start(&[]);
+    let url = Transport::StreamableHttp.url(proxy.get());
+    let report = ClientProcess::python(
+        &python,
+        Transport::StreamableHttp,
+        "legacy",
+        &ECHO_SERVER,
+        &url,
+    )
+    .report(&proxy);
+    report.assert_handshake();
+    assert_eq!(report.tools(), ["echo"], "tools/list\n{}", report.context);
+    report.assert_echo(ECHO_TEXT);
+    report.session_id();
+    // After `notifications/initialized` the SDK opens the session's GET
+    // stream (mcp/client/streamable_http.py, post_writer).
+    assert!(
+        report
+            .http()
+            .iter()
+            .any(|e| e["method"] == "GET" && e["status"] == 200),
+        "the SDK's GET stream was not opened with 200\n{}",
+        report.context
+    );
+    report.assert_deleted();
+    proxy.assert_no_children_within(PATIENCE);
+}
+
+/// The Python SDK's default `mode="auto"`: its first request is the
+/// `server/discover` probe of the stateless era, which forkline does not
+/// serve yet; forkline's answer must make the SDK fall back to `initialize`
+/// (mcp/client/_probe.py: any JSON-RPC error but -32022 with only modern
+/// versions listed; a dropped connection fails the connect instead).
+#[test]
+fn python_streamable_http_auto_mode_falls_back_to_handshake() {
+    let Some(python) = sdk_python() else { return };
+    let proxy = Proxy::start(&[]);
+    let url = Transport::StreamableHttp.url(proxy.get());
+    let report = ClientProcess::python(
+        &python,
+        Transport::StreamableHttp,
+        "auto",
+        &ECHO_SERVER,
+        &url,
+    )
+    .report(&proxy);
+    let probe = &report.http()[0];
+    assert_eq!(
+        (
+            probe["method"].as_str(),
+            probe["headers"]["mcp-protocol-version"].as_str(),
+            probe["headers"]["mcp-method"].as_str(),
+        ),
+        (Some("POST"), Some("2026-07-28"), Some("server/discover")),
+        "the SDK's first exchange should be the server/discover probe\n{}",
+        report.context
+    );
+    assert_eq!(
+        probe["status"], 400,
+        "forkline should refuse the stateless-era probe with 400 (HTTP-CONTRACT.md)\n{}",
+        report.context
+    );
+    report.assert_handshake();
+    report.assert_echo(ECHO_TEXT);
+    report.assert_deleted();
+    proxy.assert_no_children_within(PATIENCE);
+}
+
+/// The Python SDK → forkline → server-everything over stdio: its tools,
+/// `echo`, and a long call whose progress notifications reach the client
+/// on the request's SSE stream.
+#[test]
+fn python_streamable_http_calls_everything_with_progress() {
+    let Some(python) = sdk_python() else { return };
+    let Some(packages) = NodePackages::find() else {
+        return;
+    };
+    let proxy = Proxy::start(&packages.everything_command());
+    let url = Transport::StreamableHttp.url(proxy.get());
+    let report = ClientProcess::python(
+        &python,
+        Transport::StreamableHttp,
+        "legacy",
+        &EVERYTHING,
+        &url,
+    )
+    .report(&proxy);
+    report.assert_handshake();
+    report.assert_tools(&["echo", PROGRESS_TOOL]);
+    report.assert_echo(&format!("Echo: {ECHO_TEXT}"));
+    report.assert_progress();
+    report.assert_deleted();
+    proxy.assert_no_children_within(PATIENCE);
+}
+
+// ---- Python SDK, HTTP+SSE ---------------------------------------------------
+
+/// The Python SDK's `sse` client → forkline `/sse` → `echo-server`: the
+/// `endpoint` event's relative path is resolved against the SSE URL and
+/// every POST is answered 202; closing the stream ends the session.
+#[test]
+fn python_sse_calls_echo_server() {
+    let Some(python) = sdk_python() else { return };
+    let proxy = Proxy::start(&[]);
+    let url = Transport::Sse.url(proxy.get());
+    let report =
+        ClientProcess::python(&python, Transport::Sse, "legacy", &ECHO_SERVER, &url).report(&proxy);
+    report.assert_handshake();
+    assert_eq!(report.tools(), ["echo"], "tools/list\n{}", report.context);
+    report.assert_echo(ECHO_TEXT);
+    // The sessionId of the `endpoint` event (its format is forkline's).
+    let session = report.str("session_id").to_string();
+    let posts: Vec<&Value> = report
+        .http()
+        .iter()
+        .filter(|e| e["method"] == "POST")
+        .collect();
+    assert!(
+        !posts.is_empty()
+            && posts.iter().all(|e| {
+                e["status"] == 202 && e["path"] == format!("/messages?sessionId={session}").as_str()
+            }),
+        "every POST should go to /messages?sessionId={session} and get 202\n{}",
+        report.context
+    );
+    proxy.assert_no_children_within(PATIENCE);
+}
+
+/// The Python SDK's `sse` client → forkline → server-everything, with a
+/// progress-reporting call (its notifications come on the one SSE stream).
+#[test]
+fn python_sse_calls_everything_with_progress() {
+    let Some(python) = sdk_python() else { return };
+    let Some(packages) = NodePackages::find() else {
+        return;
+    };
+    let proxy = Proxy::start(&packages.everything_command());
+    let url = Transport::Sse.url(proxy.get());
+    let report =
+        ClientProcess::python(&python, Transport::Sse, "legacy", &EVERYTHING, &url).report(&proxy);
+    report.assert_handshake();
+    report.assert_tools(&["echo", PROGRESS_TOOL]);
+    report.assert_echo(&format!("Echo: {ECHO_TEXT}"));
+    report.assert_progress();
+    proxy.assert_no_children_within(PATIENCE);
+}
+
+// ---- TypeScript SDK ---------------------------------------------------------
+
+/// The TypeScript SDK's StreamableHTTPClientTransport → forkline →
+/// `echo-server`; it ends the session with DELETE (`terminateSession`).
+#[test]
+fn typescript_streamable_http_calls_echo_server() {
+    let Some(packages) = NodePackages::find() else {
+        return;
+    };
+    let proxy = Proxy::start(&[]);
+    let url = Transport::StreamableHttp.url(proxy.get());
+    let report =
+        ClientProcess::typescript(&packages, Transport::StreamableHttp, &ECHO_SERVER, &url)
+            .report(&proxy);
+    report.assert_handshake();
+    assert_eq!(report.tools(), ["echo"], "tools/list\n{}", report.context);
+    report.assert_echo(ECHO_TEXT);
+    report.session_id();
+    report.assert_deleted();
+    proxy.assert_no_children_within(PATIENCE);
+}
+
+/// The TypeScript SDK → forkline → server-everything, with progress.
+#[test]
+fn typescript_streamable_http_calls_everything_with_progress() {
+    let Some(packages) = NodePackages::find() else {
+        return;
+    };
+    let proxy = Proxy::start(&packages.everything_command());
+    let url = Transport::StreamableHttp.url(proxy.get());
+    let report = ClientProcess::typescript(&packages, Transport::StreamableHttp, &EVERYTHING, &url)
+        .report(&proxy);
+    report.assert_handshake();
+    report.assert_tools(&["echo", PROGRESS_TOOL]);
+    report.assert_echo(&format!("Echo: {ECHO_TEXT}"));
+    report.assert_progress();
+    report.assert_deleted();
+    proxy.assert_no_children_within(PATIENCE);
+}
+
+/// The TypeScript SDK's SSEClientTransport → forkline `/sse` →
+/// `echo-server` (it resolves the `endpoint` with `new URL(data, sseUrl)`).
+#[test]
+fn typescript_sse_calls_echo_server() {
+    let Some(packages) = NodePackages::find() else {
+        return;
+    };
+    let proxy = Proxy::start(&[]);
+    let url = Transport::Sse.url(proxy.get());
+    let report =
+        ClientProcess::typescript(&packages, Transport::Sse, &ECHO_SERVER, &url).report(&proxy);
+    report.assert_handshake();
+    assert_eq!(report.tools(), ["echo"], "tools/list\n{}", report.context);
+    report.assert_echo(ECHO_TEXT);
+    assert!(
+        !report.str("session_id").is_empty(),
+        "no sessionId in the endpoint event\n{}",
+        report.context
+    );
+    proxy.assert_no_children_within(PATIENCE);
+}
+
+/// The TypeScript SDK's SSE client → forkline → server-everything, with
+/// progress.
+#[test]
+fn typescript_sse_calls_everything_with_progress() {
+    let Some(packages) = NodePackages::find() else {
+        return;
+    };
+    let proxy = Proxy::start(&packages.everything_command());
+    let url = Transport::Sse.url(proxy.get());
+    let report =
+        ClientProcess::typescript(&packages, Transport::Sse, &EVERYTHING, &url).report(&proxy);
+    report.assert_handshake();
+    report.assert_tools(&["echo", PROGRESS_TOOL]);
+    report.assert_progress();
+    proxy.assert_no_children_within(PATIENCE);
+}
+
+// ---- many sessions at once --------------------------------------------------
+
+/// Ten Python SDK clients at once, each through its own session to its own
+/// child: ten session ids, ten child pids, ten `FORKLINE_SESSION_ID`s, each
+/// child told the client's loopback address in `FORKLINE_PEER`, and every
+/// child gone once the clients have ended their sessions.
+#[test]
+fn ten_concurrent_python_clients_get_their_own_sessions_and_children() {
+    let Some(python) = sdk_python() else { return };
+    let proxy = Proxy::start(&whoami_server_command(&python));
+    let url = Transport::StreamableHttp.url(proxy.get());
+    let clients: Vec<ClientProcess> = (0..CONCURRENT_CLIENTS)
+        .map(|_| {
+            ClientProcess::python(
+                &python,
+                Transport::StreamableHttp,
+                "legacy",
+                &WHOAMI_SERVER,
+                &url,
+            )
+        })
+        .collect();
+    let reports: Vec<Report> = clients.into_iter().map(|c| c.report(&proxy)).collect();
+
+    let mut session_ids = HashSet::new();
+    let mut pids = HashSet::new();
+    let mut child_sessions = HashSet::new();
+    for report in &reports {
+        report.assert_handshake();
+        report.assert_echo(ECHO_TEXT);
+        report.assert_deleted();
+        session_ids.insert(report.session_id().to_string());
+        let whoami = &report.json["whoami"];
+        pids.insert(
+            whoami["pid"]
+                .as_u64()
+                .unwrap_or_else(|| panic!("whoami lacks a pid: {whoami}\n{}", report.context)),
+        );
+        child_sessions.insert(
+            whoami["session"]
+                .as_str()
+                .unwrap_or_else(|| {
+                    panic!(
+                        "the child had no FORKLINE_SESSION_ID: {whoami}\n{}",
+                        report.context
+                    )
+                })
+                .to_string(),
+        );
+        let peer = whoami["peer"].as_str().unwrap_or_default();
+        assert!(
+            peer.contains("127.0.0.1"),
+            "FORKLINE_PEER {peer:?} should name the client's loopback address\n{}",
+            report.context
+        );
+    }
+    let log = proxy.get().stderr_text();
+    assert_eq!(
+        session_ids.len(),
+        CONCURRENT_CLIENTS,
+        "Mcp-Session-Id values {session_ids:?}\n{log}"
+    );
+    assert_eq!(pids.len(), CONCURRENT_CLIENTS, "child pids {pids:?}\n{log}");
+    assert_eq!(
+        child_sessions.len(),
+        CONCURRENT_CLIENTS,
+        "FORKLINE_SESSION_ID values {child_sessions:?}\n{log}"
+    );
+    proxy.assert_no_children_within(PATIENCE);
+}
