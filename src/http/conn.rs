@@ -42,6 +42,8 @@ pub struct Conn {
     pub origin: Option<String>,
     /// The peer closed its side.
     pub eof: bool,
+    /// `fill` stopped at its bound with the socket maybe holding more.
+    pub input_capped: bool,
     /// Bumped on every deadline change; stale timer entries are skipped.
     pub timer_gen: u64,
     pub deadline: Option<Instant>,
@@ -68,6 +70,7 @@ impl Conn {
             close_after: false,
             origin: None,
             eof: false,
+            input_capped: false,
             timer_gen: 0,
             deadline: None,
         }
@@ -77,6 +80,7 @@ impl Conn {
     /// the connection failed.
     pub fn fill(&mut self, limit: usize) -> io::Result<()> {
         let mut chunk = [0u8; 16 * 1024];
+        self.input_capped = false;
         while self.input.len() < limit {
             match self.socket.read(&mut chunk) {
                 Ok(0) => {
@@ -89,6 +93,7 @@ impl Conn {
                 Err(e) => return Err(e),
             }
         }
+        self.input_capped = true;
         Ok(())
     }
 

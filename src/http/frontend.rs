@@ -98,12 +98,16 @@ pub struct Frontend {
     reserve: Reserve,
     /// When to try the listeners' backlogs again after `accept` failed.
     accept_retry: Option<Instant>,
+    /// Connections with input to serve once their exchange ended.
+    resume: Vec<usize>,
 }
 
 struct Live {
     session: HttpSession,
     table_id: SessionId,
     queued: Arc<AtomicBool>,
+    /// Its output waits for a connection to drain.
+    stalled: bool,
 }
 
 impl Frontend {
@@ -153,6 +157,7 @@ impl Frontend {
             timers: BinaryHeap::new(),
             reserve: Reserve::new(),
             accept_retry: None,
+            resume: Vec::new(),
         })
     }
 
@@ -172,6 +177,16 @@ impl Frontend {
             self.on_conn_ready(registry, key, admit);
         } else {
             self.accept(registry, token.0 - LISTENER_TOKENS);
+        }
+        self.resume_input(registry, admit);
+    }
+
+    /// Connections whose exchange ended with more input behind it (a
+    /// pipelined request, or input left unread at its bound) are served
+    /// now: no readiness event will come for bytes already read.
+    fn resume_input(&mut self, registry: &Registry, admit: &mut dyn Admit) {
+        while let Some(key) = self.resume.pop() {
+            self.on_conn_ready(registry, key, admit);
         }
     }
 
@@ -266,12 +281,10 @@ impl Frontend {
                 return;
             };
             let Phase::Reading { since, .. } = conn.phase else {
-                if conn.eof && conn.unsent() == 0 && !matches!(conn.phase, Phase::Answering { .. })
-                {
-                    self.close(registry, key);
-                } else if conn.eof {
-                    // A client that closed while its answer streams:
-                    // nothing more can reach it.
+                // A client that closed while its answer is on the way is
+                // gone (its stream's events stay in the log for a resume);
+                // a closing connection closes once its answer is written.
+                if conn.eof && matches!(conn.phase, Phase::Answering { .. }) {
                     self.close(registry, key);
                 }
                 return;
@@ -734,6 +747,7 @@ impl Frontend {
             session: HttpSession::new(id, principal, channel, transport, protocol),
             table_id,
             queued,
+            stalled: false,
         });
         Ok(slot)
     }
@@ -746,13 +760,14 @@ impl Frontend {
     }
 
     /// The worker of session `slot` has put messages out (or ended).
-    pub fn on_wake(&mut self, registry: &Registry) {
+    pub fn on_wake(&mut self, registry: &Registry, admit: &mut dyn Admit) {
         while let Ok(slot) = self.ready_rx.try_recv() {
             if let Some(live) = self.sessions.get(slot) {
                 live.queued.store(false, Ordering::Release);
             }
             self.service(registry, slot);
         }
+        self.resume_input(registry, admit);
     }
 
     fn service(&mut self, registry: &Registry, slot: usize) {
@@ -768,8 +783,11 @@ impl Frontend {
                     .is_some_and(|c| c.unsent() > OUTPUT_HIGH_WATER)
             });
             if stalled {
+                // `flush` comes back once that connection has drained.
+                live.stalled = true;
                 return;
             }
+            live.stalled = false;
             for _ in 0..SESSION_BATCH {
                 match live.session.peer.try_recv() {
                     Ok(Some(line)) => live.session.from_child(line, &mut out),
@@ -825,6 +843,9 @@ impl Frontend {
                 head_done: false,
             }
         };
+        if conn.phase != Phase::Closing && (!conn.input.is_empty() || conn.input_capped) {
+            self.resume.push(key);
+        }
         self.arm(key);
         self.flush(registry, key);
     }
@@ -869,20 +890,20 @@ impl Frontend {
         let Some(conn) = self.conns.get_mut(key) else {
             return;
         };
-        let was_high = conn.unsent() > OUTPUT_HIGH_WATER;
         match conn.flush() {
-            Ok(true) => {
-                if conn.phase == Phase::Closing {
+            Ok(all) => {
+                if all && conn.phase == Phase::Closing {
                     self.close(registry, key);
                     return;
                 }
-                if was_high {
+                if conn.unsent() <= OUTPUT_HIGH_WATER {
                     if let Phase::Answering { session, .. } = conn.phase {
-                        self.service(registry, session);
+                        if self.sessions.get(session).is_some_and(|l| l.stalled) {
+                            self.service(registry, session);
+                        }
                     }
                 }
             }
-            Ok(false) => {}
             Err(e) => {
                 debug!("http write to {} failed: {e}", conn.peer);
                 self.close(registry, key);

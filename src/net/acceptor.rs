@@ -197,7 +197,13 @@ pub fn serve(config: ServeConfig) -> Result<(), Error> {
             }
         }
         if woken {
-            http.on_wake(poll.registry());
+            let mut admit = HttpAdmission {
+                sessions: &sessions,
+                proxy: &proxy,
+                pool: &mut pool,
+                fd_limit,
+            };
+            http.on_wake(poll.registry(), &mut admit);
         }
         http.on_timers(poll.registry());
         if retry_at.is_some_and(|at| Instant::now() >= at) {
