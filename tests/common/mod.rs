@@ -7,6 +7,7 @@
 
 #![allow(dead_code)] // each test file uses a different part of the harness
 
+pub mod http;
 pub mod interop;
 
 use std::collections::HashSet;
@@ -166,6 +167,13 @@ impl Forkline {
                 .collect();
             me.listening.len() >= expected_listeners || me.try_exit_status().is_some()
         });
+        if me.listening.len() < expected_listeners && me.try_exit_status().is_some() {
+            // It exited: read its stderr to the end, so the message below
+            // shows why (e.g. a usage error) and not an empty log.
+            if let Some(t) = me.stderr_thread.take() {
+                let _ = t.join();
+            }
+        }
         assert!(
             found && me.listening.len() >= expected_listeners,
             "forkline did not report {expected_listeners} listener(s); stderr:\n{}",
