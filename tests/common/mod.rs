@@ -7,6 +7,7 @@
 
 #![allow(dead_code)] // each test file uses a different part of the harness
 
+pub mod http;
 pub mod interop;
 
 use std::collections::HashSet;
