@@ -59,8 +59,10 @@ pub fn run(mut input: impl BufRead, mut output: impl Write) -> io::Result<()> {
         if input.read_until(b'\n', &mut line)? == 0 {
             return Ok(());
         }
-        if let Some(reply) = handle_line(&line) {
-            write_line(&mut output, &reply)?;
+        match handle_line(&line) {
+            Reply::None => {}
+            Reply::One(reply) => write_line(&mut output, &reply)?,
+            Reply::Batch(replies) => write_line(&mut output, &replies)?,
         }
     }
 }
@@ -146,31 +148,55 @@ enum Incoming {
 
 /// Writes `response` as one line and flushes, so the peer sees each answer
 /// as soon as it is made (2026-07-28 transports/stdio: one message per line).
-fn write_line(output: &mut impl Write, response: &Response) -> io::Result<()> {
+fn write_line(output: &mut impl Write, response: &impl Serialize) -> io::Result<()> {
     let mut bytes = serde_json::to_vec(response).map_err(io::Error::other)?;
     bytes.push(b'\n');
     output.write_all(&bytes)?;
     output.flush()
 }
 
-/// Answers one raw line; `None` when nothing is to be sent back.
-fn handle_line(line: &[u8]) -> Option<Response> {
+/// What one line gets back.
+enum Reply {
+    None,
+    One(Response),
+    /// The answers to a batch's requests, as one array (JSON-RPC 2.0 §6).
+    Batch(Vec<Response>),
+}
+
+/// Answers one raw line.
+fn handle_line(line: &[u8]) -> Reply {
     let line = line.strip_suffix(b"\n").unwrap_or(line);
     let line = line.strip_suffix(b"\r").unwrap_or(line);
     if line.trim_ascii().is_empty() {
-        return None;
+        return Reply::None;
     }
     let message: Value = match serde_json::from_slice(line) {
         Ok(message) => message,
         Err(err) => {
             log::debug!("echo-server: line is not JSON: {err}");
-            return Some(Response::error(
+            return Reply::One(Response::error(
                 Value::Null,
                 PARSE_ERROR,
                 format!("parse error: {err}"),
             ));
         }
     };
+    match message {
+        // Batches are MCP 2025-03-26's: each item is answered, together.
+        Value::Array(items) if !items.is_empty() => {
+            let replies: Vec<Response> = items.into_iter().filter_map(handle_message).collect();
+            if replies.is_empty() {
+                Reply::None
+            } else {
+                Reply::Batch(replies)
+            }
+        }
+        message => handle_message(message).map_or(Reply::None, Reply::One),
+    }
+}
+
+/// Answers one message; `None` when nothing is to be sent back.
+fn handle_message(message: Value) -> Option<Response> {
     match classify(message) {
         Incoming::Request { id, method, params } => {
             log::debug!("echo-server: request method={method}");
@@ -200,7 +226,6 @@ fn handle_line(line: &[u8]) -> Option<Response> {
 /// 2026-07-28 basic/index "Messages": ids are strings or integers, never null).
 fn classify(message: Value) -> Incoming {
     let Value::Object(mut object) = message else {
-        // Batches (2025-03-26 only) are not served: no MCP client sends them.
         return Incoming::Invalid {
             id: Value::Null,
             reason: "expected a JSON-RPC object",
@@ -497,6 +522,24 @@ mod tests {
     }
 
     #[test]
+    fn a_batch_gets_one_array_of_its_requests_answers() {
+        let batch = format!(
+            "[{},{},{}]\n",
+            legacy(1, "ping", json!({})),
+            r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#,
+            legacy(2, "tools/list", json!({}))
+        );
+        let replies = serve(&batch);
+        assert_eq!(replies.len(), 1, "{replies:?}");
+        let answers = replies[0].as_array().expect("an array");
+        assert_eq!(answers.len(), 2);
+        assert_eq!(answers[0]["id"], 1);
+        assert_eq!(answers[1]["result"]["tools"][0]["name"], "echo");
+        // Only notifications: nothing comes back.
+        assert!(serve("[{\"jsonrpc\":\"2.0\",\"method\":\"x\"}]\n").is_empty());
+    }
+
+    #[test]
     fn discover_answers_without_handshake() {
         let response = serve_one(&modern(1, "server/discover", json!({})));
         assert_eq!(response["jsonrpc"], "2.0");
@@ -669,7 +712,6 @@ mod tests {
         for (line, id) in [
             ("[]", Value::Null),
             ("42", Value::Null),
-            (r#"[{"jsonrpc":"2.0","id":1,"method":"ping"}]"#, Value::Null),
             (r#"{"id":1,"method":"ping"}"#, json!(1)),
             (r#"{"jsonrpc":"1.0","id":1,"method":"ping"}"#, json!(1)),
             (r#"{"jsonrpc":"2.0","id":1}"#, json!(1)),

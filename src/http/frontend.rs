@@ -481,7 +481,7 @@ impl Frontend {
             Reply::Sse
         } else {
             Reply::Json {
-                head: head(200).header("Content-Type", "application/json"),
+                head: self.with_cors(key, head(200).header("Content-Type", "application/json")),
                 batch: matches!(kind, Kind::Batch(_)),
                 collected: Vec::new(),
             }
@@ -543,9 +543,11 @@ impl Frontend {
         let Some(live) = self.find(id, principal.as_ref()) else {
             return self.respond(registry, key, unknown_session());
         };
+        // An id not of ours has nothing to resume, which the stream says
+        // (a stream number no session reaches).
         let from = req
             .header("last-event-id")
-            .and_then(session::parse_event_id);
+            .map(|id| session::parse_event_id(id).unwrap_or((u64::MAX, 0)));
         let protocol = req
             .header("mcp-protocol-version")
             .map(str::to_string)
@@ -1022,23 +1024,15 @@ impl Frontend {
         }
     }
 
-    /// SIGTERM: no new connections or sessions; idle connections close.
+    /// SIGTERM: no new connections or sessions; every connection closes after
+    /// its next answer.
     pub fn begin_shutdown(&mut self, registry: &Registry) {
         self.draining = true;
         for (mut listener, _) in self.listeners.drain(..) {
             let _ = registry.deregister(&mut listener);
         }
-        let idle: Vec<usize> = self
-            .conns
-            .iter()
-            .filter(|(_, c)| {
-                matches!(c.phase, Phase::Reading { since: None, .. }) && c.input.is_empty()
-            })
-            .map(|(k, _)| k)
-            .collect();
-        for key in idle {
-            self.close(registry, key);
-        }
+        // Connections stay until the end: a request on one gets its 503
+        // (and `Connection: close`) rather than a reset.
         for (_, conn) in self.conns.iter_mut() {
             conn.close_after = true;
         }

@@ -303,16 +303,18 @@ impl HttpSession {
         let Ok(kind) = classify(&line) else {
             return;
         };
+        if let Kind::Batch(_) = kind {
+            // Each item goes where it belongs, as a message of its own
+            // (a JSON answer puts a batch's answers back in one array).
+            if let Ok(items) = serde_json::from_slice::<Vec<&serde_json::value::RawValue>>(&line) {
+                for item in items {
+                    self.from_child(item.get().as_bytes().to_vec(), out);
+                }
+            }
+            return;
+        }
         let target = self.stream_for(&kind, &line);
-        let is_answer = matches!(kind, Kind::Response { .. })
-            || matches!(&kind, Kind::Batch(items) if items.iter().any(|k| matches!(k, Kind::Response { .. })));
-        let answers = if is_answer {
-            let mut n = 0;
-            kind.for_each_response_id(&mut |_| n += 1);
-            n
-        } else {
-            0
-        };
+        let answers = usize::from(matches!(kind, Kind::Response { id: Some(_) }));
         // `None`: an answer nobody waits for (its exchange was dropped).
         if let Some(n) = target {
             self.deliver(n, line, answers, out);
@@ -331,11 +333,6 @@ impl HttpSession {
         }
         if matches!(kind, Kind::Response { .. }) {
             return None;
-        }
-        if let Kind::Batch(items) = kind {
-            if items.iter().all(|k| matches!(k, Kind::Response { .. })) {
-                return None;
-            }
         }
         if kind.method() == Some("notifications/progress") {
             if let Some(n) = progress_token(line).and_then(|t| self.progress_stream(&t)) {
