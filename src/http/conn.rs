@@ -26,6 +26,11 @@ pub enum Phase {
     Answering { session: usize, sse: bool },
     /// The answer is written; the connection closes once it is flushed.
     Closing,
+    /// Flushed and shut down for writing; what the client still sends is
+    /// read and dropped until it closes (or a short while passes), so the
+    /// kernel does not answer unread input with a reset that could destroy
+    /// the answer before the client has read it.
+    Draining,
 }
 
 pub struct Conn {

@@ -56,6 +56,8 @@ pub const CHANNEL_CAPACITY: usize = 128;
 /// Messages taken from one session per turn, so one chatty child cannot
 /// hold the loop.
 const SESSION_BATCH: usize = 256;
+/// How long a refused client's unread input is drained before closing.
+const DRAIN_TIME: Duration = Duration::from_secs(2);
 /// Pause before trying a listener again after `accept` failed.
 const ACCEPT_RETRY: Duration = Duration::from_millis(100);
 
@@ -280,6 +282,13 @@ impl Frontend {
             let Some(conn) = self.conns.get_mut(key) else {
                 return;
             };
+            if conn.phase == Phase::Draining {
+                conn.input = Vec::new();
+                if conn.eof {
+                    self.close(registry, key);
+                }
+                return;
+            }
             let Phase::Reading { since, .. } = conn.phase else {
                 // A client that closed while its answer is on the way is
                 // gone (its stream's events stay in the log for a resume);
@@ -337,8 +346,8 @@ impl Frontend {
         let status = malformed.status();
         let response = Response::rpc_error(status, code::INVALID_REQUEST, &malformed.to_string());
         if let Some(conn) = self.conns.get_mut(key) {
-            // The rest of the input cannot be framed: answer and close.
-            conn.input = Vec::new();
+            // The rest of the input cannot be framed: answer and close
+            // (draining what is left, see `Phase::Draining`).
             conn.close_after = true;
         }
         self.respond(registry, key, response);
@@ -895,7 +904,14 @@ impl Frontend {
         match conn.flush() {
             Ok(all) => {
                 if all && conn.phase == Phase::Closing {
-                    self.close(registry, key);
+                    if conn.input.is_empty() && !conn.input_capped {
+                        self.close(registry, key);
+                    } else {
+                        let _ = conn.socket.shutdown(std::net::Shutdown::Write);
+                        conn.input = Vec::new();
+                        conn.phase = Phase::Draining;
+                        self.arm(key);
+                    }
                     return;
                 }
                 if conn.unsent() <= OUTPUT_HIGH_WATER {
@@ -948,6 +964,7 @@ impl Frontend {
             } => Some(since + BODY_TIMEOUT),
             Phase::Answering { .. } => Some(now + SSE_KEEP_ALIVE),
             Phase::Closing => Some(now + HEAD_TIMEOUT),
+            Phase::Draining => Some(now + DRAIN_TIME),
         };
         conn.deadline = deadline;
         conn.timer_gen += 1;
@@ -1019,7 +1036,9 @@ impl Frontend {
                     );
                     self.respond(registry, key, r);
                 }
-                Phase::Reading { since: None, .. } | Phase::Closing => self.close(registry, key),
+                Phase::Reading { since: None, .. } | Phase::Closing | Phase::Draining => {
+                    self.close(registry, key)
+                }
             }
         }
     }
