@@ -799,9 +799,13 @@ impl Frontend {
                 return;
             }
             live.stalled = false;
-            for _ in 0..SESSION_BATCH {
+            let mut taken = 0;
+            while taken < SESSION_BATCH {
                 match live.session.peer.try_recv() {
-                    Ok(Some(line)) => live.session.from_child(line, &mut out),
+                    Ok(Some(line)) => {
+                        taken += 1;
+                        live.session.from_child(line, &mut out);
+                    }
                     Ok(None) => break,
                     Err(_) => {
                         live.session.end(&mut out);
@@ -810,7 +814,7 @@ impl Frontend {
                     }
                 }
             }
-            if !ended && out.len() >= SESSION_BATCH {
+            if !ended && taken == SESSION_BATCH {
                 // More may be waiting: come back next turn.
                 let _ = self.ready_tx.send(slot);
                 let _ = self.waker.wake();
