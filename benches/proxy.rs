@@ -185,11 +185,21 @@ fn main() {
     }
 
     let machine = report::machine(&paths, &load);
-    let command = if quick {
-        "benches/run.sh --quick".to_string()
-    } else {
-        "benches/run.sh".to_string()
-    };
+    // The run's own arguments (`--only`, `--burst-cap`), so a partial run
+    // says so; `--out` only says where the text went.
+    let mut command = String::from("benches/run.sh");
+    let mut words = args.iter();
+    while let Some(a) = words.next() {
+        if a == "--out" {
+            words.next();
+        } else if a != "--bench" {
+            command.push(' ');
+            command.push_str(a);
+        }
+    }
+    if quick && !args.iter().any(|a| a == "--quick") {
+        command.push_str(" --quick");
+    }
     let doc = report::render(&rows, &settings, &machine, &command, started.elapsed());
     println!("{doc}");
     if let Some(out) = out {

@@ -7,7 +7,8 @@
 # Arguments go to the benchmark: `--quick` for a smoke run with small counts
 # (about a minute and a half; writes nothing), `--only forkline,socat` for
 # some rows (keys: direct, socat, forkline, twin, forkline-http,
-# forkline-http-json, supergateway, mcp-proxy), `--burst-cap N` for the cap of the max-live-sessions phase.
+# forkline-http-json, supergateway, mcp-proxy), `--burst-cap N` for the cap
+# of the max-live-sessions phase.
 # A full run takes about 7 minutes on 2 cores, of which the max-live-sessions
 # and recovery phases (6,500 sessions; 40 s windows) take about 2.
 set -euo pipefail
