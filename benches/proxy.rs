@@ -7,7 +7,8 @@
 //! listens, measures, then stops it and kills and reaps everything it left,
 //! by PID. Rows: a direct pipe to the child (the driver's own floor),
 //! socat (the raw relay floor), forkline, the tokio twin
-//! (benches/async-twin), supergateway and mcp-proxy (both Streamable HTTP).
+//! (benches/async-twin), forkline's `serve --http` (issue 11; SSE answers,
+//! and JSON answers), supergateway and mcp-proxy (both Streamable HTTP).
 //! Every loop is bounded in count and time. `--quick` (or
 //! FORKLINE_BENCH_QUICK=1) is a smoke run with small counts; `--only
 //! forkline,socat` limits the rows; `--burst-cap N` changes the cap of the
@@ -35,7 +36,7 @@ use std::sync::{Arc, Barrier, mpsc};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use client::{Session, Target, echo_call, open_initialized};
+use client::{Session, Target, echo_call, open_initialized, open_with_stream};
 use report::{Fig, Row, Throughput};
 use tools::{Kind, Paths, Running};
 
@@ -184,11 +185,21 @@ fn main() {
     }
 
     let machine = report::machine(&paths, &load);
-    let command = if quick {
-        "benches/run.sh --quick".to_string()
-    } else {
-        "benches/run.sh".to_string()
-    };
+    // The run's own arguments (`--only`, `--burst-cap`), so a partial run
+    // says so; `--out` only says where the text went.
+    let mut command = String::from("benches/run.sh");
+    let mut words = args.iter();
+    while let Some(a) = words.next() {
+        if a == "--out" {
+            words.next();
+        } else if a != "--bench" {
+            command.push(' ');
+            command.push_str(a);
+        }
+    }
+    if quick && !args.iter().any(|a| a == "--quick") {
+        command.push_str(" --quick");
+    }
     let doc = report::render(&rows, &settings, &machine, &command, started.elapsed());
     println!("{doc}");
     if let Some(out) = out {
@@ -572,6 +583,8 @@ fn proxy_switches(running: Option<&Running>) -> Option<u64> {
 #[derive(Default)]
 struct LatencyRound {
     samples_us: Vec<f64>,
+    /// HTTP: how the server answered the requests.
+    answered_as: Option<String>,
     cpu_s: f64,
     switches: Option<u64>,
     /// The p50 of each round added, to show the spread between rounds.
@@ -584,6 +597,9 @@ impl LatencyRound {
         sorted.sort_by(f64::total_cmp);
         self.round_p50s.push(percentile(&sorted, 0.5));
         self.samples_us.extend(other.samples_us);
+        if other.answered_as.is_some() {
+            self.answered_as = other.answered_as;
+        }
         self.cpu_s += other.cpu_s;
         self.switches = match (self.switches, other.switches) {
             (a, None) => a,
@@ -602,6 +618,7 @@ impl LatencyRound {
         row.cpu_1 = Ok(self.cpu_s * 1e3 * 10_000.0 / (2.0 * n));
         row.switches_per_call = self.switches.map(|s| s as f64 / n).ok_or_else(String::new);
         row.round_p50s = self.round_p50s.clone();
+        row.answered_as.clone_from(&self.answered_as);
     }
 }
 
@@ -641,9 +658,11 @@ fn latency(
     }
     let cpu1 = proxy_cpu(running);
     let switches1 = proxy_switches(running);
+    let answered_as = session.answered_as().map(str::to_owned);
     session.close();
     Ok(LatencyRound {
         samples_us,
+        answered_as,
         cpu_s: cpu1 - cpu0,
         switches: switches1.zip(switches0).map(|(b, a)| b.saturating_sub(a)),
         round_p50s: Vec::new(),
@@ -828,9 +847,16 @@ fn setup(target: &Target, s: &Settings) -> Fig {
     Ok(percentile(&samples, 0.5))
 }
 
-/// Opens `n` initialized sessions with a few threads; returns those opened
+/// How the memory rows open one idle session.
+type Opener = fn(&Target) -> std::io::Result<Box<dyn Session>>;
+
+fn open_plain(target: &Target) -> std::io::Result<Box<dyn Session>> {
+    open_initialized(target).map(|(s, _)| s)
+}
+
+/// Opens `n` sessions with `opener` on a few threads; returns those opened
 /// and the first error, if any.
-fn open_many(target: &Target, n: usize) -> (Vec<Box<dyn Session>>, Option<String>) {
+fn open_many(target: &Target, n: usize, opener: Opener) -> (Vec<Box<dyn Session>>, Option<String>) {
     let threads = 8.min(n.max(1));
     let handles: Vec<_> = (0..threads)
         .map(|t| {
@@ -840,8 +866,8 @@ fn open_many(target: &Target, n: usize) -> (Vec<Box<dyn Session>>, Option<String
                 let mut opened = Vec::with_capacity(count);
                 let mut error = None;
                 for _ in 0..count {
-                    match open_initialized(&target) {
-                        Ok((s, _)) => opened.push(s),
+                    match opener(&target) {
+                        Ok(s) => opened.push(s),
                         Err(e) => {
                             error.get_or_insert(e.to_string());
                         }
@@ -873,14 +899,31 @@ fn wakeups(running: &Running, s: &Settings) -> f64 {
     after.saturating_sub(before) as f64 / s.idle_window.as_secs_f64()
 }
 
+/// fds and threads summed over the proxy's processes.
+fn fds_threads(pids: &[i32]) -> (usize, usize) {
+    (
+        pids.iter().map(|p| procfs::fds(*p)).sum(),
+        pids.iter().map(|p| procfs::threads(*p)).sum(),
+    )
+}
+
 /// Proxy RSS idle, with `idle_small` and `idle_large` idle sessions, the
-/// children's RSS, and wake-ups when idle. Returns the open sessions.
+/// children's RSS, fds and threads per idle session, and wake-ups when
+/// idle; then one call on every idle session. forkline's HTTP sessions
+/// hold their GET stream open (`open_with_stream`), as an MCP client
+/// leaves them. Returns the open sessions.
 fn memory(row: &mut Row, running: &Running, s: &Settings) -> Vec<Box<dyn Session>> {
+    let opener: Opener = if row.kind.is_forkline_http() {
+        row.idle_streams = true;
+        open_with_stream
+    } else {
+        open_plain
+    };
     thread::sleep(s.settle);
     row.rss_idle = Ok(procfs::sum_rss_kib(&running.tree().proxy) as f64);
     row.wake_idle = Ok(wakeups(running, s));
 
-    let (mut sessions, error) = open_many(&running.target, s.idle_small);
+    let (mut sessions, error) = open_many(&running.target, s.idle_small, opener);
     if let Some(e) = &error {
         row.notes
             .push(format!("opening {} idle sessions: {e}", s.idle_small));
@@ -890,15 +933,16 @@ fn memory(row: &mut Row, running: &Running, s: &Settings) -> Vec<Box<dyn Session
     let tree = running.tree();
     let rss_small = procfs::sum_rss_kib(&tree.proxy) as f64;
     let pss_small = procfs::sum_pss_kib(&tree.proxy) as f64;
+    let (fds_small, threads_small) = fds_threads(&tree.proxy);
     row.rss_small = if small == s.idle_small {
         Ok(rss_small)
     } else {
         Err(format!("only {small} sessions opened"))
     };
     row.wake_small = Ok(wakeups(running, s));
-    row.threads_small = Some(tree.proxy.iter().map(|p| procfs::threads(*p)).sum());
+    row.threads_small = Some(threads_small);
 
-    let (more, error) = open_many(&running.target, s.idle_large - small);
+    let (more, error) = open_many(&running.target, s.idle_large - small, opener);
     if let Some(e) = &error {
         row.notes
             .push(format!("opening {} idle sessions: {e}", s.idle_large));
@@ -909,6 +953,7 @@ fn memory(row: &mut Row, running: &Running, s: &Settings) -> Vec<Box<dyn Session
     let tree = running.tree();
     let rss_large = procfs::sum_rss_kib(&tree.proxy) as f64;
     let pss_large = procfs::sum_pss_kib(&tree.proxy) as f64;
+    let (fds_large, threads_large) = fds_threads(&tree.proxy);
     row.rss_large = if large == s.idle_large {
         Ok(rss_large)
     } else {
@@ -920,10 +965,37 @@ fn memory(row: &mut Row, running: &Running, s: &Settings) -> Vec<Box<dyn Session
         let n = (large - small) as f64;
         row.kib_per_session = Ok((rss_large - rss_small) / n);
         row.pss_per_session = Ok((pss_large - pss_small) / n);
+        row.fds_per_idle = Ok((fds_large as f64 - fds_small as f64) / n);
+        row.threads_per_idle = Ok((threads_large as f64 - threads_small as f64) / n);
     } else {
         let why = error.unwrap_or_else(|| "no session opened".into());
         row.kib_per_session = Err(why.clone());
-        row.pss_per_session = Err(why);
+        row.pss_per_session = Err(why.clone());
+        row.fds_per_idle = Err(why.clone());
+        row.threads_per_idle = Err(why);
     }
+    row.idle_answered = Some(answer_all(&mut sessions, s));
     sessions
+}
+
+/// One call on every session, one after another, within `s.cap`:
+/// (answered, sessions, first failure).
+fn answer_all(sessions: &mut [Box<dyn Session>], s: &Settings) -> (usize, usize, Option<String>) {
+    let deadline = Instant::now() + s.cap;
+    let mut answered = 0;
+    let mut first = None;
+    for (i, session) in sessions.iter_mut().enumerate() {
+        if Instant::now() > deadline {
+            first.get_or_insert_with(|| format!("the {:.0} s cap ran out", s.cap.as_secs_f64()));
+            break;
+        }
+        let id = 1_000 + i as u64;
+        match session.request(id, &echo_call(id)) {
+            Ok(()) => answered += 1,
+            Err(e) => {
+                first.get_or_insert_with(|| format!("session {}: {e}", i + 1));
+            }
+        }
+    }
+    (answered, sessions.len(), first)
 }

@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
-# The one command behind docs/benchmarks.md (issues 5 and 10):
+# The one command behind docs/benchmarks.md (issues 5, 10 and 11):
 #   1. install the peers (benches/setup.sh: socat, supergateway, mcp-proxy),
 #   2. build forkline and its async twin (benches/async-twin) in release,
 #   3. run the side-by-side benchmark, which prints the table and, on a full
 #      run, writes docs/benchmarks.md.
 # Arguments go to the benchmark: `--quick` for a smoke run with small counts
 # (about a minute and a half; writes nothing), `--only forkline,socat` for
-# some rows, `--burst-cap N` for the cap of the max-live-sessions phase.
+# some rows (keys: direct, socat, forkline, twin, forkline-http,
+# forkline-http-json, supergateway, mcp-proxy), `--burst-cap N` for the cap
+# of the max-live-sessions phase.
 # A full run takes about 7 minutes on 2 cores, of which the max-live-sessions
 # and recovery phases (6,500 sessions; 40 s windows) take about 2.
 set -euo pipefail

@@ -1,7 +1,8 @@
 //! The load driver's clients: one MCP session each, over a raw TCP line
-//! stream (forkline, the twin, socat), Streamable HTTP (supergateway,
-//! mcp-proxy) or pipes straight to a child (the floor row). All blocking,
-//! std only, with a read timeout so nothing can hang the run.
+//! stream (forkline, the twin, socat), Streamable HTTP (forkline's `serve
+//! --http`, supergateway, mcp-proxy) or pipes straight to a child (the
+//! floor row). All blocking, std only, with a read timeout so nothing can
+//! hang the run.
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -36,10 +37,34 @@ pub fn echo_call(id: u64) -> String {
 pub enum Target {
     /// Newline-delimited JSON-RPC over TCP.
     Line(SocketAddr),
-    /// MCP Streamable HTTP at this path.
-    Http(SocketAddr, &'static str),
+    /// MCP Streamable HTTP at this path, POSTs sending this `Accept`.
+    Http(SocketAddr, &'static str, Accept),
     /// No proxy: spawn this command and talk to it over pipes.
     Pipe(Vec<String>),
+}
+
+/// The `Accept` header of an HTTP client's POSTs, which lets the server
+/// choose how to answer a request (Streamable HTTP, 2025-06-18 §"Sending
+/// Messages to the Server"): every row of the comparison sends `Both`, as
+/// the SDKs do; `JsonOnly` is forkline's second HTTP row, to show what the
+/// SSE framing costs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Accept {
+    /// `application/json, text/event-stream`: the server may answer with
+    /// either (forkline and supergateway answer with an SSE stream,
+    /// mcp-proxy with JSON).
+    Both,
+    /// `application/json`: the server must answer with a JSON body.
+    JsonOnly,
+}
+
+impl Accept {
+    fn header(self) -> &'static str {
+        match self {
+            Accept::Both => "application/json, text/event-stream",
+            Accept::JsonOnly => "application/json",
+        }
+    }
 }
 
 /// One MCP session. Every call blocks until answered or IO_TIMEOUT.
@@ -50,12 +75,16 @@ pub trait Session: Send {
     fn notify(&mut self, body: &str) -> io::Result<()>;
     /// Ends the session politely (HTTP DELETE); dropping also ends it.
     fn close(&mut self) {}
+    /// HTTP: the `Content-Type` the last request was answered with.
+    fn answered_as(&self) -> Option<&str> {
+        None
+    }
 }
 
 pub fn open(target: &Target) -> io::Result<Box<dyn Session>> {
     Ok(match target {
         Target::Line(addr) => Box::new(LineSession::connect(*addr, IO_TIMEOUT)?),
-        Target::Http(addr, path) => Box::new(HttpSession::connect(*addr, path)?),
+        Target::Http(addr, path, accept) => Box::new(HttpSession::connect(*addr, path, *accept)?),
         Target::Pipe(command) => Box::new(PipeSession::spawn(command)?),
     })
 }
@@ -69,6 +98,21 @@ pub fn open_initialized(target: &Target) -> io::Result<(Box<dyn Session>, Durati
     let took = started.elapsed();
     session.notify(INITIALIZED)?;
     Ok((session, took))
+}
+
+/// An idle Streamable HTTP session as an MCP client leaves it: initialized,
+/// and its GET stream (`Accept: text/event-stream`) open and answered with
+/// `200 text/event-stream`, then held with no traffic. Costs the driver two
+/// fds: the kept-alive POST connection and the stream's.
+pub fn open_with_stream(target: &Target) -> io::Result<Box<dyn Session>> {
+    let Target::Http(addr, path, accept) = target else {
+        return Err(other("only an HTTP session has a GET stream"));
+    };
+    let mut session = HttpSession::connect(*addr, path, *accept)?;
+    session.request(0, &initialize(0))?;
+    session.notify(INITIALIZED)?;
+    session.open_stream()?;
+    Ok(Box::new(session))
 }
 
 fn other(msg: impl Into<String>) -> io::Error {
@@ -286,13 +330,17 @@ impl Drop for PipeSession {
 }
 
 /// MCP Streamable HTTP: POST each message to the endpoint over one
-/// keep-alive HTTP/1.1 connection, carrying `Mcp-Session-Id`.
+/// keep-alive HTTP/1.1 connection, carrying `Mcp-Session-Id`; optionally
+/// the session's GET stream, held open and never read after its head.
 struct HttpSession {
     addr: SocketAddr,
     path: &'static str,
+    accept: Accept,
     conn: Option<BufReader<TcpStream>>,
     session_id: Option<String>,
     request: Vec<u8>,
+    answered_as: String,
+    stream: Option<TcpStream>,
 }
 
 struct Response {
@@ -303,13 +351,16 @@ struct Response {
 }
 
 impl HttpSession {
-    fn connect(addr: SocketAddr, path: &'static str) -> io::Result<HttpSession> {
+    fn connect(addr: SocketAddr, path: &'static str, accept: Accept) -> io::Result<HttpSession> {
         let mut s = HttpSession {
             addr,
             path,
+            accept,
             conn: None,
             session_id: None,
             request: Vec::with_capacity(1024),
+            answered_as: String::new(),
+            stream: None,
         };
         s.conn = Some(s.dial()?);
         Ok(s)
@@ -327,9 +378,10 @@ impl HttpSession {
         self.request.clear();
         write!(
             self.request,
-            "{method} {} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\nContent-Length: {}\r\n",
+            "{method} {} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nAccept: {}\r\nContent-Length: {}\r\n",
             self.path,
             self.addr,
+            self.accept.header(),
             body.len()
         )?;
         if let Some(id) = &self.session_id {
@@ -361,6 +413,62 @@ impl HttpSession {
         }
         Err(other("the server closed the connection twice"))
     }
+
+    /// Opens the session's GET stream on a connection of its own and reads
+    /// the response head; fails unless it is `200 text/event-stream`. The
+    /// stream is then held, unread, until the session is dropped.
+    fn open_stream(&mut self) -> io::Result<()> {
+        let Some(id) = &self.session_id else {
+            return Err(other("no session id to open a GET stream with"));
+        };
+        let mut conn = self.dial()?;
+        write!(
+            conn.get_mut(),
+            "GET {} HTTP/1.1\r\nHost: {}\r\nAccept: text/event-stream\r\nMcp-Session-Id: {id}\r\nMCP-Protocol-Version: {PROTOCOL_VERSION}\r\n\r\n",
+            self.path,
+            self.addr
+        )?;
+        let (status, content_type) = read_head(&mut conn)?;
+        if status != 200 || !content_type.starts_with("text/event-stream") {
+            return Err(other(format!(
+                "GET stream: HTTP {status}, Content-Type {content_type:?}"
+            )));
+        }
+        // Anything already buffered past the head (a priming event) is
+        // dropped with the reader; the socket itself stays open.
+        self.stream = Some(conn.into_inner());
+        Ok(())
+    }
+}
+
+/// Reads a response's status line and headers only: its status and
+/// `Content-Type`.
+fn read_head(conn: &mut BufReader<TcpStream>) -> io::Result<(u16, String)> {
+    let mut line = String::new();
+    if conn.read_line(&mut line)? == 0 {
+        return Err(other("closed before answering"));
+    }
+    let status: u16 = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| other(format!("bad status line {line:?}")))?;
+    let mut content_type = String::new();
+    loop {
+        line.clear();
+        if conn.read_line(&mut line)? == 0 {
+            return Err(other("EOF in headers"));
+        }
+        let header = line.trim_end();
+        if header.is_empty() {
+            return Ok((status, content_type));
+        }
+        if let Some((name, value)) = header.split_once(':') {
+            if name.eq_ignore_ascii_case("content-type") {
+                content_type = value.trim().to_ascii_lowercase();
+            }
+        }
+    }
 }
 
 impl Session for HttpSession {
@@ -375,6 +483,9 @@ impl Session for HttpSession {
         }
         if self.session_id.is_none() {
             self.session_id = response.session_id.clone();
+        }
+        if self.answered_as != response.content_type {
+            self.answered_as.clone_from(&response.content_type);
         }
         let found = if response.content_type.starts_with("text/event-stream") {
             sse_data(&response.body)
@@ -398,6 +509,11 @@ impl Session for HttpSession {
         if self.session_id.is_some() {
             let _ = self.exchange("DELETE", "");
         }
+        self.stream.take();
+    }
+
+    fn answered_as(&self) -> Option<&str> {
+        (!self.answered_as.is_empty()).then_some(self.answered_as.as_str())
     }
 }
 

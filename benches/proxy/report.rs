@@ -54,6 +54,19 @@ pub struct Row {
     pub children_large: Fig,
     pub children_count: Option<usize>,
     pub threads_small: Option<usize>,
+    /// Over the idle sessions of the memory rows: (fds@large − fds@small)
+    /// and (threads@large − threads@small) ÷ the sessions between, summed
+    /// over the proxy's processes.
+    pub fds_per_idle: Fig,
+    pub threads_per_idle: Fig,
+    /// The idle sessions held their GET stream open (forkline's HTTP rows).
+    pub idle_streams: bool,
+    /// After the memory rows, one call on every idle session, one after
+    /// another: (answered, sessions, first failure).
+    pub idle_answered: Option<(usize, usize, Option<String>)>,
+    /// HTTP: the `Content-Type` the latency run's requests were answered
+    /// with.
+    pub answered_as: Option<String>,
     pub wake_idle: Fig,
     pub wake_small: Fig,
     /// Issue 10: max live sessions and recovery (forkline, twin, socat);
@@ -89,6 +102,11 @@ impl Row {
             children_large: none(),
             children_count: None,
             threads_small: None,
+            fds_per_idle: none(),
+            threads_per_idle: none(),
+            idle_streams: false,
+            idle_answered: None,
+            answered_as: None,
             wake_idle: none(),
             wake_small: none(),
             burst: Err(String::new()),
@@ -213,7 +231,7 @@ pub fn footprint(row: &mut Row, paths: &Paths) {
     let peers = paths.root.join("benches/.peers");
     match row.kind {
         Kind::Direct => {}
-        Kind::Forkline => {
+        Kind::Forkline | Kind::ForklineHttp | Kind::ForklineHttpJson => {
             row.binary_bytes = stripped_size(&paths.forkline, &paths.work);
             row.binary = row.binary_bytes.map_or("?".into(), mib);
             row.deps = crate_count(&paths.root.join("Cargo.toml"), &paths.root)
@@ -741,6 +759,239 @@ fn issue_10_targets(
     );
 }
 
+fn us_diff(a: &Fig, b: &Fig) -> String {
+    both(a, b).map_or("—".into(), |(a, b)| format!("{:+.0} µs", a - b))
+}
+
+/// How a row's HTTP requests were answered, as the client saw it.
+fn answers(row: &Row) -> String {
+    match row.answered_as.as_deref() {
+        Some(t) if t.starts_with("text/event-stream") => "SSE stream".into(),
+        Some(t) if t.starts_with("application/json") => "JSON body".into(),
+        Some(t) => format!("`{t}`"),
+        None if row.kind == Kind::Forkline => "(raw TCP lines)".into(),
+        None => "—".into(),
+    }
+}
+
+/// Issue 11: forkline's HTTP path beside the HTTP peers and its own TCP
+/// path, the idle cost of an HTTP session with its GET stream open, and
+/// the issue's targets.
+fn http_tables(md: &mut String, rows: &[Row], s: &Settings) {
+    let find = |k: Kind| rows.iter().find(|r| r.kind == k && r.skipped.is_none());
+    let Some(fh) = find(Kind::ForklineHttp) else {
+        return;
+    };
+    let sg = find(Kind::Supergateway);
+    let tcp = find(Kind::Forkline);
+    let conc = &s.concurrency;
+    let sgf = |get: &dyn Fn(&Row) -> Fig| sg.map_or(none(), get);
+
+    let _ = writeln!(
+        md,
+        "\n## forkline over HTTP (issue 11)\n\n\
+         Same child (`forkline echo-server`), same driver and the same Streamable HTTP client \
+         for every HTTP row: a POST per message on one keep-alive connection, \
+         `Accept: application/json, text/event-stream` (the server chooses how to answer; \
+         \"answered as\" is what it chose), except the JSON row, whose POSTs accept \
+         `application/json` only. Ratios are to supergateway in this run.\n"
+    );
+    let mut h = vec![
+        "tool".to_string(),
+        "answered as".into(),
+        "RTT p50 µs".into(),
+        "RTT p99 µs".into(),
+    ];
+    for n in conc {
+        h.push(format!("req/s @{n}"));
+    }
+    h.push("p50 ÷ supergateway".into());
+    for n in conc {
+        h.push(format!("req/s @{n} ÷ supergateway"));
+    }
+    let _ = writeln!(md, "| {} |", h.join(" | "));
+    let _ = writeln!(md, "|---|---|{}", "---:|".repeat(h.len() - 2));
+    for kind in [
+        Kind::ForklineHttp,
+        Kind::ForklineHttpJson,
+        Kind::Supergateway,
+        Kind::McpProxy,
+        Kind::Forkline,
+    ] {
+        let Some(r) = find(kind) else { continue };
+        let fig = |f: &Fig, digits: usize| {
+            f.as_ref()
+                .ok()
+                .filter(|v| v.is_finite())
+                .map_or("n/a".into(), |v| format!("{v:.digits$}"))
+        };
+        let mut cells = vec![
+            r.kind.label().to_string(),
+            answers(r),
+            fig(&r.p50_us, 0),
+            fig(&r.p99_us, 0),
+        ];
+        for n in conc {
+            cells.push(r.rps(*n).map_or("n/a".into(), group));
+        }
+        cells.push(ratio(&r.p50_us, &sgf(&|x| x.p50_us.clone())));
+        for n in conc {
+            cells.push(ratio(&r.rps(*n), &sgf(&|x| x.rps(*n))));
+        }
+        let _ = writeln!(md, "| {} |", cells.join(" | "));
+    }
+
+    if let Some(tcp) = tcp {
+        let _ = writeln!(
+            md,
+            "\nThe HTTP path's overhead over forkline's own TCP path (same binary, same child, \
+             same run): HTTP ÷ TCP, and HTTP − TCP for latency.\n"
+        );
+        let mut h = vec![
+            "forkline HTTP row".to_string(),
+            "RTT p50".into(),
+            "RTT p99".into(),
+        ];
+        for n in conc {
+            h.push(format!("req/s @{n}"));
+        }
+        h.push("CPU ms/10k msgs (1 session)".into());
+        h.push("CPU ms/10k msgs (64 sessions)".into());
+        let _ = writeln!(md, "| {} |", h.join(" | "));
+        let _ = writeln!(md, "|---|{}", "---:|".repeat(h.len() - 1));
+        for r in [Some(fh), find(Kind::ForklineHttpJson)]
+            .into_iter()
+            .flatten()
+        {
+            let mut cells = vec![
+                r.kind.label().to_string(),
+                format!(
+                    "{} ({})",
+                    ratio(&r.p50_us, &tcp.p50_us),
+                    us_diff(&r.p50_us, &tcp.p50_us)
+                ),
+                format!(
+                    "{} ({})",
+                    ratio(&r.p99_us, &tcp.p99_us),
+                    us_diff(&r.p99_us, &tcp.p99_us)
+                ),
+            ];
+            for n in conc {
+                cells.push(ratio(&r.rps(*n), &tcp.rps(*n)));
+            }
+            cells.push(ratio(&r.cpu_1, &tcp.cpu_1));
+            cells.push(ratio(&r.cpu_64, &tcp.cpu_64));
+            let _ = writeln!(md, "| {} |", cells.join(" | "));
+        }
+    }
+
+    let _ = writeln!(
+        md,
+        "\nIdle sessions, with the trivial C child: per session, (figure@{large} − \
+         figure@{small}) ÷ {diff}, over the proxy's own processes (/proc/PID/status, fd, \
+         task). forkline's HTTP sessions are idle as an MCP client leaves them: initialized, \
+         `notifications/initialized` sent, and a GET stream (`Accept: text/event-stream`) \
+         open, no traffic; the driver keeps each session's POST connection alive too, so an \
+         HTTP session is two connections. The peers' HTTP sessions hold only their POST \
+         connection. Then one call on every session, one after another.\n",
+        large = s.idle_large,
+        small = s.idle_small,
+        diff = s.idle_large - s.idle_small,
+    );
+    let _ = writeln!(
+        md,
+        "| tool | idle session | proxy RSS @{} MiB | KiB/session (RSS) | fds/session | \
+         threads/session | answered afterwards |\n|---|---|---:|---:|---:|---:|---|",
+        s.idle_large
+    );
+    for kind in [
+        Kind::Forkline,
+        Kind::ForklineHttp,
+        Kind::ForklineHttpJson,
+        Kind::Supergateway,
+        Kind::McpProxy,
+    ] {
+        let Some(r) = find(kind) else { continue };
+        let fig = |f: &Fig, digits: usize| match f {
+            Ok(v) if v.is_finite() => format!("{v:.digits$}"),
+            Ok(_) => "n/a".into(),
+            Err(e) if e.is_empty() => "—".into(),
+            Err(_) => "n/a".into(),
+        };
+        let what = if r.kind == Kind::Forkline {
+            "TCP connection"
+        } else if r.idle_streams {
+            "POST connection + open GET stream"
+        } else {
+            "POST connection"
+        };
+        let _ = writeln!(
+            md,
+            "| {} | {what} | {} | {} | {} | {} | {} |",
+            r.kind.label(),
+            r.rss_large
+                .as_ref()
+                .map_or("n/a".into(), |v| format!("{:.1}", v / 1024.0)),
+            fig(&r.kib_per_session, 1),
+            fig(&r.fds_per_idle, 2),
+            fig(&r.threads_per_idle, 2),
+            idle_answered(r),
+        );
+    }
+
+    let _ = writeln!(md, "\n## forkline against the issue-11 targets (HTTP)\n");
+    let _ = writeln!(md, "| target | measured | met? |\n|---|---|---|");
+    let p50 = both(&fh.p50_us, &sgf(&|x| x.p50_us.clone()));
+    let _ = writeln!(
+        md,
+        "| HTTP single-session p50 ≤ 0.2× supergateway's ({}) | {} | {} |",
+        answers(fh),
+        p50.map_or("—".into(), |(a, b)| format!(
+            "{a:.0} µs vs {b:.0} µs = {:.3}×",
+            a / b
+        )),
+        verdict(p50.map(|(a, b)| a <= 0.2 * b))
+    );
+    for n in [16, 64] {
+        let rps = both(&fh.rps(n), &sgf(&|x| x.rps(n)));
+        let _ = writeln!(
+            md,
+            "| HTTP req/s @{n} ≥ 10× supergateway's | {} | {} |",
+            rps.map_or("—".into(), |(a, b)| format!(
+                "{} vs {} = {:.1}×",
+                group(a),
+                group(b),
+                a / b
+            )),
+            verdict(rps.map(|(a, b)| a >= 10.0 * b))
+        );
+    }
+    let _ = writeln!(
+        md,
+        "| {} idle HTTP sessions with open GET streams all answer afterwards | {} | {} |",
+        count(s.idle_large),
+        idle_answered(fh),
+        verdict(
+            fh.idle_answered
+                .as_ref()
+                .map(|(a, n, _)| { *a == *n && *n == s.idle_large })
+        )
+    );
+}
+
+fn idle_answered(r: &Row) -> String {
+    match &r.idle_answered {
+        None => "—".into(),
+        Some((a, n, None)) => format!("{} of {}", count(*a), count(*n)),
+        Some((a, n, Some(e))) => format!(
+            "{} of {} (first failure: {})",
+            count(*a),
+            count(*n),
+            e.replace('|', "\\|")
+        ),
+    }
+}
+
 /// Notes on the burst phase of one tool.
 fn burst_notes(row: &Row, notes: &mut Vec<String>) {
     let Ok(b) = &row.burst else { return };
@@ -1067,6 +1318,8 @@ pub fn render(
         issue_10_targets(&mut md, f, socat, twin, s);
     }
 
+    http_tables(&mut md, rows, s);
+
     // Notes.
     let mut all_notes = notes;
     for row in rows.iter().filter(|r| r.skipped.is_none()) {
@@ -1145,6 +1398,14 @@ everything of its process tree. All traffic is loopback. The child is
 - **async twin**: benches/async-twin, the same TCP session proxy written
   with tokio (multi-threaded runtime, `tokio::process`, a framed line
   codec, the same validation, limits and flags).
+- **forkline (HTTP)**: `forkline -q serve --http 127.0.0.1:0
+  --max-sessions 1100 --max-sessions-per-client 1100 --shutdown-grace 1
+  -- CHILD`, Streamable HTTP at `/mcp`, driven by the same client as
+  supergateway and mcp-proxy (POST per message on one keep-alive
+  connection, `Accept: application/json, text/event-stream`, so forkline
+  answers each request with an SSE stream, as supergateway does).
+  **forkline (HTTP, JSON answers)**: the same, its POSTs accepting
+  `application/json` only, so each answer is a JSON body.
 - **supergateway**: `supergateway --stdio CHILD --outputTransport
   streamableHttp --stateful --port PORT --logLevel none` (one child per
   session, spawned through `sh -c`). Driven over Streamable HTTP at `/mcp`

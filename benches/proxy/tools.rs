@@ -11,7 +11,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use crate::client::Target;
+use crate::client::{Accept, Target};
 use crate::procfs::{self, Tree};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -21,16 +21,22 @@ pub enum Kind {
     Socat,
     Forkline,
     Twin,
+    /// `forkline serve --http`, driven like the HTTP peers (SSE answers).
+    ForklineHttp,
+    /// The same, with POSTs that accept JSON answers only.
+    ForklineHttpJson,
     Supergateway,
     McpProxy,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 6] = [
+    pub const ALL: [Kind; 8] = [
         Kind::Direct,
         Kind::Socat,
         Kind::Forkline,
         Kind::Twin,
+        Kind::ForklineHttp,
+        Kind::ForklineHttpJson,
         Kind::Supergateway,
         Kind::McpProxy,
     ];
@@ -42,6 +48,8 @@ impl Kind {
             Kind::Socat => "socat",
             Kind::Forkline => "forkline",
             Kind::Twin => "twin",
+            Kind::ForklineHttp => "forkline-http",
+            Kind::ForklineHttpJson => "forkline-http-json",
             Kind::Supergateway => "supergateway",
             Kind::McpProxy => "mcp-proxy",
         }
@@ -54,9 +62,16 @@ impl Kind {
             Kind::Socat => "socat (TCP, fork)",
             Kind::Forkline => "**forkline** (TCP)",
             Kind::Twin => "async twin (tokio, TCP)",
+            Kind::ForklineHttp => "**forkline** (HTTP)",
+            Kind::ForklineHttpJson => "**forkline** (HTTP, JSON answers)",
             Kind::Supergateway => "supergateway (HTTP)",
             Kind::McpProxy => "mcp-proxy (HTTP)",
         }
+    }
+
+    /// forkline's own HTTP rows.
+    pub fn is_forkline_http(self) -> bool {
+        matches!(self, Kind::ForklineHttp | Kind::ForklineHttpJson)
     }
 }
 
@@ -106,7 +121,7 @@ impl Paths {
     pub fn unavailable(&self, kind: Kind) -> Option<String> {
         let missing = |what: &str| Some(format!("{what} not installed: run benches/setup.sh"));
         match kind {
-            Kind::Direct | Kind::Forkline => None,
+            Kind::Direct | Kind::Forkline | Kind::ForklineHttp | Kind::ForklineHttpJson => None,
             Kind::Socat => which("socat").is_none().then(|| "socat not installed: run benches/setup.sh".into()),
             Kind::Twin => (!self.twin.exists()).then(|| {
                 "twin not built: cargo build --release --manifest-path benches/async-twin/Cargo.toml".into()
@@ -190,15 +205,21 @@ pub fn start_with_limit(
     let s = |x: &str| x.to_string();
     let (argv, port): (Vec<String>, Option<u16>) = match kind {
         Kind::Direct => return Err("the direct row has no proxy to start".into()),
-        // The same limits and child for both, so only the proxy differs.
-        Kind::Forkline | Kind::Twin => {
+        // The same limits and child for all, so only the proxy (or
+        // forkline's listener) differs.
+        Kind::Forkline | Kind::Twin | Kind::ForklineHttp | Kind::ForklineHttpJson => {
             let mut a = match kind {
-                Kind::Forkline => vec![paths.forkline.display().to_string(), s("-q"), s("serve")],
-                _ => vec![paths.twin.display().to_string(), s("-q")],
+                Kind::Twin => vec![paths.twin.display().to_string(), s("-q")],
+                _ => vec![paths.forkline.display().to_string(), s("-q"), s("serve")],
+            };
+            let listener = if kind.is_forkline_http() {
+                "--http"
+            } else {
+                "--tcp"
             };
             let limit = max_sessions.to_string();
             for flag in [
-                "--tcp",
+                listener,
                 "127.0.0.1:0",
                 "--max-sessions",
                 &limit,
@@ -272,6 +293,10 @@ pub fn start_with_limit(
 
     // Copy stderr to the log for the tool's whole life (it must never
     // block on a full pipe), and report forkline's "listening on" line.
+    let accept = match kind {
+        Kind::ForklineHttpJson => Accept::JsonOnly,
+        _ => Accept::Both,
+    };
     let (addr_tx, addr_rx) = mpsc::channel();
     let stderr = process.stderr.take().expect("piped");
     std::thread::Builder::new()
@@ -281,7 +306,13 @@ pub fn start_with_limit(
                 let Ok(line) = line else { break };
                 if let Some(rest) = line.split("listening on tcp://").nth(1) {
                     if let Ok(addr) = rest.trim().parse::<SocketAddr>() {
-                        let _ = addr_tx.send(addr);
+                        let _ = addr_tx.send(Target::Line(addr));
+                    }
+                }
+                if let Some(rest) = line.split("listening on http://").nth(1) {
+                    let addr = rest.trim().strip_suffix("/mcp").unwrap_or(rest.trim());
+                    if let Ok(addr) = addr.parse::<SocketAddr>() {
+                        let _ = addr_tx.send(Target::Http(addr, "/mcp", accept));
                     }
                 }
                 let _ = writeln!(file, "{line}");
@@ -305,15 +336,15 @@ pub fn start_with_limit(
         }
         match port {
             None => {
-                if let Ok(addr) = addr_rx.recv_timeout(Duration::from_millis(20)) {
-                    break Target::Line(addr);
+                if let Ok(target) = addr_rx.recv_timeout(Duration::from_millis(20)) {
+                    break target;
                 }
             }
             Some(port) if listening(port) => {
                 let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
                 break match kind {
                     Kind::Socat => Target::Line(addr),
-                    _ => Target::Http(addr, "/mcp"),
+                    _ => Target::Http(addr, "/mcp", Accept::Both),
                 };
             }
             Some(_) => std::thread::sleep(Duration::from_millis(20)),
