@@ -115,7 +115,14 @@ impl ChannelPeer {
     pub fn try_recv(&self) -> Result<Option<Vec<u8>>, Ended> {
         match self.from_session.try_recv() {
             Ok(line) => {
-                self.doorbell.ring();
+                // Only a worker that found its outbox full waits for room,
+                // so only the take that leaves one free slot (the first
+                // since it was full) rings: a wake-up of the worker per
+                // answer saved on the hot path.
+                let capacity = self.from_session.capacity().unwrap_or(usize::MAX);
+                if self.from_session.len() + 1 >= capacity {
+                    self.doorbell.ring();
+                }
                 Ok(Some(line))
             }
             Err(TryRecvError::Empty) => Ok(None),

@@ -334,6 +334,41 @@ mod tests {
     }
 
     #[test]
+    fn a_full_channel_outbox_drained_without_blocking_never_stalls_the_worker() {
+        // 200 notifications through an outbox of 2: the worker waits for
+        // room over and over, and `try_recv` must wake it every time.
+        let proxy = Proxy::new(
+            r#"i=0; while [ $i -lt 200 ]; do echo '{"jsonrpc":"2.0","method":"n"}'; i=$((i+1)); done; cat >/dev/null"#,
+        );
+        let (client, mut peer) = channel_pair(2).expect("channels");
+        std::thread::scope(|s| {
+            let session = s.spawn(|| {
+                run(
+                    SessionId(9),
+                    "test",
+                    &proxy.shared(),
+                    ClientSide::Channels(client),
+                    |_| {},
+                    None,
+                )
+            });
+            let mut got = 0;
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while got < 200 && Instant::now() < deadline {
+                match peer.try_recv() {
+                    Ok(Some(_)) => got += 1,
+                    Ok(None) => std::thread::sleep(Duration::from_millis(1)),
+                    Err(_) => break,
+                }
+            }
+            assert_eq!(got, 200, "the worker stalled with a full outbox");
+            peer.end_input();
+            session.join().expect("session thread");
+        });
+        proxy.reaper.stop();
+    }
+
+    #[test]
     fn a_stream_client_gets_its_answer_and_the_child_is_reaped_at_eof() {
         let proxy = Proxy::new("cat");
         let (ours, theirs) = UnixStream::pair().expect("socketpair");
