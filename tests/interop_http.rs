@@ -258,6 +258,20 @@ impl Proxy {
             .collect()
     }
 
+    /// Waits until forkline has exactly `n` live children.
+    fn assert_children(&self, n: usize) {
+        let mut live = Vec::new();
+        let settled = poll_until(PATIENCE, || {
+            live = self.live_children();
+            live.len() == n
+        });
+        assert!(
+            settled,
+            "forkline has children {live:?}, expected {n}; log:\n{}",
+            self.get().stderr_text()
+        );
+    }
+
     /// Waits until forkline has no live child left: every session the
     /// clients ended has stopped its child.
     fn assert_no_children_within(&self, timeout: Duration) {
@@ -464,6 +478,30 @@ impl Report {
         );
     }
 
+    /// The stateless era: no session id, every exchange a POST that got 200.
+    fn assert_stateless(&self) {
+        assert_eq!(self.str("era"), "modern", "era\n{}", self.context);
+        assert_eq!(
+            self.str("protocol_version"),
+            "2026-07-28",
+            "negotiated version\n{}",
+            self.context
+        );
+        assert!(
+            self.json["session_id"].is_null(),
+            "a stateless client got a session id\n{}",
+            self.context
+        );
+        for exchange in self.http() {
+            assert_eq!(
+                (exchange["method"].as_str(), exchange["status"].as_u64()),
+                (Some("POST"), Some(200)),
+                "every stateless exchange is a POST answered 200\n{}",
+                self.context
+            );
+        }
+    }
+
     fn assert_tools(&self, expected: &[&str]) {
         let tools = self.tools();
         for name in expected {
@@ -568,12 +606,12 @@ fn python_streamable_http_calls_echo_server() {
 }
 
 /// The Python SDK's default `mode="auto"`: its first request is the
-/// `server/discover` probe of the stateless era, which forkline does not
-/// serve yet; forkline's answer must make the SDK fall back to `initialize`
-/// (mcp/client/_probe.py: any JSON-RPC error but -32022 with only modern
-/// versions listed; a dropped connection fails the connect instead).
+/// `server/discover` probe of the stateless era (2026-07-28), which forkline
+/// serves: no session, no handshake on the wire, every POST answered 200,
+/// and the principal's one child adapted by forkline (echo-server answers
+/// `initialize`, so forkline initializes it and answers the probe itself).
 #[test]
-fn python_streamable_http_auto_mode_falls_back_to_handshake() {
+fn python_streamable_http_auto_mode_speaks_the_stateless_era() {
     let Some(python) = sdk_python() else { return };
     let proxy = Proxy::start(&[]);
     let url = Transport::StreamableHttp.url(proxy.get());
@@ -596,15 +634,75 @@ fn python_streamable_http_auto_mode_falls_back_to_handshake() {
         "the SDK's first exchange should be the server/discover probe\n{}",
         report.context
     );
-    assert_eq!(
-        probe["status"], 400,
-        "forkline should refuse the stateless-era probe with 400 (HTTP-CONTRACT.md)\n{}",
-        report.context
-    );
-    report.assert_handshake();
+    report.assert_stateless();
     report.assert_echo(ECHO_TEXT);
-    report.assert_deleted();
-    proxy.assert_no_children_within(PATIENCE);
+    proxy.assert_children(1);
+}
+
+/// The Python SDK in its default mode → forkline → server-everything, a
+/// handshake-era server that forkline adapts: tools, `echo`, and a long
+/// call whose progress notifications reach the client on that request's
+/// stream.
+#[test]
+fn python_stateless_calls_everything_with_progress() {
+    let Some(python) = sdk_python() else { return };
+    let Some(packages) = NodePackages::find() else {
+        return;
+    };
+    let proxy = Proxy::start(&packages.everything_command());
+    let url = Transport::StreamableHttp.url(proxy.get());
+    let report = ClientProcess::python(
+        &python,
+        Transport::StreamableHttp,
+        "auto",
+        &EVERYTHING,
+        &url,
+    )
+    .report(&proxy);
+    report.assert_stateless();
+    report.assert_tools(&["echo", PROGRESS_TOOL]);
+    report.assert_echo(&format!("Echo: {ECHO_TEXT}"));
+    report.assert_progress();
+    proxy.assert_children(1);
+}
+
+/// Stateless clients of one principal (here: one client address) share
+/// one child, their requests' ids rewritten so that equal ids of different
+/// clients never collide; every client gets its own answers.
+#[test]
+fn concurrent_stateless_clients_of_one_principal_share_its_child() {
+    let Some(python) = sdk_python() else { return };
+    let proxy = Proxy::start(&whoami_server_command(&python));
+    let url = Transport::StreamableHttp.url(proxy.get());
+    let clients: Vec<ClientProcess> = (0..CONCURRENT_CLIENTS)
+        .map(|_| {
+            ClientProcess::python(
+                &python,
+                Transport::StreamableHttp,
+                "auto",
+                &WHOAMI_SERVER,
+                &url,
+            )
+        })
+        .collect();
+    let reports: Vec<Report> = clients.into_iter().map(|c| c.report(&proxy)).collect();
+    let mut pids = HashSet::new();
+    for report in &reports {
+        report.assert_stateless();
+        report.assert_echo(ECHO_TEXT);
+        pids.insert(
+            report.json["whoami"]["pid"]
+                .as_u64()
+                .unwrap_or_else(|| panic!("whoami lacks a pid\n{}", report.context)),
+        );
+    }
+    assert_eq!(
+        pids.len(),
+        1,
+        "one principal, one child: pids {pids:?}\n{}",
+        proxy.get().stderr_text()
+    );
+    proxy.assert_children(1);
 }
 
 /// The Python SDK → forkline → server-everything over stdio: its tools,

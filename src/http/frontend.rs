@@ -30,6 +30,7 @@ use crate::http::security::{self, Access, NoToken, Principal};
 use crate::http::session::{
     self, Delivery, GET_STREAM, HttpSession, OpenError, Posted, Reply, Transport,
 };
+use crate::http::stateless::{self, Incoming, MODERN_VERSIONS, StatelessChild};
 use crate::net::fd_limit::Reserve;
 use crate::proto::message::{Invalid, Kind, classify, code};
 use crate::session::client::{ChannelPeer, Notify, Refused};
@@ -86,8 +87,10 @@ pub trait Admit {
 pub struct Frontend {
     listeners: Vec<(TcpListener, SocketAddr)>,
     conns: Slab<Conn>,
-    sessions: Slab<Live>,
+    sessions: Slab<Live<HttpSession>>,
     by_id: HashMap<String, usize>,
+    children: Slab<Live<StatelessChild>>,
+    by_principal: HashMap<String, usize>,
     ready_tx: Sender<usize>,
     ready_rx: Receiver<usize>,
     waker: Arc<Waker>,
@@ -104,13 +107,100 @@ pub struct Frontend {
     resume: Vec<usize>,
 }
 
-struct Live {
-    session: HttpSession,
+/// A session (or a principal's stateless child) and its worker's state.
+struct Live<S> {
+    session: S,
     table_id: SessionId,
     queued: Arc<AtomicBool>,
     /// Its output waits for a connection to drain.
     stalled: bool,
 }
+
+/// What the front end needs of whatever routes one worker's output.
+trait Routes {
+    fn peer(&self) -> &ChannelPeer;
+    fn from_child(&mut self, line: Vec<u8>, out: &mut Vec<Delivery>);
+    fn end(&mut self, out: &mut Vec<Delivery>);
+    fn conn_keys(&self) -> Vec<usize>;
+}
+
+impl Routes for HttpSession {
+    fn peer(&self) -> &ChannelPeer {
+        &self.peer
+    }
+    fn from_child(&mut self, line: Vec<u8>, out: &mut Vec<Delivery>) {
+        HttpSession::from_child(self, line, out);
+    }
+    fn end(&mut self, out: &mut Vec<Delivery>) {
+        HttpSession::end(self, out);
+    }
+    fn conn_keys(&self) -> Vec<usize> {
+        self.conns().collect()
+    }
+}
+
+impl Routes for StatelessChild {
+    fn peer(&self) -> &ChannelPeer {
+        &self.peer
+    }
+    fn from_child(&mut self, line: Vec<u8>, out: &mut Vec<Delivery>) {
+        StatelessChild::from_child(self, line, out);
+    }
+    fn end(&mut self, out: &mut Vec<Delivery>) {
+        StatelessChild::end(self, out);
+    }
+    fn conn_keys(&self) -> Vec<usize> {
+        self.conns().collect()
+    }
+}
+
+/// One turn of taking a worker's output.
+struct Turn {
+    out: Vec<Delivery>,
+    ended: bool,
+    /// It may have more waiting: take another turn.
+    more: bool,
+}
+
+/// Takes what `live`'s worker has put out, unless one of its connections
+/// is too far behind (then `flush` brings it back).
+fn take_output<S: Routes>(live: &mut Live<S>, conns: &Slab<Conn>) -> Turn {
+    let mut turn = Turn {
+        out: Vec::new(),
+        ended: false,
+        more: false,
+    };
+    let stalled = live
+        .session
+        .conn_keys()
+        .into_iter()
+        .any(|c| conns.get(c).is_some_and(|c| c.unsent() > OUTPUT_HIGH_WATER));
+    live.stalled = stalled;
+    if stalled {
+        return turn;
+    }
+    let mut taken = 0;
+    while taken < SESSION_BATCH {
+        match live.session.peer().try_recv() {
+            Ok(Some(line)) => {
+                taken += 1;
+                live.session.from_child(line, &mut turn.out);
+            }
+            Ok(None) => break,
+            Err(_) => {
+                live.session.end(&mut turn.out);
+                turn.ended = true;
+                break;
+            }
+        }
+    }
+    turn.more = !turn.ended && taken == SESSION_BATCH;
+    turn
+}
+
+/// Stateless children's keys (in the ready queue and in
+/// `Phase::Answering`) carry this bit; sessions' do not.
+const STATELESS: usize = 1 << 40;
 
 impl Frontend {
     /// Binds every `--http` address and registers it with `registry`.
@@ -147,6 +237,8 @@ impl Frontend {
             conns: Slab::new(),
             sessions: Slab::new(),
             by_id: HashMap::new(),
+            children: Slab::new(),
+            by_principal: HashMap::new(),
             ready_tx,
             ready_rx,
             waker,
@@ -443,8 +535,8 @@ impl Frontend {
         let version = req.header("mcp-protocol-version");
         let session_id = req.header("mcp-session-id");
         if let Some(v) = version {
-            if session_id.is_none() && v >= "2026-07-28" {
-                return self.stateless(registry, key, req);
+            if session_id.is_none() && v >= MODERN_VERSIONS[0] {
+                return self.stateless(registry, key, req, principal, admit);
             }
             if !HANDSHAKE_VERSIONS.contains(&v) {
                 let r = unsupported_version(v);
@@ -524,11 +616,156 @@ impl Frontend {
         self.write(registry, key, &bytes);
     }
 
-    /// Stateless-era requests (MCP 2026-07-28, no session): not served yet;
-    /// answered so that clients fall back to the handshake.
-    fn stateless(&mut self, registry: &Registry, key: usize, req: &Request) {
-        let v = req.header("mcp-protocol-version").unwrap_or_default();
-        self.respond(registry, key, unsupported_version(v));
+    /// A stateless-era POST (MCP 2026-07-28, no session id): checked
+    /// against the era's header rules, then served by the principal's
+    /// child (started on first use).
+    fn stateless(
+        &mut self,
+        registry: &Registry,
+        key: usize,
+        req: &Request,
+        principal: Option<Principal>,
+        admit: &mut dyn Admit,
+    ) {
+        let version = req.header("mcp-protocol-version").unwrap_or_default();
+        if !MODERN_VERSIONS.contains(&version) {
+            return self.respond(registry, key, unsupported_modern_version(version));
+        }
+        let (line, kind) = match message_of(&req.body) {
+            Ok(found) => found,
+            Err(r) => return self.respond(registry, key, r),
+        };
+        let (id, method) = match kind {
+            Kind::Request { id, method } => (Some(id), method),
+            Kind::Notification { method } => (None, method),
+            _ => {
+                let r = Response::rpc_error(
+                    400,
+                    code::INVALID_REQUEST,
+                    "a stateless-era POST carries one request or notification",
+                );
+                return self.respond(registry, key, r);
+            }
+        };
+        if let Err(why) = check_headers(req, &line, &method, id.is_some(), version) {
+            let r = Response::rpc_error_for(400, id.as_ref(), code::HEADER_MISMATCH, &why);
+            return self.respond(registry, key, r);
+        }
+        let Some(peer) = self.conns.get(key).map(|c| c.peer) else {
+            return;
+        };
+        let principal_key = match &principal {
+            Some(name) => format!("token:{name}"),
+            None => peer.ip().to_string(),
+        };
+        let Some(id) = id else {
+            // A notification: the child takes it if it runs; none is
+            // started for one.
+            if let Some(&slot) = self.by_principal.get(&principal_key) {
+                let _ = self.children[slot].session.peer.try_send(line);
+            }
+            return self.respond(registry, key, Response::new(202));
+        };
+        let progress_token = session::progress_tokens(&line).into_iter().next();
+        // A stream only when there is something to stream: otherwise one
+        // JSON body, which can also carry the era's 404 for an unknown method.
+        let sse = progress_token.is_some() && req.names("text/event-stream");
+        let incoming = Incoming {
+            id,
+            method: method.to_string(),
+            line,
+            sse,
+            head: self.with_cors(
+                key,
+                Response::new(200).header("Content-Type", "application/json"),
+            ),
+            progress_token,
+        };
+        let slot = match self.by_principal.get(&principal_key) {
+            Some(&slot) => slot,
+            None => match self.start_child(principal_key, peer, &incoming, admit) {
+                Ok(slot) => slot,
+                Err(r) => return self.respond(registry, key, r),
+            },
+        };
+        if sse {
+            let mut bytes = Vec::new();
+            let close = self.conns.get(key).is_some_and(|c| c.close_after);
+            self.with_cors(key, Response::event_stream())
+                .encode(close, &mut bytes);
+            self.write(registry, key, &bytes);
+        }
+        self.hold(key, slot | STATELESS, sse);
+        let mut out = Vec::new();
+        self.children[slot].session.request(key, incoming, &mut out);
+        self.deliver(registry, out);
+    }
+
+    /// Starts the child of a principal that has none.
+    fn start_child(
+        &mut self,
+        principal: String,
+        peer: SocketAddr,
+        first: &Incoming,
+        admit: &mut dyn Admit,
+    ) -> Result<usize, Response> {
+        if self.draining {
+            return Err(Response::rpc_error(
+                503,
+                code::SESSION_REFUSED,
+                "session refused: forkline is shutting down",
+            )
+            .header("Retry-After", "1"));
+        }
+        // The slot is known before the child starts (its notify names it);
+        // nothing is inserted in between, so `insert` lands on it.
+        let slot = self.children.vacant_key();
+        let queued = Arc::new(AtomicBool::new(false));
+        let notify = self.notifier(slot | STATELESS, &queued);
+        let (table_id, channel) = admit
+            .admit(
+                ClientKey::Ip(peer.ip()),
+                principal.clone(),
+                "http-stateless",
+                notify,
+            )
+            .map_err(|refusal| {
+                info!(
+                    "refused principal={principal} reason={} ({refusal})",
+                    refusal.reason()
+                );
+                Response::rpc_error_for(
+                    503,
+                    Some(&first.id),
+                    code::SESSION_REFUSED,
+                    &refusal.to_string(),
+                )
+                .header("Retry-After", "1")
+            })?;
+        info!("[{table_id}] stateless child for principal={principal}");
+        self.by_principal.insert(principal.clone(), slot);
+        let inserted = self.children.insert(Live {
+            session: StatelessChild::start(principal, channel, first),
+            table_id,
+            queued,
+            stalled: false,
+        });
+        debug_assert_eq!(inserted, slot);
+        Ok(slot)
+    }
+
+    /// What a worker calls when it has put messages out: queues `key`
+    /// (once until the loop takes it) and wakes the loop.
+    fn notifier(&self, key: usize, queued: &Arc<AtomicBool>) -> Notify {
+        let queued = Arc::clone(queued);
+        let ready = self.ready_tx.clone();
+        let waker = Arc::clone(&self.waker);
+        Box::new(move || {
+            if !queued.swap(true, Ordering::AcqRel) {
+                let _ = ready.send(key);
+                let _ = waker.wake();
+            }
+        })
     }
 
     fn get_mcp(
@@ -719,20 +956,10 @@ impl Frontend {
             warn!("no random session id: {e}");
             Response::rpc_error(500, code::SESSION_REFUSED, "cannot make a session id")
         })?;
-        let entry = self.sessions.vacant_entry();
-        let slot = entry.key();
+        // As in `start_child`: nothing is inserted before `insert` below.
+        let slot = self.sessions.vacant_key();
         let queued = Arc::new(AtomicBool::new(false));
-        let notify = {
-            let queued = Arc::clone(&queued);
-            let ready = self.ready_tx.clone();
-            let waker = Arc::clone(&self.waker);
-            Box::new(move || {
-                if !queued.swap(true, Ordering::AcqRel) {
-                    let _ = ready.send(slot);
-                    let _ = waker.wake();
-                }
-            })
-        };
+        let notify = self.notifier(slot, &queued);
         let label = match transport {
             Transport::Streamable => "http",
             Transport::Legacy => "http+sse",
@@ -754,12 +981,13 @@ impl Frontend {
                 .unwrap_or_default()
         );
         self.by_id.insert(id.clone(), slot);
-        entry.insert(Live {
+        let inserted = self.sessions.insert(Live {
             session: HttpSession::new(id, principal, channel, transport, protocol),
             table_id,
             queued,
             stalled: false,
         });
+        debug_assert_eq!(inserted, slot);
         Ok(slot)
     }
 
@@ -772,57 +1000,34 @@ impl Frontend {
 
     /// The worker of session `slot` has put messages out (or ended).
     pub fn on_wake(&mut self, registry: &Registry, admit: &mut dyn Admit) {
-        while let Ok(slot) = self.ready_rx.try_recv() {
-            if let Some(live) = self.sessions.get(slot) {
-                live.queued.store(false, Ordering::Release);
+        while let Ok(key) = self.ready_rx.try_recv() {
+            let queued = if key & STATELESS != 0 {
+                self.children.get(key & !STATELESS).map(|l| &l.queued)
+            } else {
+                self.sessions.get(key).map(|l| &l.queued)
+            };
+            if let Some(queued) = queued {
+                queued.store(false, Ordering::Release);
             }
-            self.service(registry, slot);
+            self.service(registry, key);
         }
         self.resume_input(registry, admit);
     }
 
-    fn service(&mut self, registry: &Registry, slot: usize) {
-        let mut out = Vec::new();
-        let mut ended = false;
-        {
-            let Some(live) = self.sessions.get_mut(slot) else {
-                return;
-            };
-            let stalled = live.session.conns().any(|c| {
-                self.conns
-                    .get(c)
-                    .is_some_and(|c| c.unsent() > OUTPUT_HIGH_WATER)
-            });
-            if stalled {
-                // `flush` comes back once that connection has drained.
-                live.stalled = true;
-                return;
-            }
-            live.stalled = false;
-            let mut taken = 0;
-            while taken < SESSION_BATCH {
-                match live.session.peer.try_recv() {
-                    Ok(Some(line)) => {
-                        taken += 1;
-                        live.session.from_child(line, &mut out);
-                    }
-                    Ok(None) => break,
-                    Err(_) => {
-                        live.session.end(&mut out);
-                        ended = true;
-                        break;
-                    }
-                }
-            }
-            if !ended && taken == SESSION_BATCH {
-                // More may be waiting: come back next turn.
-                let _ = self.ready_tx.send(slot);
-                let _ = self.waker.wake();
-            }
+    /// Takes and routes what the worker of `key` (a session, or with the
+    /// [`STATELESS`] bit a principal's child) has put out.
+    fn service(&mut self, registry: &Registry, key: usize) {
+        if key & STATELESS != 0 {
+            return self.service_child(registry, key & !STATELESS);
         }
-        self.deliver(registry, out);
-        if ended {
-            let live = self.sessions.remove(slot);
+        let Some(live) = self.sessions.get_mut(key) else {
+            return;
+        };
+        let turn = take_output(live, &self.conns);
+        self.after_turn(key, turn.more);
+        self.deliver(registry, turn.out);
+        if turn.ended {
+            let live = self.sessions.remove(key);
             self.by_id.remove(&live.session.id);
             if live.session.dropped_unread > 0 {
                 warn!(
@@ -833,6 +1038,30 @@ impl Frontend {
                 );
             }
             debug!("[{}] http session gone", live.table_id);
+        }
+    }
+
+    fn service_child(&mut self, registry: &Registry, slot: usize) {
+        let Some(live) = self.children.get_mut(slot) else {
+            return;
+        };
+        let turn = take_output(live, &self.conns);
+        self.after_turn(slot | STATELESS, turn.more);
+        self.deliver(registry, turn.out);
+        if turn.ended {
+            let live = self.children.remove(slot);
+            self.by_principal.remove(&live.session.principal);
+            debug!(
+                "[{}] stateless child of {} gone",
+                live.table_id, live.session.principal
+            );
+        }
+    }
+
+    fn after_turn(&self, key: usize, more: bool) {
+        if more {
+            let _ = self.ready_tx.send(key);
+            let _ = self.waker.wake();
         }
     }
 
@@ -920,7 +1149,14 @@ impl Frontend {
                 }
                 if conn.unsent() <= OUTPUT_HIGH_WATER {
                     if let Phase::Answering { session, .. } = conn.phase {
-                        if self.sessions.get(session).is_some_and(|l| l.stalled) {
+                        let stalled = if session & STATELESS != 0 {
+                            self.children
+                                .get(session & !STATELESS)
+                                .is_some_and(|l| l.stalled)
+                        } else {
+                            self.sessions.get(session).is_some_and(|l| l.stalled)
+                        };
+                        if stalled {
                             self.service(registry, session);
                         }
                     }
@@ -940,7 +1176,11 @@ impl Frontend {
         let mut conn = self.conns.remove(key);
         let _ = registry.deregister(&mut conn.socket);
         if let Phase::Answering { session, .. } = conn.phase {
-            if let Some(live) = self.sessions.get_mut(session) {
+            if session & STATELESS != 0 {
+                if let Some(live) = self.children.get_mut(session & !STATELESS) {
+                    live.session.detach(key);
+                }
+            } else if let Some(live) = self.sessions.get_mut(session) {
                 if live.session.detach(key) {
                     info!("[{}] legacy SSE stream closed: session ends", live.table_id);
                     live.session.ended = true;
@@ -1063,7 +1303,9 @@ impl Frontend {
 
     /// Whether everything owed to clients has been written.
     pub fn is_flushed(&self) -> bool {
-        self.sessions.is_empty() && self.conns.iter().all(|(_, c)| c.unsent() == 0)
+        self.sessions.is_empty()
+            && self.children.is_empty()
+            && self.conns.iter().all(|(_, c)| c.unsent() == 0)
     }
 
     /// HTTP sessions still open (workers not yet ended).
@@ -1159,6 +1401,78 @@ fn unsupported_version(v: &str) -> Response {
             HANDSHAKE_VERSIONS.join(", ")
         ),
     )
+}
+
+/// 400 with the era's UnsupportedProtocolVersion error: its `supported`
+/// list names the handshake versions too, so a client that speaks them
+/// falls back to `initialize`.
+fn unsupported_modern_version(v: &str) -> Response {
+    let supported: Vec<&str> = MODERN_VERSIONS
+        .iter()
+        .chain(HANDSHAKE_VERSIONS.iter().rev())
+        .copied()
+        .collect();
+    let body = serde_json::json!({
+        "jsonrpc": "2.0",
+        "id": null,
+        "error": {
+            "code": code::UNSUPPORTED_VERSION,
+            "message": format!("Unsupported protocol version {v:?}"),
+            "data": { "supported": supported, "requested": v },
+        },
+    });
+    Response::json(400, body.to_string().into_bytes())
+}
+
+/// The era's rule: `Mcp-Method`, `Mcp-Name` (for the methods that name
+/// something) and the body's `_meta` protocol version must agree with
+/// the body and the version header.
+fn check_headers(
+    req: &Request,
+    line: &[u8],
+    method: &str,
+    is_request: bool,
+    version: &str,
+) -> Result<(), String> {
+    match req.header("mcp-method") {
+        None => return Err("Header mismatch: the Mcp-Method header is missing".into()),
+        Some(m) if m != method => {
+            return Err(format!(
+                "Header mismatch: Mcp-Method header value {m:?} does not match body value {method:?}"
+            ));
+        }
+        Some(_) => {}
+    }
+    if matches!(method, "tools/call" | "resources/read" | "prompts/get") {
+        let body = stateless::request_name(line);
+        let header = req.header("mcp-name");
+        let Some(raw) = header else {
+            return Err("Header mismatch: the Mcp-Name header is missing".into());
+        };
+        let decoded = stateless::header_value(raw).ok_or_else(|| {
+            format!("Header mismatch: Mcp-Name header value {raw:?} is not valid base64")
+        })?;
+        if body.as_deref() != Some(decoded.as_str()) {
+            return Err(format!(
+                "Header mismatch: Mcp-Name header value {decoded:?} does not match body value {:?}",
+                body.unwrap_or_default()
+            ));
+        }
+    }
+    if is_request {
+        let meta = stateless::request_meta(line);
+        let body_version = meta
+            .as_ref()
+            .and_then(|m| m.get(stateless::META_VERSION))
+            .and_then(|v| v.as_str());
+        if body_version != Some(version) {
+            return Err(format!(
+                "Header mismatch: MCP-Protocol-Version header value {version:?} does not match body value {:?}",
+                body_version.unwrap_or_default()
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn unknown_session() -> Response {

@@ -76,6 +76,11 @@ impl Response {
         self.status
     }
 
+    pub fn with_status(mut self, status: u16) -> Response {
+        self.status = status;
+        self
+    }
+
     pub fn is_stream(&self) -> bool {
         self.streaming
     }

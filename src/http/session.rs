@@ -544,7 +544,7 @@ fn json_body(batch: bool, collected: &[Vec<u8>]) -> Vec<u8> {
 }
 
 /// The `progressToken` of a progress notification, as JSON text.
-fn progress_token(line: &[u8]) -> Option<String> {
+pub fn progress_token(line: &[u8]) -> Option<String> {
     #[derive(serde::Deserialize)]
     struct Note<'a> {
         #[serde(borrow)]

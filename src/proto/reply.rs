@@ -19,6 +19,13 @@ pub mod code {
     /// `--max-inflight` requests of the session already await their
     /// answer; this one is not forwarded. Carries the request's id.
     pub const TOO_MANY_INFLIGHT: i64 = -32005;
+    /// JSON-RPC's own: the method is not served.
+    pub const METHOD_NOT_FOUND: i64 = -32601;
+    /// MCP 2026-07-28: HTTP headers disagree with the body (HeaderMismatch).
+    pub const HEADER_MISMATCH: i64 = -32020;
+    /// MCP 2026-07-28: UnsupportedProtocolVersion (`data.supported` lists
+    /// what is served).
+    pub const UNSUPPORTED_VERSION: i64 = -32022;
 }
 
 /// One JSON-RPC error object as a line body (no newline).

@@ -1,0 +1,641 @@
+//! The stateless era over HTTP (MCP 2026-07-28): no sessions and no
+//! handshake, so each principal gets one child, shared by its concurrent
+//! requests, and forkline adapts handshake-era children for it.
+//!
+//! Plain data and no I/O, like `http::session`: methods return the bytes
+//! for each connection ([`Delivery`]) and what to send the child goes
+//! through the worker's channel.
+//!
+//! - Requests of different HTTP exchanges may carry the same JSON-RPC id,
+//!   so every request reaches the child under an id of forkline's own
+//!   (`"fl-N"`) and its answer gets the client's id back.
+//! - A child's era is learnt once, when it starts, by sending it
+//!   `initialize` (what every handshake-era server answers; probing with
+//!   `server/discover` first could hang on servers that never answer an
+//!   unknown request before `initialize`). A child that answers with an
+//!   `InitializeResult` is adapted: `notifications/initialized` follows,
+//!   `server/discover` is answered from that result, at once, and results
+//!   get the `resultType` the new era requires. A child that refuses
+//!   `initialize` speaks the new era and gets requests unchanged.
+//!   Requests that arrive meanwhile wait for the answer.
+
+use std::collections::{BTreeMap, HashMap};
+
+use serde_json::Value;
+use serde_json::value::RawValue;
+
+use crate::http::response::{self, Response};
+use crate::http::session::{ConnKey, Delivery};
+use crate::proto::message::{Id, Kind, classify, code};
+use crate::proto::reply::error_line;
+use crate::session::client::{ChannelPeer, Refused};
+
+/// Protocol versions of the stateless era forkline serves.
+pub const MODERN_VERSIONS: [&str; 1] = ["2026-07-28"];
+/// The version forkline asks an adapted child for.
+const ADAPTED_VERSION: &str = "2025-11-25";
+/// The id of forkline's own `initialize` to a new child.
+const PROBE_ID: &str = "\"forkline-initialize\"";
+
+/// The `_meta` keys of the stateless era.
+pub const META_VERSION: &str = "io.modelcontextprotocol/protocolVersion";
+const META_CLIENT_INFO: &str = "io.modelcontextprotocol/clientInfo";
+const META_CAPABILITIES: &str = "io.modelcontextprotocol/clientCapabilities";
+
+/// A stateless request as the front end checked it.
+pub struct Incoming {
+    /// The client's id, as JSON text.
+    pub id: Id,
+    pub method: String,
+    pub line: Vec<u8>,
+    /// Answer as SSE (events may precede the answer) or as one JSON body.
+    pub sse: bool,
+    /// For a JSON answer: the head, ready but for its status and body.
+    pub head: Response,
+    pub progress_token: Option<String>,
+}
+
+struct Exchange {
+    conn: Option<ConnKey>,
+    id: Id,
+    method: String,
+    sse: bool,
+    head: Option<Response>,
+    progress_token: Option<String>,
+}
+
+enum Era {
+    /// Our `initialize` is out; requests wait.
+    Probing,
+    /// A handshake-era child; `discover` is the result forkline answers
+    /// `server/discover` with.
+    Handshake { discover: Box<RawValue> },
+    /// A stateless-era child: requests go as they are.
+    Modern,
+}
+
+/// One principal's child.
+pub struct StatelessChild {
+    pub principal: String,
+    pub peer: ChannelPeer,
+    era: Era,
+    held: Vec<(ConnKey, Incoming)>,
+    exchanges: HashMap<u64, Exchange>,
+    next_id: u64,
+}
+
+impl StatelessChild {
+    /// A child that has just been started; `first` is the request that
+    /// started it (its `_meta` says who the client is). Sends the probe.
+    pub fn start(principal: String, peer: ChannelPeer, first: &Incoming) -> StatelessChild {
+        let meta = client_meta(&first.line);
+        let probe = format!(
+            r#"{{"jsonrpc":"2.0","id":{PROBE_ID},"method":"initialize","params":{{"protocolVersion":"{ADAPTED_VERSION}","capabilities":{},"clientInfo":{}}}}}"#,
+            meta.capabilities, meta.client_info
+        );
+        // The inbox of a new session is empty: this cannot be refused but
+        // by a session already gone, which `end` then reports.
+        let _ = peer.try_send(probe.into_bytes());
+        StatelessChild {
+            principal,
+            peer,
+            era: Era::Probing,
+            held: Vec::new(),
+            exchanges: HashMap::new(),
+            next_id: 1,
+        }
+    }
+
+    /// Takes one request of `conn` (whose SSE head, if any, is written).
+    pub fn request(&mut self, conn: ConnKey, incoming: Incoming, out: &mut Vec<Delivery>) {
+        match &self.era {
+            Era::Probing => self.held.push((conn, incoming)),
+            Era::Handshake { discover } if incoming.method == "server/discover" => {
+                let line = format!(
+                    r#"{{"jsonrpc":"2.0","id":{},"result":{}}}"#,
+                    incoming.id.as_json(),
+                    discover.get()
+                );
+                out.push(final_answer(
+                    conn,
+                    incoming.sse,
+                    Some(incoming.head),
+                    line.into_bytes(),
+                ));
+            }
+            _ => self.forward(conn, incoming, out),
+        }
+    }
+
+    fn forward(&mut self, conn: ConnKey, incoming: Incoming, out: &mut Vec<Delivery>) {
+        let n = self.next_id;
+        self.next_id += 1;
+        let ours = format!("\"fl-{n}\"");
+        let mut line = set_member(&incoming.line, "id", &ours).unwrap_or(incoming.line);
+        if matches!(self.era, Era::Handshake { .. }) {
+            // Handshake-era servers may refuse the new era's envelope
+            // (the Python SDK's do); what it says, `initialize` said.
+            line = without_envelope(&line).unwrap_or(line);
+        }
+        let refused = match self.peer.try_send(line) {
+            Ok(()) => None,
+            Err(Refused::Full) => Some("the principal's child is busy; retry"),
+            Err(Refused::Gone) => Some("the principal's child has ended; retry"),
+        };
+        if let Some(text) = refused {
+            let line = error_line(Some(&incoming.id), code::SESSION_REFUSED, text);
+            out.push(final_answer(conn, incoming.sse, Some(incoming.head), line));
+            return;
+        }
+        self.exchanges.insert(
+            n,
+            Exchange {
+                conn: Some(conn),
+                id: incoming.id,
+                method: incoming.method,
+                sse: incoming.sse,
+                head: (!incoming.sse).then_some(incoming.head),
+                progress_token: incoming.progress_token,
+            },
+        );
+    }
+
+    /// One message from the child.
+    pub fn from_child(&mut self, line: Vec<u8>, out: &mut Vec<Delivery>) {
+        let Ok(kind) = classify(&line) else {
+            return;
+        };
+        match kind {
+            Kind::Response { id: Some(id) } if id.as_json() == PROBE_ID => {
+                self.on_probe_answer(&line, out);
+            }
+            Kind::Response { id: Some(id) } => {
+                let Some(exchange) = ours(&id).and_then(|n| self.exchanges.remove(&n)) else {
+                    return;
+                };
+                let Some(conn) = exchange.conn else {
+                    return;
+                };
+                let mut line = set_member(&line, "id", exchange.id.as_json()).unwrap_or(line);
+                if matches!(self.era, Era::Handshake { .. }) {
+                    line = as_modern_result(&line, &exchange.method).unwrap_or(line);
+                }
+                out.push(final_answer(conn, exchange.sse, exchange.head, line));
+            }
+            Kind::Notification { method } => self.notification(&method, line, out),
+            Kind::Request { id, method } => {
+                // Server-to-client requests have no stream to go on in this
+                // era (they travel as `InputRequiredResult`s); the child is
+                // told at once rather than left waiting.
+                log::debug!(
+                    "stateless child of {} asked {method}; refused",
+                    self.principal
+                );
+                let refusal = error_line(
+                    Some(&id),
+                    code::METHOD_NOT_FOUND,
+                    "forkline: this client reached the server over stateless HTTP, which carries no server-to-client requests",
+                );
+                let _ = self.peer.try_send(refusal);
+            }
+            Kind::Response { id: None } | Kind::Batch(_) => {}
+        }
+    }
+
+    /// Request-scoped notifications go on their request's SSE stream:
+    /// progress by its token; a log message to the one request in flight
+    /// with a stream, when there is exactly one (with several, it cannot be
+    /// told whose it is and is dropped rather than misdelivered).
+    fn notification(&mut self, method: &str, line: Vec<u8>, out: &mut Vec<Delivery>) {
+        let target = match method {
+            "notifications/progress" => {
+                let token = crate::http::session::progress_token(&line);
+                self.exchanges.values().find(|e| {
+                    e.sse && e.conn.is_some() && e.progress_token == token && token.is_some()
+                })
+            }
+            "notifications/message" => {
+                let mut open = self
+                    .exchanges
+                    .values()
+                    .filter(|e| e.sse && e.conn.is_some());
+                match (open.next(), open.next()) {
+                    (Some(only), None) => Some(only),
+                    _ => None,
+                }
+            }
+            _ => None,
+        };
+        if let Some(conn) = target.and_then(|e| e.conn) {
+            let mut bytes = Vec::new();
+            response::event(&mut bytes, None, None, &line);
+            out.push(Delivery {
+                conn,
+                bytes,
+                done: false,
+            });
+        }
+    }
+
+    fn on_probe_answer(&mut self, line: &[u8], out: &mut Vec<Delivery>) {
+        self.era = match discover_from_initialize(line) {
+            Some(discover) => {
+                let _ = self.peer.try_send(
+                    br#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#.to_vec(),
+                );
+                log::info!(
+                    "stateless child of {} speaks the handshake era: adapted",
+                    self.principal
+                );
+                Era::Handshake { discover }
+            }
+            None => {
+                log::info!(
+                    "stateless child of {} speaks the stateless era",
+                    self.principal
+                );
+                Era::Modern
+            }
+        };
+        for (conn, incoming) in std::mem::take(&mut self.held) {
+            self.request(conn, incoming, out);
+        }
+    }
+
+    /// `conn` closed: its request is cancelled. The child is told, and a
+    /// late answer will find no exchange.
+    pub fn detach(&mut self, conn: ConnKey) {
+        self.held.retain(|(c, _)| *c != conn);
+        let gone: Vec<u64> = self
+            .exchanges
+            .iter()
+            .filter(|(_, e)| e.conn == Some(conn))
+            .map(|(&n, _)| n)
+            .collect();
+        for n in gone {
+            self.exchanges.remove(&n);
+            let cancel = format!(
+                r#"{{"jsonrpc":"2.0","method":"notifications/cancelled","params":{{"requestId":"fl-{n}","reason":"the client closed its response stream"}}}}"#
+            );
+            let _ = self.peer.try_send(cancel.into_bytes());
+        }
+    }
+
+    /// The child has ended: every request still waiting gets -32002.
+    pub fn end(&mut self, out: &mut Vec<Delivery>) {
+        let text = "the server process ended before this request was answered";
+        for (conn, incoming) in std::mem::take(&mut self.held) {
+            let line = error_line(Some(&incoming.id), code::CHILD_GONE, text);
+            out.push(final_answer(conn, incoming.sse, Some(incoming.head), line));
+        }
+        for (_, exchange) in self.exchanges.drain() {
+            if let Some(conn) = exchange.conn {
+                let line = error_line(Some(&exchange.id), code::CHILD_GONE, text);
+                out.push(final_answer(conn, exchange.sse, exchange.head, line));
+            }
+        }
+    }
+
+    pub fn conns(&self) -> impl Iterator<Item = ConnKey> + '_ {
+        self.exchanges
+            .values()
+            .filter_map(|e| e.conn)
+            .chain(self.held.iter().map(|(c, _)| *c))
+    }
+}
+
+/// The answer that ends an exchange: the last event of its stream, or its
+/// JSON body (404 for an unknown method, as the era's transport asks).
+fn final_answer(conn: ConnKey, sse: bool, head: Option<Response>, line: Vec<u8>) -> Delivery {
+    let mut bytes = Vec::new();
+    if sse {
+        response::event(&mut bytes, None, None, &line);
+        response::end_of_stream(&mut bytes);
+    } else {
+        let status = if error_code(&line) == Some(code::METHOD_NOT_FOUND) {
+            404
+        } else {
+            200
+        };
+        head.unwrap_or_else(|| Response::new(200))
+            .with_status(status)
+            .body(line)
+            .encode(false, &mut bytes);
+    }
+    Delivery {
+        conn,
+        bytes,
+        done: true,
+    }
+}
+
+fn error_code(line: &[u8]) -> Option<i64> {
+    #[derive(serde::Deserialize)]
+    struct Answer {
+        error: Option<ErrorObject>,
+    }
+    #[derive(serde::Deserialize)]
+    struct ErrorObject {
+        code: i64,
+    }
+    serde_json::from_slice::<Answer>(line)
+        .ok()?
+        .error
+        .map(|e| e.code)
+}
+
+/// Our number in a child's answer id `"fl-N"`.
+fn ours(id: &Id) -> Option<u64> {
+    id.as_json()
+        .strip_prefix("\"fl-")?
+        .strip_suffix('"')?
+        .parse()
+        .ok()
+}
+
+/// `line` with its top-level member `key` set to the JSON text `value`.
+/// Members keep their bytes; their order becomes sorted.
+fn set_member(line: &[u8], key: &str, value: &str) -> Option<Vec<u8>> {
+    let mut object: BTreeMap<String, Box<RawValue>> = serde_json::from_slice(line).ok()?;
+    object.insert(
+        key.to_string(),
+        RawValue::from_string(value.to_string()).ok()?,
+    );
+    serde_json::to_vec(&object).ok()
+}
+
+/// `line` without the stateless era's `_meta` keys
+/// (`io.modelcontextprotocol/…`), and without `_meta` if nothing else was
+/// in it; `None` when there were none.
+fn without_envelope(line: &[u8]) -> Option<Vec<u8>> {
+    let mut object: BTreeMap<String, Box<RawValue>> = serde_json::from_slice(line).ok()?;
+    let mut params: BTreeMap<String, Box<RawValue>> =
+        serde_json::from_str(object.get("params")?.get()).ok()?;
+    let mut meta: BTreeMap<String, Box<RawValue>> =
+        serde_json::from_str(params.get("_meta")?.get()).ok()?;
+    let before = meta.len();
+    meta.retain(|key, _| !key.starts_with("io.modelcontextprotocol/"));
+    if meta.len() == before {
+        return None;
+    }
+    if meta.is_empty() {
+        params.remove("_meta");
+    } else {
+        params.insert(
+            "_meta".into(),
+            RawValue::from_string(serde_json::to_string(&meta).ok()?).ok()?,
+        );
+    }
+    object.insert(
+        "params".into(),
+        RawValue::from_string(serde_json::to_string(&params).ok()?).ok()?,
+    );
+    serde_json::to_vec(&object).ok()
+}
+
+/// Methods whose stateless-era results must say how long they may be
+/// cached (`ttlMs`, `cacheScope`).
+const CACHEABLE: [&str; 5] = [
+    "prompts/list",
+    "resources/list",
+    "resources/read",
+    "resources/templates/list",
+    "tools/list",
+];
+
+/// A handshake-era server's result in the shape the stateless era
+/// requires: `"resultType":"complete"`, and for cacheable methods a
+/// `ttlMs` of 0 and a `private` scope (the child is one principal's, and
+/// forkline cannot know how long the answer holds). `None` when nothing
+/// is missing or the line has no result.
+fn as_modern_result(line: &[u8], method: &str) -> Option<Vec<u8>> {
+    let mut object: BTreeMap<String, Box<RawValue>> = serde_json::from_slice(line).ok()?;
+    let result = object.get("result")?;
+    let mut members: BTreeMap<String, Box<RawValue>> = serde_json::from_str(result.get()).ok()?;
+    let mut missing = vec![("resultType", "\"complete\"")];
+    if CACHEABLE.contains(&method) {
+        missing.extend([("ttlMs", "0"), ("cacheScope", "\"private\"")]);
+    }
+    let mut changed = false;
+    for (key, value) in missing {
+        if !members.contains_key(key) {
+            members.insert(key.into(), RawValue::from_string(value.into()).ok()?);
+            changed = true;
+        }
+    }
+    if !changed {
+        return None;
+    }
+    let result = serde_json::to_string(&members).ok()?;
+    object.insert("result".into(), RawValue::from_string(result).ok()?);
+    serde_json::to_vec(&object).ok()
+}
+
+/// A `server/discover` result made from an adapted child's answer to our
+/// `initialize`; `None` when that answer is not an `InitializeResult`.
+fn discover_from_initialize(line: &[u8]) -> Option<Box<RawValue>> {
+    let answer: Value = serde_json::from_slice(line).ok()?;
+    let init = answer.get("result")?.as_object()?;
+    init.get("protocolVersion")?.as_str()?;
+    let mut discover = serde_json::Map::new();
+    discover.insert("resultType".into(), "complete".into());
+    discover.insert("ttlMs".into(), 0.into());
+    discover.insert("cacheScope".into(), "private".into());
+    discover.insert(
+        "supportedVersions".into(),
+        Value::from(MODERN_VERSIONS.to_vec()),
+    );
+    discover.insert(
+        "capabilities".into(),
+        init.get("capabilities")
+            .cloned()
+            .unwrap_or_else(|| serde_json::json!({})),
+    );
+    if let Some(info) = init.get("serverInfo") {
+        discover.insert(
+            "_meta".into(),
+            serde_json::json!({ "io.modelcontextprotocol/serverInfo": info }),
+        );
+    }
+    if let Some(instructions) = init.get("instructions") {
+        discover.insert("instructions".into(), instructions.clone());
+    }
+    RawValue::from_string(serde_json::to_string(&discover).ok()?).ok()
+}
+
+/// Who the client says it is, from a request's `_meta`, as JSON text.
+struct ClientMeta {
+    client_info: String,
+    capabilities: String,
+}
+
+fn client_meta(line: &[u8]) -> ClientMeta {
+    let meta = request_meta(line);
+    let get = |key: &str, default: &str| {
+        meta.as_ref()
+            .and_then(|m| m.get(key))
+            .map_or_else(|| default.to_string(), Value::to_string)
+    };
+    ClientMeta {
+        client_info: get(
+            META_CLIENT_INFO,
+            r#"{"name":"forkline-stateless-client","version":"0"}"#,
+        ),
+        capabilities: get(META_CAPABILITIES, "{}"),
+    }
+}
+
+/// `params._meta` of a request.
+pub fn request_meta(line: &[u8]) -> Option<serde_json::Map<String, Value>> {
+    #[derive(serde::Deserialize)]
+    struct Req {
+        params: Option<Params>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Params {
+        #[serde(rename = "_meta")]
+        meta: Option<serde_json::Map<String, Value>>,
+    }
+    serde_json::from_slice::<Req>(line).ok()?.params?.meta
+}
+
+/// `params.name` (or `params.uri`) of a request, which `Mcp-Name` mirrors.
+pub fn request_name(line: &[u8]) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Req {
+        params: Option<Params>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Params {
+        name: Option<String>,
+        uri: Option<String>,
+    }
+    let params = serde_json::from_slice::<Req>(line).ok()?.params?;
+    params.name.or(params.uri)
+}
+
+/// An `Mcp-Name`/`Mcp-Param-*` header value, decoded from the
+/// `=?base64?…?=` form when it is in it.
+pub fn header_value(raw: &str) -> Option<String> {
+    match raw
+        .strip_prefix("=?base64?")
+        .and_then(|r| r.strip_suffix("?="))
+    {
+        Some(encoded) => String::from_utf8(base64_decode(encoded)?).ok(),
+        None => Some(raw.to_string()),
+    }
+}
+
+fn base64_decode(text: &str) -> Option<Vec<u8>> {
+    let value = |c: u8| -> Option<u32> {
+        Some(match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' => 62,
+            b'/' => 63,
+            _ => return None,
+        } as u32)
+    };
+    let text = text.trim_end_matches('=').as_bytes();
+    let mut out = Vec::with_capacity(text.len() * 3 / 4);
+    for chunk in text.chunks(4) {
+        if chunk.len() == 1 {
+            return None;
+        }
+        let mut acc = 0u32;
+        for (i, &c) in chunk.iter().enumerate() {
+            acc |= value(c)? << (18 - 6 * i);
+        }
+        let bytes = acc.to_be_bytes();
+        out.extend_from_slice(&bytes[1..chunk.len()]);
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_swapped_and_members_keep_their_bytes() {
+        let line = br#"{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"n":1.50}}"#;
+        let swapped = set_member(line, "id", "\"fl-3\"").expect("rewritten");
+        let text = String::from_utf8(swapped).expect("utf8");
+        assert!(text.contains(r#""id":"fl-3""#), "{text}");
+        assert!(text.contains(r#""params":{"n":1.50}"#), "{text}");
+        assert_eq!(ours(&classify_id(&text)), Some(3));
+    }
+
+    fn classify_id(text: &str) -> Id {
+        let Ok(Kind::Request { id, .. }) = classify(text.as_bytes()) else {
+            panic!("{text}")
+        };
+        id
+    }
+
+    #[test]
+    fn handshake_results_get_what_the_stateless_era_requires_once() {
+        let line = br#"{"jsonrpc":"2.0","id":1,"result":{"tools":[]}}"#;
+        let typed = as_modern_result(line, "tools/list").expect("added");
+        let value: Value = serde_json::from_slice(&typed).expect("json");
+        assert_eq!(value["result"]["resultType"], "complete");
+        assert_eq!(value["result"]["ttlMs"], 0);
+        assert_eq!(value["result"]["cacheScope"], "private");
+        assert!(as_modern_result(&typed, "tools/list").is_none());
+        let call = as_modern_result(br#"{"jsonrpc":"2.0","id":1,"result":{}}"#, "tools/call")
+            .expect("added");
+        let value: Value = serde_json::from_slice(&call).expect("json");
+        assert!(value["result"].get("ttlMs").is_none());
+        assert!(as_modern_result(br#"{"jsonrpc":"2.0","id":1,"error":{}}"#, "ping").is_none());
+    }
+
+    #[test]
+    fn discover_is_made_from_an_initialize_result() {
+        let line = br#"{"jsonrpc":"2.0","id":"forkline-initialize","result":{"protocolVersion":"2025-06-18","capabilities":{"tools":{}},"serverInfo":{"name":"s","version":"1"},"instructions":"hi"}}"#;
+        let discover: Value =
+            serde_json::from_str(discover_from_initialize(line).expect("made").get())
+                .expect("json");
+        assert_eq!(discover["resultType"], "complete");
+        assert_eq!(discover["supportedVersions"][0], "2026-07-28");
+        assert_eq!(discover["capabilities"]["tools"], serde_json::json!({}));
+        assert_eq!(
+            discover["_meta"]["io.modelcontextprotocol/serverInfo"]["name"],
+            "s"
+        );
+        assert_eq!(discover["instructions"], "hi");
+        let refused = br#"{"jsonrpc":"2.0","id":"forkline-initialize","error":{"code":-32601,"message":"no"}}"#;
+        assert!(discover_from_initialize(refused).is_none());
+    }
+
+    #[test]
+    fn the_new_eras_envelope_is_taken_off_for_old_servers() {
+        let line = br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"e","_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28","progressToken":7}}}"#;
+        let bare: Value =
+            serde_json::from_slice(&without_envelope(line).expect("stripped")).expect("json");
+        assert_eq!(
+            bare["params"]["_meta"],
+            serde_json::json!({"progressToken": 7})
+        );
+        assert_eq!(bare["params"]["name"], "e");
+        let only = br#"{"jsonrpc":"2.0","id":1,"method":"ping","params":{"_meta":{"io.modelcontextprotocol/clientInfo":{}}}}"#;
+        let bare: Value =
+            serde_json::from_slice(&without_envelope(only).expect("stripped")).expect("json");
+        assert!(bare["params"].get("_meta").is_none());
+        assert!(without_envelope(br#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#).is_none());
+    }
+
+    #[test]
+    fn mcp_name_headers_are_decoded_from_their_base64_form() {
+        assert_eq!(header_value("get_weather").as_deref(), Some("get_weather"));
+        assert_eq!(
+            header_value("=?base64?SGVsbG8sIOS4lueVjA==?=").as_deref(),
+            Some("Hello, 世界")
+        );
+        assert_eq!(
+            header_value("=?base64?IHBhZGRlZCA=?=").as_deref(),
+            Some(" padded ")
+        );
+        assert_eq!(header_value("=?base64?!!?="), None);
+    }
+}
