@@ -49,6 +49,10 @@ pub struct Conn {
     pub eof: bool,
     /// `fill` stopped at its bound with the socket maybe holding more.
     pub input_capped: bool,
+    /// An SSE head is queued but not yet written: it goes out with the
+    /// first event (one write, one wake-up of the client), or on its own
+    /// after a moment if no event comes.
+    pub head_held: bool,
     /// Bumped on every deadline change; stale timer entries are skipped.
     pub timer_gen: u64,
     pub deadline: Option<Instant>,
@@ -76,6 +80,7 @@ impl Conn {
             origin: None,
             eof: false,
             input_capped: false,
+            head_held: false,
             timer_gen: 0,
             deadline: None,
         }
@@ -117,6 +122,7 @@ impl Conn {
                 Err(e) => return Err(e),
             }
         }
+        self.head_held = false;
         // Idle connections hold no buffers (a thousand open GET streams
         // should cost sockets, not memory).
         self.output = Vec::new();
