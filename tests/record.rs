@@ -556,14 +556,22 @@ fn replay_of_a_real_tape_shows_every_message_and_its_answer_time() {
         .find(|l| l.ends_with("#1 result"))
         .expect("its answer");
     assert!(ping.contains('→') && answer.contains('←'), "{}", run.stdout);
-    // The rtt column (ending at the same place on every line) is filled
-    // on the answer only.
+    // The rtt column ends at the same character on every line (the
+    // arrows are one character, three bytes) and is filled on the answer
+    // only.
+    let column = |line: &str, end: usize| -> String {
+        let chars: Vec<char> = line.chars().collect();
+        chars[end - 10..end]
+            .iter()
+            .collect::<String>()
+            .trim()
+            .to_string()
+    };
+    let header: Vec<char> = lines[4].chars().collect();
     let rtt_end = lines[4].find("rtt ms").unwrap() + "rtt ms".len();
-    assert!(ping[..ping.len() - "ping #1".len()].trim_end().len() < rtt_end - 6);
-    let rtt: f64 = answer[rtt_end - 10..rtt_end]
-        .trim()
-        .parse()
-        .expect("an rtt");
+    assert_eq!(header.len(), lines[4].len(), "the header is ASCII");
+    assert_eq!(column(ping, rtt_end), "", "{ping}");
+    let rtt: f64 = column(answer, rtt_end).parse().expect("an rtt");
     assert!(rtt > 0.0, "{answer}");
     assert!(
         lines

@@ -326,3 +326,122 @@ impl Writer {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::ChildCommand;
+    use crate::session::relay::EndReason;
+    use crate::session::rules::Counters;
+    use std::time::SystemTime;
+
+    fn temp_dir(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("forkline-tape-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        dir
+    }
+
+    fn summary(counters: Counters) -> Summary {
+        Summary {
+            reason: EndReason::ClientClosed,
+            exit: None,
+            counters,
+        }
+    }
+
+    #[test]
+    fn a_tape_holds_start_messages_as_they_went_and_end() {
+        let dir = temp_dir("whole");
+        let recorder = Recorder::open(&dir.join("nested")).expect("recorder");
+        let command = ChildCommand {
+            program: "srv".into(),
+            args: vec!["a b".into()],
+        };
+        let mut tape = recorder.tape(SessionId(4), "tcp");
+        tape.start(&Start {
+            id: SessionId(4),
+            peer: "127.0.0.1:9",
+            command: &command,
+            pid: Some(77),
+            wall: SystemTime::now(),
+            started: Instant::now(),
+        });
+        let mut counters = Counters::default();
+        for (direction, line) in [
+            (Direction::In, &br#"{"id":1, "method":"x"}"#[..]),
+            (Direction::Out, br#"{"id":1,"result":"\u00e9"}"#),
+        ] {
+            counters.message(direction, line);
+            tape.message(direction, line);
+        }
+        let big = format!(r#"{{"method":"n","params":"{}"}}"#, "y".repeat(FLUSH_AT));
+        counters.message(Direction::Out, big.as_bytes());
+        tape.message(Direction::Out, big.as_bytes());
+        tape.flush();
+        tape.end(&summary(counters));
+
+        let files: Vec<PathBuf> = std::fs::read_dir(dir.join("nested"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        assert_eq!(
+            files.len(),
+            1,
+            "only the tape (the probe is gone): {files:?}"
+        );
+        let text = std::fs::read_to_string(&files[0]).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 5);
+        let start: serde_json::Value = serde_json::from_str(lines[0]).unwrap();
+        assert_eq!(start["type"], "start");
+        assert_eq!(start["command"], json!(["srv", "a b"]));
+        assert_eq!(start["pid"], 77);
+        assert!(start["tape"].as_str().unwrap().ends_with("-s4"));
+        assert!(lines[1].contains(r#","dir":"in","msg":{"id":1, "method":"x"}}"#));
+        assert!(lines[2].ends_with(r#","dir":"out","msg":{"id":1,"result":"\u00e9"}}"#));
+        assert!(lines[3].len() > FLUSH_AT, "the big one went straight out");
+        let end: serde_json::Value = serde_json::from_str(lines[4]).unwrap();
+        assert_eq!(end["type"], "end");
+        assert_eq!(end["exit"], serde_json::Value::Null);
+        assert_eq!(end["in"]["bytes"], counters.bytes_in);
+        assert_eq!(end["out"]["messages"], 2);
+        assert_eq!(end["complete"], true);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_failed_write_stops_the_recording_once() {
+        let mut writer = Writer {
+            file: OpenOptions::new().append(true).open("/dev/full").unwrap(),
+            path: "/dev/full".into(),
+            started: Instant::now(),
+            buf: Vec::new(),
+            written: 0,
+            failed: None,
+        };
+        writer.record(&[b"{}\n"]);
+        assert!(writer.failed.is_none(), "buffered, not written yet");
+        writer.write_out();
+        let error = writer.failed.clone().expect("ENOSPC");
+        assert!(error.contains("No space"), "{error}");
+        writer.record(&[b"{}\n"]);
+        assert!(writer.buf.is_empty(), "nothing is buffered after a failure");
+        assert_eq!(writer.written, 0);
+    }
+
+    #[test]
+    fn an_unusable_directory_names_the_flag() {
+        let dir = temp_dir("unusable");
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("file");
+        std::fs::write(&file, b"x").unwrap();
+        let err = Recorder::open(&file).expect_err("a file is no directory");
+        assert_eq!(err.exit_code(), 2);
+        assert!(
+            err.to_string()
+                .starts_with("invalid --record: cannot use `"),
+            "{err}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
