@@ -10,6 +10,7 @@ use clap::{ArgAction, Args, Parser, Subcommand};
 
 use crate::config::{ChildCommand, ConnectAddr, Limits, ListenAddr, ServeConfig, StdioConfig};
 use crate::error::Error;
+use crate::ops::tape::Recorder;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -37,6 +38,8 @@ pub enum Command {
     Stdio(StdioArgs),
     /// Join stdin/stdout to a session of a remote `forkline serve`
     Connect(ConnectArgs),
+    /// Print a session tape written by `--record` as a readable transcript
+    Replay(ReplayArgs),
     /// A tiny built-in MCP server (tool `echo`), speaking both protocol eras
     EchoServer,
 }
@@ -74,6 +77,8 @@ pub struct ServeArgs {
     pub allow_origin: Vec<String>,
     #[command(flatten)]
     pub limits: LimitArgs,
+    #[command(flatten)]
+    pub record: RecordArgs,
     /// The MCP server to run for each session (default: `forkline
     /// echo-server`); everything from COMMAND on is its own
     #[arg(
@@ -89,6 +94,8 @@ pub struct ServeArgs {
 pub struct StdioArgs {
     #[command(flatten)]
     pub limits: LimitArgs,
+    #[command(flatten)]
+    pub record: RecordArgs,
     /// The MCP server to run; everything from COMMAND on is its own
     #[arg(
         value_name = "COMMAND",
@@ -97,6 +104,33 @@ pub struct StdioArgs {
         trailing_var_arg = true
     )]
     pub command: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct RecordArgs {
+    /// Write one JSON Lines tape per session into DIR (created if missing):
+    /// DIR/<UTC start>-<run id>-<session id>.jsonl; read one back with
+    /// `forkline replay`
+    #[arg(long = "record", value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+}
+
+impl RecordArgs {
+    /// Creates and checks the directory: unusable is a config error.
+    fn to_recorder(&self) -> Result<Option<Recorder>, Error> {
+        self.dir.as_deref().map(Recorder::open).transpose()
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct ReplayArgs {
+    /// A tape file from `--record DIR`
+    #[arg(value_name = "TAPE")]
+    pub tape: PathBuf,
+    /// Print the records themselves (checked), one JSON object per line,
+    /// instead of the transcript
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -214,6 +248,7 @@ impl ServeArgs {
             },
             limits: self.limits.to_limits(),
             command,
+            record: self.record.to_recorder()?,
         })
     }
 }
@@ -225,6 +260,7 @@ impl StdioArgs {
         Ok(StdioConfig {
             limits: self.limits.to_limits(),
             command,
+            record: self.record.to_recorder()?,
         })
     }
 }

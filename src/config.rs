@@ -6,6 +6,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::ops::tape::Recorder;
+
 /// The limits every session runs under.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Limits {
@@ -96,6 +98,9 @@ pub struct ServeConfig {
     pub access: crate::http::security::Access,
     pub limits: Limits,
     pub command: ChildCommand,
+    /// `--record DIR`: where session tapes go (the directory is checked
+    /// when the config is made).
+    pub record: Option<Recorder>,
 }
 
 /// Everything `stdio` needs.
@@ -103,6 +108,7 @@ pub struct ServeConfig {
 pub struct StdioConfig {
     pub limits: Limits,
     pub command: ChildCommand,
+    pub record: Option<Recorder>,
 }
 
 /// Where `connect` goes.

@@ -18,6 +18,13 @@ pub enum Error {
     Bind { address: String, source: io::Error },
     /// Any other I/O failure, with what we were doing.
     Io { what: String, source: io::Error },
+    /// A tape given to `replay` is not one forkline writes; exits with
+    /// status 2. `line` counts from 1.
+    Tape {
+        path: String,
+        line: usize,
+        reason: String,
+    },
 }
 
 impl Error {
@@ -31,7 +38,7 @@ impl Error {
     /// The process exit status this error calls for.
     pub fn exit_code(&self) -> i32 {
         match self {
-            Error::Config { .. } => 2,
+            Error::Config { .. } | Error::Tape { .. } => 2,
             _ => 1,
         }
     }
@@ -44,6 +51,9 @@ impl fmt::Display for Error {
             Error::Spawn { command, source } => write!(f, "failed to spawn `{command}`: {source}"),
             Error::Bind { address, source } => write!(f, "failed to listen on {address}: {source}"),
             Error::Io { what, source } => write!(f, "{what}: {source}"),
+            Error::Tape { path, line, reason } => {
+                write!(f, "malformed tape `{path}`, line {line}: {reason}")
+            }
         }
     }
 }
@@ -51,7 +61,7 @@ impl fmt::Display for Error {
 impl std::error::Error for Error {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
-            Error::Config { .. } => None,
+            Error::Config { .. } | Error::Tape { .. } => None,
             Error::Spawn { source, .. } | Error::Bind { source, .. } | Error::Io { source, .. } => {
                 source.source()
             }

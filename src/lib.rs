@@ -18,6 +18,7 @@ pub mod error;
 pub mod http;
 pub mod logging;
 pub mod net;
+pub mod ops;
 pub mod proto;
 pub mod session;
 pub mod shutdown;
@@ -40,6 +41,14 @@ pub fn run(cli: Cli) -> Result<i32, Error> {
         }
         Command::Connect(args) => {
             commands::connect::run(&args.address)?;
+            Ok(0)
+        }
+        Command::Replay(args) => {
+            let stdout = std::io::stdout();
+            let mut out = std::io::BufWriter::new(stdout.lock());
+            if let Some(note) = ops::replay::replay(&args.tape, args.json, &mut out)? {
+                eprintln!("forkline: {note}");
+            }
             Ok(0)
         }
         Command::EchoServer => {

@@ -38,7 +38,28 @@ pub fn init(verbosity: i8) {
 }
 
 /// RFC 3339 UTC with milliseconds, computed by hand to spare a date crate.
-struct Timestamp(SystemTime);
+/// Also the `time` of a tape's start record.
+pub struct Timestamp(pub SystemTime);
+
+impl Timestamp {
+    /// `20261124T085146Z`: the same instant to the second, in the basic
+    /// ISO 8601 form, fit for a file name (no colons) and sorting.
+    pub fn compact(&self) -> String {
+        let secs = self
+            .0
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs();
+        let (year, month, day) = civil_from_days((secs / 86_400) as i64);
+        let rem = secs % 86_400;
+        format!(
+            "{year:04}{month:02}{day:02}T{:02}{:02}{:02}Z",
+            rem / 3600,
+            rem / 60 % 60,
+            rem % 60
+        )
+    }
+}
 
 impl std::fmt::Display for Timestamp {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -86,5 +107,6 @@ mod tests {
             "1970-01-01T00:00:00.000Z"
         );
         assert_eq!(civil_from_days(11_016), (2000, 2, 29));
+        assert_eq!(Timestamp(t).compact(), "20261124T083143Z");
     }
 }

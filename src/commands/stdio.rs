@@ -71,7 +71,9 @@ pub fn run(config: &StdioConfig) -> Result<i32, Error> {
             write: stdout_fd(),
             write_kind: WriteKind::for_shared_fd(stdout_fd()),
         });
-        let summary = session::run(SessionId(1), "stdio", &shared, client, |_| {}, None);
+        let id = SessionId(1);
+        let tape = config.record.as_ref().map(|r| r.tape(id, "stdio"));
+        let summary = session::run(id, "stdio", &shared, client, |_| {}, tape);
         signals_handle.close();
         if let Ok(watcher) = watcher {
             if watcher.join().is_err() {

@@ -35,6 +35,7 @@ use crate::session::client::{
 use crate::session::outbox::WriteKind;
 use crate::session::pool::Pool;
 use crate::session::relay::Control;
+use crate::session::rules::Tap;
 use crate::session::run::{self as session, Shared};
 use crate::session::table::{ClientKey, Refusal, SessionId, Sessions, Slot};
 use crate::shutdown::Trigger;
@@ -376,7 +377,7 @@ impl Admission<'_> {
             }
         };
         let job_proxy = Arc::clone(self.proxy);
-        let job = Box::new(move || run_session(slot, stream, &peer, &job_proxy));
+        let job = Box::new(move || run_session(slot, stream, &peer, transport, &job_proxy));
         if self.pool.execute(job).is_err() {
             // Unreachable while admission caps sessions at the pool's size;
             // the job (and with it the slot and the stream) is dropped.
@@ -393,7 +394,7 @@ fn refuse(stream: &Stream, refusal: &Refusal) {
     stream.shutdown();
 }
 
-fn run_session(slot: Slot, stream: Stream, peer: &str, proxy: &Proxy) {
+fn run_session(slot: Slot, stream: Stream, peer: &str, transport: &'static str, proxy: &Proxy) {
     let shared = shared(proxy);
     let client = ClientSide::Stream(StreamClient {
         read: stream.as_fd(),
@@ -406,7 +407,7 @@ fn run_session(slot: Slot, stream: Stream, peer: &str, proxy: &Proxy) {
         &shared,
         client,
         |pid| slot.set_child_pid(pid),
-        None,
+        tape(proxy, slot.id(), transport),
     );
     // The slot goes last: once it is free, the acceptor may admit the next
     // session and, during shutdown, may find the table empty.
@@ -443,7 +444,8 @@ impl Admit for HttpAdmission<'_> {
             }
         };
         let job_proxy = Arc::clone(self.proxy);
-        let job = Box::new(move || run_channel_session(slot, channels, &peer, &job_proxy));
+        let job =
+            Box::new(move || run_channel_session(slot, channels, &peer, transport, &job_proxy));
         if self.pool.execute(job).is_err() {
             error!("no worker could take a session; HTTP session dropped");
         }
@@ -451,7 +453,13 @@ impl Admit for HttpAdmission<'_> {
     }
 }
 
-fn run_channel_session(slot: Slot, channels: ChannelClient, peer: &str, proxy: &Proxy) {
+fn run_channel_session(
+    slot: Slot,
+    channels: ChannelClient,
+    peer: &str,
+    transport: &'static str,
+    proxy: &Proxy,
+) {
     let shared = shared(proxy);
     session::run(
         slot.id(),
@@ -459,9 +467,15 @@ fn run_channel_session(slot: Slot, channels: ChannelClient, peer: &str, proxy: &
         &shared,
         ClientSide::Channels(channels),
         |pid| slot.set_child_pid(pid),
-        None,
+        tape(proxy, slot.id(), transport),
     );
     drop(slot);
+}
+
+/// The session's tape, with `--record`.
+fn tape(proxy: &Proxy, id: SessionId, transport: &'static str) -> Option<Box<dyn Tap + Send>> {
+    let recorder = proxy.config.record.as_ref()?;
+    Some(recorder.tape(id, transport))
 }
 
 fn shared(proxy: &Proxy) -> Shared<'_> {

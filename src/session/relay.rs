@@ -184,6 +184,9 @@ impl<'a> Relay<'a> {
             let timeout = self
                 .deadline()
                 .map(|d| d.saturating_duration_since(Instant::now()));
+            if let Some(tap) = self.core.tap.as_mut() {
+                tap.flush();
+            }
             if let Err(e) = poll(&mut fds, timeout) {
                 warn!("[{}] poll failed: {e}; ending the session", self.core.id);
                 return self.end_now(EndReason::ClientClosed);
@@ -237,6 +240,11 @@ impl<'a> Relay<'a> {
 
     pub fn counters(&self) -> Counters {
         self.core.rules.counters
+    }
+
+    /// Hands the tap back once the relay is done with it, for its `end`.
+    pub fn take_tap(&mut self) -> Option<Box<dyn Tap + Send>> {
+        self.core.tap.take()
     }
 
     fn end_now(&mut self, reason: EndReason) -> EndReason {

@@ -8,6 +8,7 @@
 use std::collections::HashSet;
 
 use crate::proto::message::{Id, Kind, code};
+use crate::session::run::{Start, Summary};
 
 /// Which way a message went, for taps (counters, tapes).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -18,10 +19,29 @@ pub enum Direction {
     Out,
 }
 
-/// Observes every message a session passes on, as the bytes that went
-/// out (without the newline). Recording and metrics attach here.
+/// Observes a session: its start, every message it passes on, and its
+/// end. Recording and metrics attach here. Every method is called on the
+/// session's own worker thread, in this order: `start` once, then
+/// `message` and `flush` any number of times, then `end` once (not at all
+/// if the session panicked). Whatever a method costs, only its own session
+/// waits for it.
 pub trait Tap {
+    /// The child runs (or could not be started: `start.pid` is `None`);
+    /// nothing has been relayed yet.
+    fn start(&mut self, _start: &Start<'_>) {}
+
+    /// A message passed on, as the bytes that went out (without the
+    /// newline): always one valid JSON text.
     fn message(&mut self, direction: Direction, line: &[u8]);
+
+    /// The worker is about to wait for I/O: a tap that buffers writes out
+    /// what it holds now, so nothing lingers in memory while the session
+    /// is idle.
+    fn flush(&mut self) {}
+
+    /// The session is over, its child stopped and reaped; no message
+    /// follows.
+    fn end(&mut self, _summary: &Summary) {}
 }
 
 /// Messages and bytes each way.

@@ -11,7 +11,7 @@ use std::net::Shutdown;
 use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::net::UnixStream;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 use log::{info, warn};
 
@@ -43,6 +43,22 @@ pub struct Summary {
     pub counters: Counters,
 }
 
+/// What a tap learns when its session starts (see `Tap::start`).
+#[derive(Debug)]
+pub struct Start<'a> {
+    pub id: SessionId,
+    pub peer: &'a str,
+    pub command: &'a ChildCommand,
+    /// `None` when the child could not be started.
+    pub pid: Option<u32>,
+    /// When the session began (`run` was called), by the wall clock and
+    /// by the monotonic one that message times are measured against.
+    pub wall: SystemTime,
+    pub started: Instant,
+}
+
+type BoxedTap = Box<dyn Tap + Send>;
+
 /// Our end of the child's stdio. Withdraws the reaper's wake-up before the
 /// socket closes, so the reaper never touches a recycled fd number.
 struct ChildSocket {
@@ -73,8 +89,12 @@ pub fn run(
     on_spawn: impl FnOnce(u32),
     tap: Option<Box<dyn Tap + Send>>,
 ) -> Summary {
+    let wall = SystemTime::now();
     let started = Instant::now();
-    let summary = run_session(id, peer, shared, client, on_spawn, tap);
+    let (summary, tap) = run_session(id, peer, shared, client, on_spawn, tap, (wall, started));
+    if let Some(mut tap) = tap {
+        tap.end(&summary);
+    }
     info!(
         "[{id}] session closed reason={} dur_ms={} in={} out={}{}",
         summary.reason.as_str(),
@@ -95,9 +115,22 @@ fn run_session(
     shared: &Shared,
     client: ClientSide<'_>,
     on_spawn: impl FnOnce(u32),
-    tap: Option<Box<dyn Tap + Send>>,
-) -> Summary {
+    mut tap: Option<BoxedTap>,
+    (wall, started): (SystemTime, Instant),
+) -> (Summary, Option<BoxedTap>) {
     let limits = shared.limits;
+    let tap_start = |tap: &mut Option<BoxedTap>, pid| {
+        if let Some(tap) = tap.as_mut() {
+            tap.start(&Start {
+                id,
+                peer,
+                command: shared.command,
+                pid,
+                wall,
+                started,
+            });
+        }
+    };
     let session_id = id.to_string();
     let env = [
         ("FORKLINE_SESSION_ID", session_id.as_str()),
@@ -107,6 +140,7 @@ fn run_session(
         Ok(spawned) => spawned,
         Err(e) => {
             warn!("[{id}] {e}");
+            tap_start(&mut tap, None);
             let why = e.to_string();
             let mut relay = Relay::new(
                 id,
@@ -118,14 +152,16 @@ fn run_session(
             );
             let reason = relay.run();
             relay.drain_client(limits.shutdown_grace);
-            return Summary {
+            let summary = Summary {
                 reason,
                 exit: None,
                 counters: relay.counters(),
             };
+            return (summary, relay.take_tap());
         }
     };
     on_spawn(child.pid());
+    tap_start(&mut tap, Some(child.pid()));
     info!(
         "[{id}] session opened peer={peer} pid={} command=\"{}\"",
         child.pid(),
@@ -172,13 +208,15 @@ fn run_session(
     relay.answer_unanswered(code, &text);
     relay.drain_client(limits.shutdown_grace);
     let counters = relay.counters();
+    let tap = relay.take_tap();
     drop(relay);
     drop(socket);
-    Summary {
+    let summary = Summary {
         reason,
         exit: Some(exit),
         counters,
-    }
+    };
+    (summary, tap)
 }
 
 #[cfg(test)]
