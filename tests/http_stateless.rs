@@ -322,3 +322,39 @@ fn a_request_in_flight_when_the_child_dies_gets_32002() {
     let pong = call(addr, &modern(json!(10), "ping", json!({})));
     assert_eq!(pong["id"], 10, "{pong}");
 }
+
+#[test]
+fn a_server_request_of_an_adapted_child_travels_as_an_input_required_result() {
+    let forkline = serve_http(&[], &fake_server(&["--initialize", "--trace"]));
+    let addr = http_addr(&forkline);
+    // The child asks roots/list while serving fake/ask-roots.
+    let first = call(addr, &modern(json!(1), "fake/ask-roots", json!({})));
+    assert_eq!(first["id"], 1, "{first}");
+    let result = &first["result"];
+    assert_eq!(result["resultType"], "input_required", "{first}");
+    let requests = result["inputRequests"].as_object().expect("inputRequests");
+    assert_eq!(requests.len(), 1, "{first}");
+    let (key, asked) = requests.iter().next().expect("one input request");
+    assert_eq!(asked["method"], "roots/list", "{first}");
+    let state = result["requestState"].as_str().expect("requestState");
+
+    // The retry carries the answer; the child gets it as its response and
+    // the request it was serving answers the retry.
+    let roots = json!([{"uri": "file:///srv/project", "name": "project"}]);
+    let mut retry = modern(json!(2), "fake/ask-roots", json!({}));
+    retry["params"]["inputResponses"] = json!({ key.as_str(): { "roots": roots } });
+    retry["params"]["requestState"] = json!(state);
+    let answer = call(addr, &retry);
+    assert_eq!(answer["id"], 2, "{answer}");
+    assert_eq!(answer["result"]["method"], "fake/ask-roots", "{answer}");
+    assert_eq!(answer["result"]["roots"], roots, "{answer}");
+    assert_eq!(
+        forkline
+            .stderr_text()
+            .matches("fake: received fake/ask-roots")
+            .count(),
+        1,
+        "the retry is not a second request to the child:\n{}",
+        forkline.stderr_text()
+    );
+}

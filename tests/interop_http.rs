@@ -61,6 +61,12 @@ const HANDSHAKE_VERSION: &str = "2025-11-25";
 /// step when the call carries a `progressToken`
 /// (dist/tools/trigger-long-running-operation.js).
 const PROGRESS_TOOL: &str = "trigger-long-running-operation";
+/// server-everything's tool that sends `sampling/createMessage` to the
+/// client (registered only for clients that declare sampling).
+const SAMPLING_TOOL: &str = "trigger-sampling-request";
+/// What the Python client's sampling callback answers
+/// (tests/fixtures/sdk_http_client.py).
+const SAMPLED_TEXT: &str = "sampled by the forkline test client";
 const PROGRESS_ARGS: &str = r#"{"duration": 1.5, "steps": 3}"#;
 
 /// How many clients the concurrency test runs at once (below forkline's
@@ -104,6 +110,9 @@ struct Calls {
     progress: bool,
     /// Also call `whoami` (sdk_server.py --whoami).
     whoami: bool,
+    /// Also call `SAMPLING_TOOL`, which asks the client for sampling
+    /// (the Python client only).
+    sampling: bool,
 }
 
 /// forkline's built-in `echo-server`: `echo` returns `text`.
@@ -112,6 +121,7 @@ const ECHO_SERVER: Calls = Calls {
     arg: "text",
     progress: false,
     whoami: false,
+    sampling: false,
 };
 
 /// server-everything: `echo` returns `Echo: ` + `message`; a progress call.
@@ -120,6 +130,7 @@ const EVERYTHING: Calls = Calls {
     arg: "message",
     progress: true,
     whoami: false,
+    sampling: false,
 };
 
 /// sdk_server.py --whoami: `echo` returns `text`; `whoami` names its child.
@@ -128,6 +139,7 @@ const WHOAMI_SERVER: Calls = Calls {
     arg: "text",
     progress: false,
     whoami: true,
+    sampling: false,
 };
 
 impl Calls {
@@ -156,6 +168,9 @@ impl Calls {
         }
         if self.whoami {
             options.extend(["--whoami-tool", "whoami"].map(String::from));
+        }
+        if self.sampling {
+            options.extend(["--sampling-tool", SAMPLING_TOOL].map(String::from));
         }
         options
     }
@@ -663,6 +678,37 @@ fn python_stateless_calls_everything_with_progress() {
     report.assert_tools(&["echo", PROGRESS_TOOL]);
     report.assert_echo(&format!("Echo: {ECHO_TEXT}"));
     report.assert_progress();
+    proxy.assert_children(1);
+}
+
+/// Multi Round-Trip Requests served for an old server: server-everything
+/// (handshake era) sends `sampling/createMessage` while serving a tool
+/// call of a stateless-era client; forkline answers that POST with an
+/// `InputRequiredResult` carrying it, the SDK runs its sampling callback
+/// and retries with `inputResponses`, and forkline hands the answer to the
+/// waiting server, whose tool result then answers the retry.
+#[test]
+fn python_stateless_sampling_through_an_old_server_travels_as_input_required() {
+    let Some(python) = sdk_python() else { return };
+    let Some(packages) = NodePackages::find() else {
+        return;
+    };
+    let proxy = Proxy::start(&packages.everything_command());
+    let url = Transport::StreamableHttp.url(proxy.get());
+    let calls = Calls {
+        sampling: true,
+        progress: false,
+        ..EVERYTHING
+    };
+    let report = ClientProcess::python(&python, Transport::StreamableHttp, "auto", &calls, &url)
+        .report(&proxy);
+    report.assert_stateless();
+    let sampled = report.str("sampling");
+    assert!(
+        sampled.contains(SAMPLED_TEXT),
+        "the tool's result should quote the client's sampling answer: {sampled:?}\n{}",
+        report.context
+    );
     proxy.assert_children(1);
 }
 

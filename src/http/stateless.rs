@@ -56,9 +56,14 @@ pub struct Incoming {
 }
 
 struct Exchange {
+    /// `None` while the client has it: its stream closed (cancelled), or
+    /// it got an `InputRequiredResult` and its retry is awaited.
     conn: Option<ConnKey>,
     id: Id,
     method: String,
+    /// The child's own requests carried in an `InputRequiredResult`, by
+    /// the key the client answers them under, and their ids.
+    inputs: Vec<(String, Id)>,
     sse: bool,
     head: Option<Response>,
     progress_token: Option<String>,
@@ -123,7 +128,14 @@ impl StatelessChild {
                     line.into_bytes(),
                 ));
             }
-            _ => self.forward(conn, incoming, out),
+            _ => {
+                let mut incoming = Some(incoming);
+                if !self.resume(conn, &mut incoming) {
+                    if let Some(incoming) = incoming {
+                        self.forward(conn, incoming, out);
+                    }
+                }
+            }
         }
     }
 
@@ -153,6 +165,7 @@ impl StatelessChild {
                 conn: Some(conn),
                 id: incoming.id,
                 method: incoming.method,
+                inputs: Vec::new(),
                 sse: incoming.sse,
                 head: (!incoming.sse).then_some(incoming.head),
                 progress_token: incoming.progress_token,
@@ -183,23 +196,93 @@ impl StatelessChild {
                 out.push(final_answer(conn, exchange.sse, exchange.head, line));
             }
             Kind::Notification { method } => self.notification(&method, line, out),
-            Kind::Request { id, method } => {
-                // Server-to-client requests have no stream to go on in this
-                // era (they travel as `InputRequiredResult`s); the child is
-                // told at once rather than left waiting.
-                log::debug!(
-                    "stateless child of {} asked {method}; refused",
-                    self.principal
-                );
-                let refusal = error_line(
-                    Some(&id),
-                    code::METHOD_NOT_FOUND,
-                    "forkline: this client reached the server over stateless HTTP, which carries no server-to-client requests",
-                );
-                let _ = self.peer.try_send(refusal);
-            }
+            Kind::Request { id, method } => self.server_request(id, &method, &line, out),
             Kind::Response { id: None } | Kind::Batch(_) => {}
         }
+    }
+
+    /// A request of the child's own (sampling, elicitation, roots) has no
+    /// stream to go on in this era: it is carried to the client inside an
+    /// `InputRequiredResult` answering the request it serves (Multi
+    /// Round-Trip Requests), and the client's retry brings its answer back.
+    /// That request is the one exchange in flight; with none, or several
+    /// (whose is it?), the child is told at once rather than left waiting.
+    fn server_request(&mut self, id: Id, method: &str, line: &[u8], out: &mut Vec<Delivery>) {
+        let mut open = self.exchanges.iter().filter(|(_, e)| e.conn.is_some());
+        let target = match (open.next(), open.next()) {
+            (Some((&n, _)), None) => Some(n),
+            _ => None,
+        };
+        let params = request_params(line);
+        let Some((n, params)) = target.zip(params) else {
+            log::debug!(
+                "stateless child of {} asked {method}; refused",
+                self.principal
+            );
+            let refusal = error_line(
+                Some(&id),
+                code::METHOD_NOT_FOUND,
+                "forkline: this server-to-client request belongs to no single request in flight over stateless HTTP",
+            );
+            let _ = self.peer.try_send(refusal);
+            return;
+        };
+        let key = format!("fl-input-{}", self.next_id);
+        self.next_id += 1;
+        let Some(exchange) = self.exchanges.get_mut(&n) else {
+            return;
+        };
+        let Some(conn) = exchange.conn.take() else {
+            return;
+        };
+        exchange.inputs.push((key.clone(), id));
+        let result = serde_json::json!({
+            "resultType": "input_required",
+            "inputRequests": { key: { "method": method, "params": params } },
+            "requestState": format!("fl-state-{n}"),
+        });
+        let line = format!(
+            r#"{{"jsonrpc":"2.0","id":{},"result":{result}}}"#,
+            exchange.id.as_json()
+        );
+        let head = exchange.head.take();
+        out.push(final_answer(conn, exchange.sse, head, line.into_bytes()));
+    }
+
+    /// A client's retry of a request that got an `InputRequiredResult`: the
+    /// answers go to the child as the responses it waits for, and the
+    /// request it served (still running in the child) answers this retry.
+    /// `false` when `incoming` is no such retry (or its state is gone).
+    fn resume(&mut self, conn: ConnKey, incoming: &mut Option<Incoming>) -> bool {
+        let Some(retry) = incoming.as_ref().and_then(|i| retry_of(&i.line)) else {
+            return false;
+        };
+        let Some(exchange) = self.exchanges.get_mut(&retry.state) else {
+            return false;
+        };
+        if exchange.conn.is_some() {
+            return false;
+        }
+        for (key, answer) in retry.responses {
+            if let Some(at) = exchange.inputs.iter().position(|(k, _)| *k == key) {
+                let (_, id) = exchange.inputs.remove(at);
+                let line = format!(
+                    r#"{{"jsonrpc":"2.0","id":{},"result":{}}}"#,
+                    id.as_json(),
+                    answer.get()
+                );
+                let _ = self.peer.try_send(line.into_bytes());
+            }
+        }
+        let Some(incoming) = incoming.take() else {
+            return false;
+        };
+        exchange.conn = Some(conn);
+        exchange.id = incoming.id;
+        exchange.sse = incoming.sse;
+        exchange.head = (!incoming.sse).then_some(incoming.head);
+        exchange.progress_token = incoming.progress_token;
+        true
     }
 
     /// Request-scoped notifications go on their request's SSE stream:
@@ -483,6 +566,46 @@ fn client_meta(line: &[u8]) -> ClientMeta {
         ),
         capabilities: get(META_CAPABILITIES, "{}"),
     }
+}
+
+/// `params` of a request, as JSON text (`{}` when it has none).
+fn request_params(line: &[u8]) -> Option<Box<RawValue>> {
+    #[derive(serde::Deserialize)]
+    struct Req {
+        params: Option<Box<RawValue>>,
+    }
+    let req: Req = serde_json::from_slice(line).ok()?;
+    Some(
+        req.params
+            .unwrap_or_else(|| RawValue::from_string("{}".into()).unwrap_or_default()),
+    )
+}
+
+/// What a retry after an `InputRequiredResult` carries.
+struct Retry {
+    /// The exchange it resumes (from `requestState`).
+    state: u64,
+    responses: Vec<(String, Box<RawValue>)>,
+}
+
+fn retry_of(line: &[u8]) -> Option<Retry> {
+    #[derive(serde::Deserialize)]
+    struct Req {
+        params: Params,
+    }
+    #[derive(serde::Deserialize)]
+    struct Params {
+        #[serde(rename = "requestState")]
+        state: String,
+        #[serde(rename = "inputResponses", default)]
+        responses: BTreeMap<String, Box<RawValue>>,
+    }
+    let req: Req = serde_json::from_slice(line).ok()?;
+    let state = req.params.state.strip_prefix("fl-state-")?.parse().ok()?;
+    Some(Retry {
+        state,
+        responses: req.params.responses.into_iter().collect(),
+    })
 }
 
 /// `params._meta` of a request.
