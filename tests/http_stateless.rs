@@ -358,3 +358,71 @@ fn a_server_request_of_an_adapted_child_travels_as_an_input_required_result() {
         forkline.stderr_text()
     );
 }
+
+#[test]
+fn subscriptions_listen_streams_the_change_notifications_asked_for() {
+    let forkline = serve_http(&[], &fake_server(&["--initialize", "--trace"]));
+    let addr = http_addr(&forkline);
+    let listen = modern(
+        json!("listen-1"),
+        "subscriptions/listen",
+        json!({"notifications": {"toolsListChanged": true, "resourceSubscriptions": ["file:///a"]}}),
+    );
+    let mut stream = HttpConn::connect(addr).open(&stateless_post(&listen));
+    stream.assert_sse_head();
+    let (_, ack) = stream.next_message();
+    assert_eq!(
+        ack["method"], "notifications/subscriptions/acknowledged",
+        "{ack}"
+    );
+    assert_eq!(
+        ack["params"]["notifications"]["toolsListChanged"], true,
+        "{ack}"
+    );
+    // An old server learns of the resource subscription its own way.
+    forkline.wait_for_log("fake: received resources/subscribe");
+
+    let note =
+        |method: &str, params: Value| json!({"jsonrpc": "2.0", "method": method, "params": params});
+    let emit = modern(
+        json!(2),
+        "fake/emit",
+        json!({"messages": [
+            note("notifications/prompts/list_changed", json!({})),
+            note("notifications/resources/updated", json!({"uri": "file:///b"})),
+            note("notifications/tools/list_changed", json!({})),
+            note("notifications/resources/updated", json!({"uri": "file:///a"})),
+        ]}),
+    );
+    let reply = call(addr, &emit);
+    assert_eq!(reply["id"], 2, "{reply}");
+    let (_, first) = stream.next_message();
+    assert_eq!(
+        first["method"], "notifications/tools/list_changed",
+        "{first}"
+    );
+    let (_, second) = stream.next_message();
+    assert_eq!(
+        second["method"], "notifications/resources/updated",
+        "{second}"
+    );
+    assert_eq!(
+        second["params"]["uri"], "file:///a",
+        "only what was asked for: {second}"
+    );
+
+    // The child's end ends the subscription with its result.
+    let gone = call(addr, &modern(json!(3), "fake/exit", json!({})));
+    assert_eq!(gone["error"]["code"], -32002, "{gone}");
+    let rest = stream.expect_end(PATIENCE);
+    let last = rest
+        .iter()
+        .filter_map(SseEvent::json)
+        .last()
+        .expect("a final result");
+    assert_eq!(last["id"], "listen-1", "{last}");
+    assert_eq!(
+        last["result"]["_meta"]["io.modelcontextprotocol/subscriptionId"], "listen-1",
+        "{last}"
+    );
+}

@@ -683,7 +683,17 @@ impl Frontend {
         let progress_token = session::progress_tokens(&line).into_iter().next();
         // A stream only when there is something to stream: otherwise one
         // JSON body, which can also carry the era's 404 for an unknown method.
-        let sse = progress_token.is_some() && req.names("text/event-stream");
+        let listen = &*method == "subscriptions/listen";
+        if listen && !req.names("text/event-stream") {
+            let r = Response::rpc_error_for(
+                406,
+                Some(&id),
+                code::INVALID_REQUEST,
+                "subscriptions/listen is answered as a stream: Accept must name text/event-stream",
+            );
+            return self.respond(registry, key, r);
+        }
+        let sse = (progress_token.is_some() || listen) && req.names("text/event-stream");
         let incoming = Incoming {
             id,
             method: method.to_string(),

@@ -86,7 +86,63 @@ pub struct StatelessChild {
     era: Era,
     held: Vec<(ConnKey, Incoming)>,
     exchanges: HashMap<u64, Exchange>,
+    /// Open `subscriptions/listen` streams served by forkline itself (for
+    /// an adapted child, which has no such method).
+    listeners: Vec<Listener>,
     next_id: u64,
+}
+
+/// One `subscriptions/listen` stream and what its client opted in to.
+struct Listener {
+    conn: ConnKey,
+    id: Id,
+    filter: Filter,
+}
+
+/// The notification types of a subscription (MCP 2026-07-28
+/// `SubscriptionFilter`), as honored.
+#[derive(Debug, Default, Clone, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Filter {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    tools_list_changed: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    prompts_list_changed: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    resources_list_changed: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    resource_subscriptions: Option<Vec<String>>,
+}
+
+impl Filter {
+    fn wants(&self, method: &str, line: &[u8]) -> bool {
+        match method {
+            "notifications/tools/list_changed" => self.tools_list_changed == Some(true),
+            "notifications/prompts/list_changed" => self.prompts_list_changed == Some(true),
+            "notifications/resources/list_changed" => self.resources_list_changed == Some(true),
+            "notifications/resources/updated" => {
+                let uri = updated_uri(line);
+                self.resource_subscriptions
+                    .as_ref()
+                    .is_some_and(|uris| uri.is_some_and(|u| uris.contains(&u)))
+            }
+            _ => false,
+        }
+    }
+}
+
+fn updated_uri(line: &[u8]) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Note {
+        params: Params,
+    }
+    #[derive(serde::Deserialize)]
+    struct Params {
+        uri: String,
+    }
+    serde_json::from_slice::<Note>(line)
+        .ok()
+        .map(|n| n.params.uri)
 }
 
 impl StatelessChild {
@@ -107,6 +163,7 @@ impl StatelessChild {
             era: Era::Probing,
             held: Vec::new(),
             exchanges: HashMap::new(),
+            listeners: Vec::new(),
             next_id: 1,
         }
     }
@@ -127,6 +184,9 @@ impl StatelessChild {
                     Some(incoming.head),
                     line.into_bytes(),
                 ));
+            }
+            Era::Handshake { .. } if incoming.method == "subscriptions/listen" => {
+                self.listen(conn, incoming, out);
             }
             _ => {
                 let mut incoming = Some(incoming);
@@ -249,6 +309,43 @@ impl StatelessChild {
         out.push(final_answer(conn, exchange.sse, head, line.into_bytes()));
     }
 
+    /// `subscriptions/listen` for an adapted child: forkline keeps the
+    /// stream and sends down it the child's change notifications the
+    /// client opted in to; resource subscriptions become the handshake
+    /// era's `resources/subscribe` requests to the child.
+    fn listen(&mut self, conn: ConnKey, incoming: Incoming, out: &mut Vec<Delivery>) {
+        let filter = listen_filter(&incoming.line).unwrap_or_default();
+        for uri in filter.resource_subscriptions.iter().flatten() {
+            let n = self.next_id;
+            self.next_id += 1;
+            let subscribe = serde_json::json!({
+                "jsonrpc": "2.0",
+                "id": format!("fl-{n}"),
+                "method": "resources/subscribe",
+                "params": { "uri": uri },
+            });
+            // Its answer finds no exchange and is dropped.
+            let _ = self.peer.try_send(subscribe.to_string().into_bytes());
+        }
+        let ack = serde_json::json!({
+            "jsonrpc": "2.0",
+            "method": "notifications/subscriptions/acknowledged",
+            "params": { "notifications": filter },
+        });
+        let mut bytes = Vec::new();
+        response::event(&mut bytes, None, None, ack.to_string().as_bytes());
+        out.push(Delivery {
+            conn,
+            bytes,
+            done: false,
+        });
+        self.listeners.push(Listener {
+            conn,
+            id: incoming.id,
+            filter,
+        });
+    }
+
     /// A client's retry of a request that got an `InputRequiredResult`: the
     /// answers go to the child as the responses it waits for, and the
     /// request it served (still running in the child) answers this retry.
@@ -307,7 +404,34 @@ impl StatelessChild {
                     _ => None,
                 }
             }
-            _ => None,
+            _ => {
+                let mut wanted: Vec<ConnKey> = self
+                    .listeners
+                    .iter()
+                    .filter(|l| l.filter.wants(method, &line))
+                    .map(|l| l.conn)
+                    .collect();
+                // A stateless-era child serves `subscriptions/listen` itself:
+                // what it sends outside a request goes to its listen streams.
+                if matches!(self.era, Era::Modern) {
+                    wanted.extend(
+                        self.exchanges
+                            .values()
+                            .filter(|e| e.sse && e.method == "subscriptions/listen")
+                            .filter_map(|e| e.conn),
+                    );
+                }
+                for conn in wanted {
+                    let mut bytes = Vec::new();
+                    response::event(&mut bytes, None, None, &line);
+                    out.push(Delivery {
+                        conn,
+                        bytes,
+                        done: false,
+                    });
+                }
+                None
+            }
         };
         if let Some(conn) = target.and_then(|e| e.conn) {
             let mut bytes = Vec::new();
@@ -349,6 +473,7 @@ impl StatelessChild {
     /// late answer will find no exchange.
     pub fn detach(&mut self, conn: ConnKey) {
         self.held.retain(|(c, _)| *c != conn);
+        self.listeners.retain(|l| l.conn != conn);
         let gone: Vec<u64> = self
             .exchanges
             .iter()
@@ -377,6 +502,14 @@ impl StatelessChild {
                 out.push(final_answer(conn, exchange.sse, exchange.head, line));
             }
         }
+        // A listen stream ends with its result: the subscription is over.
+        for listener in std::mem::take(&mut self.listeners) {
+            let id = listener.id.as_json();
+            let line = format!(
+                r#"{{"jsonrpc":"2.0","id":{id},"result":{{"resultType":"complete","_meta":{{"io.modelcontextprotocol/subscriptionId":{id}}}}}}}"#
+            );
+            out.push(final_answer(listener.conn, true, None, line.into_bytes()));
+        }
     }
 
     pub fn conns(&self) -> impl Iterator<Item = ConnKey> + '_ {
@@ -384,6 +517,7 @@ impl StatelessChild {
             .values()
             .filter_map(|e| e.conn)
             .chain(self.held.iter().map(|(c, _)| *c))
+            .chain(self.listeners.iter().map(|l| l.conn))
     }
 }
 
@@ -579,6 +713,21 @@ fn request_params(line: &[u8]) -> Option<Box<RawValue>> {
         req.params
             .unwrap_or_else(|| RawValue::from_string("{}".into()).unwrap_or_default()),
     )
+}
+
+/// `params.notifications` of `subscriptions/listen`.
+fn listen_filter(line: &[u8]) -> Option<Filter> {
+    #[derive(serde::Deserialize)]
+    struct Req {
+        params: Params,
+    }
+    #[derive(serde::Deserialize)]
+    struct Params {
+        notifications: Filter,
+    }
+    serde_json::from_slice::<Req>(line)
+        .ok()
+        .map(|r| r.params.notifications)
 }
 
 /// What a retry after an `InputRequiredResult` carries.
