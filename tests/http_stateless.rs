@@ -418,7 +418,7 @@ fn subscriptions_listen_streams_the_change_notifications_asked_for() {
     let last = rest
         .iter()
         .filter_map(SseEvent::json)
-        .last()
+        .next_back()
         .expect("a final result");
     assert_eq!(last["id"], "listen-1", "{last}");
     assert_eq!(
