@@ -182,12 +182,16 @@ fn an_adapted_child_is_initialized_once_and_discover_is_answered_for_it() {
     let reply = call(addr, &modern(json!(2), "ping", json!({})));
     assert_eq!(reply["id"], 2, "{reply}");
     assert_eq!(reply["result"]["resultType"], "complete", "{reply}");
+    // forkline's own probe reached the child; the client's discover did not.
+    let log = forkline.stderr_text();
+    assert_eq!(
+        log.matches("fake: received server/discover").count(),
+        1,
+        "one server/discover, forkline's:\n{log}"
+    );
     assert!(
-        !forkline
-            .stderr_text()
-            .contains("fake: received server/discover"),
-        "server/discover reached an adapted child:\n{}",
-        forkline.stderr_text()
+        log.contains(r#"fake: received server/discover id="forkline-discover""#),
+        "{log}"
     );
     assert_eq!(
         forkline
@@ -201,9 +205,10 @@ fn an_adapted_child_is_initialized_once_and_discover_is_answered_for_it() {
 }
 
 #[test]
-fn a_child_that_refuses_initialize_gets_requests_unchanged_but_for_the_id() {
-    // Without --initialize the fake answers `initialize` with no
-    // InitializeResult, as a stateless-era-only server would not.
+fn a_child_that_answers_neither_probe_gets_requests_as_they_are_but_for_the_id() {
+    // Without --initialize the fake answers both server/discover and
+    // initialize with an echo, neither a DiscoverResult nor an
+    // InitializeResult: forkline passes requests through.
     let forkline = serve_http(&[], &fake_server(&[]));
     let addr = http_addr(&forkline);
     let body = modern(json!(41), "fake/raw", json!({"k": "v"}));
@@ -327,8 +332,15 @@ fn a_request_in_flight_when_the_child_dies_gets_32002() {
 fn a_server_request_of_an_adapted_child_travels_as_an_input_required_result() {
     let forkline = serve_http(&[], &fake_server(&["--initialize", "--trace"]));
     let addr = http_addr(&forkline);
-    // The child asks roots/list while serving fake/ask-roots.
-    let first = call(addr, &modern(json!(1), "fake/ask-roots", json!({})));
+    // The child asks roots/list while serving a tool call.
+    let ask = |id: Value| {
+        modern(
+            id,
+            "tools/call",
+            json!({"name": "ask-roots", "arguments": {}}),
+        )
+    };
+    let first = call(addr, &ask(json!(1)));
     assert_eq!(first["id"], 1, "{first}");
     let result = &first["result"];
     assert_eq!(result["resultType"], "input_required", "{first}");
@@ -341,7 +353,7 @@ fn a_server_request_of_an_adapted_child_travels_as_an_input_required_result() {
     // The retry carries the answer; the child gets it as its response and
     // the request it was serving answers the retry.
     let roots = json!([{"uri": "file:///srv/project", "name": "project"}]);
-    let mut retry = modern(json!(2), "fake/ask-roots", json!({}));
+    let mut retry = ask(json!(2));
     retry["params"]["inputResponses"] = json!({ key.as_str(): { "roots": roots } });
     retry["params"]["requestState"] = json!(state);
     let answer = call(addr, &retry);
@@ -351,7 +363,7 @@ fn a_server_request_of_an_adapted_child_travels_as_an_input_required_result() {
     assert_eq!(
         forkline
             .stderr_text()
-            .matches("fake: received fake/ask-roots")
+            .matches("fake: received tools/call")
             .count(),
         1,
         "the retry is not a second request to the child:\n{}",
@@ -425,4 +437,64 @@ fn subscriptions_listen_streams_the_change_notifications_asked_for() {
         last["result"]["_meta"]["io.modelcontextprotocol/subscriptionId"], "listen-1",
         "{last}"
     );
+}
+
+#[test]
+fn a_dual_era_child_that_answers_discover_is_served_in_the_new_era() {
+    // The built-in echo-server speaks both eras: it answers forkline's
+    // server/discover, so it is never sent initialize.
+    let forkline = serve_http(&["-v"], &[]);
+    let addr = http_addr(&forkline);
+    let reply = call(addr, &modern(json!(1), "tools/list", json!({})));
+    assert_eq!(reply["result"]["tools"][0]["name"], "echo", "{reply}");
+    forkline.wait_for_log("speaks the stateless era");
+    assert!(
+        !forkline.stderr_text().contains("adapted"),
+        "{}",
+        forkline.stderr_text()
+    );
+}
+
+#[test]
+fn an_old_server_that_ignores_discover_is_adapted_after_the_probe_times_out() {
+    let forkline = serve_http(
+        &[],
+        &fake_server(&["--legacy", "--silent-before-initialize", "--trace"]),
+    );
+    let addr = http_addr(&forkline);
+    let discover = call(addr, &modern(json!("d"), "server/discover", json!({})));
+    assert_eq!(
+        discover["result"]["supportedVersions"],
+        json!([MODERN]),
+        "{discover}"
+    );
+    assert_eq!(
+        discover["result"]["_meta"]["io.modelcontextprotocol/serverInfo"]["name"], "fake-legacy",
+        "{discover}"
+    );
+    forkline.wait_for_log("did not answer server/discover");
+    let echo = call(
+        addr,
+        &modern(
+            json!(2),
+            "tools/call",
+            json!({"name": "echo", "arguments": {"text": "old"}}),
+        ),
+    );
+    assert_eq!(echo["result"]["content"][0]["text"], "old", "{echo}");
+    assert_eq!(echo["result"]["resultType"], "complete", "{echo}");
+}
+
+#[test]
+fn handshake_sessions_and_stateless_clients_share_one_forkline() {
+    let forkline = serve_http(&[], &fake_server(&["--initialize"]));
+    let addr = http_addr(&forkline);
+    let session = McpSession::open(addr);
+    let stateless_pid = fake_env(addr, None)["pid"].clone();
+    let session_pid = session.child_pid();
+    assert_ne!(json!(session_pid), stateless_pid, "each has its own child");
+    // Both go on working side by side.
+    let reply = session.call(json!(5), "ping", json!({}));
+    assert_eq!(reply["id"], 5, "{reply}");
+    assert_eq!(fake_env(addr, None)["pid"], stateless_pid);
 }

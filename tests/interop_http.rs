@@ -64,6 +64,11 @@ const PROGRESS_TOOL: &str = "trigger-long-running-operation";
 /// server-everything's tool that sends `sampling/createMessage` to the
 /// client (registered only for clients that declare sampling).
 const SAMPLING_TOOL: &str = "trigger-sampling-request";
+/// server-everything's tool that sends `roots/list` to the client
+/// (registered only for clients that declare roots).
+const ROOTS_TOOL: &str = "get-roots-list";
+/// The root the Python client's roots callback lists.
+const ROOT_URI: &str = "file:///srv/forkline-test-root";
 /// What the Python client's sampling callback answers
 /// (tests/fixtures/sdk_http_client.py).
 const SAMPLED_TEXT: &str = "sampled by the forkline test client";
@@ -113,6 +118,9 @@ struct Calls {
     /// Also call `SAMPLING_TOOL`, which asks the client for sampling
     /// (the Python client only).
     sampling: bool,
+    /// Also call `ROOTS_TOOL`, which asks the client for its roots (the
+    /// Python client only).
+    roots: bool,
 }
 
 /// forkline's built-in `echo-server`: `echo` returns `text`.
@@ -122,6 +130,7 @@ const ECHO_SERVER: Calls = Calls {
     progress: false,
     whoami: false,
     sampling: false,
+    roots: false,
 };
 
 /// server-everything: `echo` returns `Echo: ` + `message`; a progress call.
@@ -131,6 +140,7 @@ const EVERYTHING: Calls = Calls {
     progress: true,
     whoami: false,
     sampling: false,
+    roots: false,
 };
 
 /// sdk_server.py --whoami: `echo` returns `text`; `whoami` names its child.
@@ -140,6 +150,7 @@ const WHOAMI_SERVER: Calls = Calls {
     progress: false,
     whoami: true,
     sampling: false,
+    roots: false,
 };
 
 impl Calls {
@@ -171,6 +182,9 @@ impl Calls {
         }
         if self.sampling {
             options.extend(["--sampling-tool", SAMPLING_TOOL].map(String::from));
+        }
+        if self.roots {
+            options.extend(["--roots-tool", ROOTS_TOOL].map(String::from));
         }
         options
     }
@@ -682,13 +696,14 @@ fn python_stateless_calls_everything_with_progress() {
 }
 
 /// Multi Round-Trip Requests served for an old server: server-everything
-/// (handshake era) sends `sampling/createMessage` while serving a tool
-/// call of a stateless-era client; forkline answers that POST with an
+/// (handshake era) sends `sampling/createMessage` (and, for
+/// `get-roots-list`, `roots/list`) while serving a tool call of a
+/// stateless-era client; forkline answers that POST with an
 /// `InputRequiredResult` carrying it, the SDK runs its sampling callback
 /// and retries with `inputResponses`, and forkline hands the answer to the
 /// waiting server, whose tool result then answers the retry.
 #[test]
-fn python_stateless_sampling_through_an_old_server_travels_as_input_required() {
+fn python_stateless_sampling_and_roots_through_an_old_server_travel_as_input_required() {
     let Some(python) = sdk_python() else { return };
     let Some(packages) = NodePackages::find() else {
         return;
@@ -697,6 +712,7 @@ fn python_stateless_sampling_through_an_old_server_travels_as_input_required() {
     let url = Transport::StreamableHttp.url(proxy.get());
     let calls = Calls {
         sampling: true,
+        roots: true,
         progress: false,
         ..EVERYTHING
     };
@@ -707,6 +723,12 @@ fn python_stateless_sampling_through_an_old_server_travels_as_input_required() {
     assert!(
         sampled.contains(SAMPLED_TEXT),
         "the tool's result should quote the client's sampling answer: {sampled:?}\n{}",
+        report.context
+    );
+    let roots = report.str("roots");
+    assert!(
+        roots.contains(ROOT_URI),
+        "get-roots-list should list the client's root: {roots:?}\n{}",
         report.context
     );
     proxy.assert_children(1);

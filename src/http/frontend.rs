@@ -108,6 +108,9 @@ pub struct Frontend {
     accept_retry: Option<Instant>,
     /// Connections with input to serve once their exchange ended.
     resume: Vec<usize>,
+    /// New stateless children still to answer `server/discover`, and when
+    /// they will be taken for handshake-era servers.
+    probes: Vec<(Instant, usize, SessionId)>,
 }
 
 /// A session (or a principal's stateless child) and its worker's state.
@@ -255,6 +258,7 @@ impl Frontend {
             reserve: Reserve::new(),
             accept_retry: None,
             resume: Vec::new(),
+            probes: Vec::new(),
         })
     }
 
@@ -767,6 +771,8 @@ impl Frontend {
                 .header("Retry-After", "1")
             })?;
         info!("[{table_id}] stateless child for principal={principal}");
+        self.probes
+            .push((Instant::now() + stateless::PROBE_TIMEOUT, slot, table_id));
         self.by_principal.insert(principal.clone(), slot);
         let inserted = self.children.insert(Live {
             session: StatelessChild::start(principal, channel, first),
@@ -1255,10 +1261,16 @@ impl Frontend {
 
     /// When the loop must next wake for us.
     pub fn next_deadline(&mut self) -> Option<Instant> {
-        if let Some(at) = self.accept_retry {
-            return Some(self.next_timer().map_or(at, |t| t.min(at)));
+        let others = self
+            .probes
+            .iter()
+            .map(|(at, _, _)| *at)
+            .chain(self.accept_retry)
+            .min();
+        match (self.next_timer(), others) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
         }
-        self.next_timer()
     }
 
     fn next_timer(&mut self) -> Option<Instant> {
@@ -1278,6 +1290,16 @@ impl Frontend {
     /// Runs every deadline that has passed.
     pub fn on_timers(&mut self, registry: &Registry) {
         let now = Instant::now();
+        let (due, waiting): (Vec<_>, Vec<_>) =
+            self.probes.drain(..).partition(|(at, _, _)| *at <= now);
+        self.probes = waiting;
+        for (_, slot, table_id) in due {
+            if let Some(live) = self.children.get_mut(slot) {
+                if live.table_id == table_id {
+                    live.session.probe_timed_out();
+                }
+            }
+        }
         if self.accept_retry.is_some_and(|at| at <= now) {
             self.accept_retry = None;
             for i in 0..self.listeners.len() {

@@ -9,15 +9,18 @@
 //! - Requests of different HTTP exchanges may carry the same JSON-RPC id,
 //!   so every request reaches the child under an id of forkline's own
 //!   (`"fl-N"`) and its answer gets the client's id back.
-//! - A child's era is learnt once, when it starts, by sending it
-//!   `initialize` (what every handshake-era server answers; probing with
-//!   `server/discover` first could hang on servers that never answer an
-//!   unknown request before `initialize`). A child that answers with an
-//!   `InitializeResult` is adapted: `notifications/initialized` follows,
-//!   `server/discover` is answered from that result, at once, and results
-//!   get the `resultType` the new era requires. A child that refuses
-//!   `initialize` speaks the new era and gets requests unchanged.
-//!   Requests that arrive meanwhile wait for the answer.
+//! - A child's era is learnt once, when it starts, the way the SDKs learn
+//!   a server's: `server/discover` first. A child that answers it with a
+//!   stateless-era version speaks the new era and gets requests unchanged
+//!   (but for their ids). One that refuses it — or says nothing within
+//!   [`PROBE_TIMEOUT`]: some old servers never answer an unknown request
+//!   before `initialize` — is sent `initialize` (with the client info and
+//!   capabilities of the first request's `_meta`); answering that with an
+//!   `InitializeResult` makes it a handshake-era child, which is adapted:
+//!   `notifications/initialized` follows, `server/discover` is answered
+//!   from that result, at once, the new envelope is taken off requests and
+//!   results get what the new era requires. Requests that arrive meanwhile
+//!   wait for the answer.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -35,7 +38,12 @@ pub const MODERN_VERSIONS: [&str; 1] = ["2026-07-28"];
 /// The version forkline asks an adapted child for.
 const ADAPTED_VERSION: &str = "2025-11-25";
 /// The id of forkline's own `initialize` to a new child.
-const PROBE_ID: &str = "\"forkline-initialize\"";
+const INITIALIZE_ID: &str = "\"forkline-initialize\"";
+const DISCOVER_ID: &str = "\"forkline-discover\"";
+/// How long a new child may take to answer forkline's `server/discover`
+/// (its boot included) before it is taken for a handshake-era server that
+/// ignores unknown requests, and sent `initialize`.
+pub const PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// The `_meta` keys of the stateless era.
 pub const META_VERSION: &str = "io.modelcontextprotocol/protocolVersion";
@@ -70,8 +78,9 @@ struct Exchange {
 }
 
 enum Era {
-    /// Our `initialize` is out; requests wait.
-    Probing,
+    /// Our `server/discover` is out (and, once it was refused or went
+    /// unanswered, our `initialize`); requests wait.
+    Probing { initialize_sent: bool },
     /// A handshake-era child; `discover` is the result forkline answers
     /// `server/discover` with.
     Handshake { discover: Box<RawValue> },
@@ -85,6 +94,8 @@ pub struct StatelessChild {
     pub peer: ChannelPeer,
     era: Era,
     held: Vec<(ConnKey, Incoming)>,
+    /// Who the first client said it is: what `initialize` will say.
+    meta: ClientMeta,
     exchanges: HashMap<u64, Exchange>,
     /// Open `subscriptions/listen` streams served by forkline itself (for
     /// an adapted child, which has no such method).
@@ -150,17 +161,20 @@ impl StatelessChild {
     /// started it (its `_meta` says who the client is). Sends the probe.
     pub fn start(principal: String, peer: ChannelPeer, first: &Incoming) -> StatelessChild {
         let meta = client_meta(&first.line);
-        let probe = format!(
-            r#"{{"jsonrpc":"2.0","id":{PROBE_ID},"method":"initialize","params":{{"protocolVersion":"{ADAPTED_VERSION}","capabilities":{},"clientInfo":{}}}}}"#,
-            meta.capabilities, meta.client_info
+        let discover = format!(
+            r#"{{"jsonrpc":"2.0","id":{DISCOVER_ID},"method":"server/discover","params":{{"_meta":{{"{META_VERSION}":"{}","{META_CLIENT_INFO}":{},"{META_CAPABILITIES}":{}}}}}}}"#,
+            MODERN_VERSIONS[0], meta.client_info, meta.capabilities
         );
         // The inbox of a new session is empty: this cannot be refused but
         // by a session already gone, which `end` then reports.
-        let _ = peer.try_send(probe.into_bytes());
+        let _ = peer.try_send(discover.into_bytes());
         StatelessChild {
             principal,
             peer,
-            era: Era::Probing,
+            era: Era::Probing {
+                initialize_sent: false,
+            },
+            meta,
             held: Vec::new(),
             exchanges: HashMap::new(),
             listeners: Vec::new(),
@@ -171,7 +185,7 @@ impl StatelessChild {
     /// Takes one request of `conn` (whose SSE head, if any, is written).
     pub fn request(&mut self, conn: ConnKey, incoming: Incoming, out: &mut Vec<Delivery>) {
         match &self.era {
-            Era::Probing => self.held.push((conn, incoming)),
+            Era::Probing { .. } => self.held.push((conn, incoming)),
             Era::Handshake { discover } if incoming.method == "server/discover" => {
                 let line = format!(
                     r#"{{"jsonrpc":"2.0","id":{},"result":{}}}"#,
@@ -239,8 +253,11 @@ impl StatelessChild {
             return;
         };
         match kind {
-            Kind::Response { id: Some(id) } if id.as_json() == PROBE_ID => {
-                self.on_probe_answer(&line, out);
+            Kind::Response { id: Some(id) } if id.as_json() == DISCOVER_ID => {
+                self.on_discover_answer(&line, out);
+            }
+            Kind::Response { id: Some(id) } if id.as_json() == INITIALIZE_ID => {
+                self.on_initialize_answer(&line, out);
             }
             Kind::Response { id: Some(id) } => {
                 let Some(exchange) = ours(&id).and_then(|n| self.exchanges.remove(&n)) else {
@@ -265,10 +282,15 @@ impl StatelessChild {
     /// stream to go on in this era: it is carried to the client inside an
     /// `InputRequiredResult` answering the request it serves (Multi
     /// Round-Trip Requests), and the client's retry brings its answer back.
-    /// That request is the one exchange in flight; with none, or several
-    /// (whose is it?), the child is told at once rather than left waiting.
+    /// That request is the one interactive request in flight (`tools/call`,
+    /// `prompts/get`, `resources/read`: the methods whose results may ask
+    /// for input); with none, or several (whose is it?), the child is told
+    /// at once rather than left waiting.
     fn server_request(&mut self, id: Id, method: &str, line: &[u8], out: &mut Vec<Delivery>) {
-        let mut open = self.exchanges.iter().filter(|(_, e)| e.conn.is_some());
+        let mut open = self
+            .exchanges
+            .iter()
+            .filter(|(_, e)| e.conn.is_some() && INTERACTIVE.contains(&e.method.as_str()));
         let target = match (open.next(), open.next()) {
             (Some((&n, _)), None) => Some(n),
             _ => None,
@@ -444,8 +466,55 @@ impl StatelessChild {
         }
     }
 
-    fn on_probe_answer(&mut self, line: &[u8], out: &mut Vec<Delivery>) {
-        self.era = match discover_from_initialize(line) {
+    fn on_discover_answer(&mut self, line: &[u8], out: &mut Vec<Delivery>) {
+        if !matches!(self.era, Era::Probing { .. }) {
+            return;
+        }
+        if speaks_modern(line) {
+            log::info!(
+                "stateless child of {} speaks the stateless era",
+                self.principal
+            );
+            self.settle(Era::Modern, out);
+        } else {
+            self.send_initialize();
+        }
+    }
+
+    /// The child said nothing to `server/discover` in time.
+    pub fn probe_timed_out(&mut self) {
+        if matches!(
+            self.era,
+            Era::Probing {
+                initialize_sent: false
+            }
+        ) {
+            log::info!(
+                "stateless child of {} did not answer server/discover within {PROBE_TIMEOUT:?}; trying initialize",
+                self.principal
+            );
+            self.send_initialize();
+        }
+    }
+
+    fn send_initialize(&mut self) {
+        if let Era::Probing { initialize_sent } = &mut self.era {
+            if !*initialize_sent {
+                *initialize_sent = true;
+                let init = format!(
+                    r#"{{"jsonrpc":"2.0","id":{INITIALIZE_ID},"method":"initialize","params":{{"protocolVersion":"{ADAPTED_VERSION}","capabilities":{},"clientInfo":{}}}}}"#,
+                    self.meta.capabilities, self.meta.client_info
+                );
+                let _ = self.peer.try_send(init.into_bytes());
+            }
+        }
+    }
+
+    fn on_initialize_answer(&mut self, line: &[u8], out: &mut Vec<Delivery>) {
+        if !matches!(self.era, Era::Probing { .. }) {
+            return;
+        }
+        let era = match discover_from_initialize(line) {
             Some(discover) => {
                 let _ = self.peer.try_send(
                     br#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#.to_vec(),
@@ -457,13 +526,20 @@ impl StatelessChild {
                 Era::Handshake { discover }
             }
             None => {
-                log::info!(
-                    "stateless child of {} speaks the stateless era",
+                // Neither answer was conclusive: requests go as they are,
+                // and the child answers them as it can.
+                log::warn!(
+                    "stateless child of {} answered neither server/discover nor initialize as expected; passing requests through",
                     self.principal
                 );
                 Era::Modern
             }
         };
+        self.settle(era, out);
+    }
+
+    fn settle(&mut self, era: Era, out: &mut Vec<Delivery>) {
+        self.era = era;
         for (conn, incoming) in std::mem::take(&mut self.held) {
             self.request(conn, incoming, out);
         }
@@ -610,6 +686,9 @@ fn without_envelope(line: &[u8]) -> Option<Vec<u8>> {
     serde_json::to_vec(&object).ok()
 }
 
+/// Methods whose stateless-era result may be an `InputRequiredResult`.
+const INTERACTIVE: [&str; 3] = ["tools/call", "prompts/get", "resources/read"];
+
 /// Methods whose stateless-era results must say how long they may be
 /// cached (`ttlMs`, `cacheScope`).
 const CACHEABLE: [&str; 5] = [
@@ -678,6 +757,27 @@ fn discover_from_initialize(line: &[u8]) -> Option<Box<RawValue>> {
         discover.insert("instructions".into(), instructions.clone());
     }
     RawValue::from_string(serde_json::to_string(&discover).ok()?).ok()
+}
+
+/// Whether a `server/discover` answer names a stateless-era version.
+fn speaks_modern(line: &[u8]) -> bool {
+    #[derive(serde::Deserialize)]
+    struct Answer {
+        result: Option<Discover>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Discover {
+        #[serde(rename = "supportedVersions")]
+        supported: Vec<String>,
+    }
+    serde_json::from_slice::<Answer>(line)
+        .ok()
+        .and_then(|a| a.result)
+        .is_some_and(|d| {
+            d.supported
+                .iter()
+                .any(|v| MODERN_VERSIONS.contains(&v.as_str()))
+        })
 }
 
 /// Who the client says it is, from a request's `_meta`, as JSON text.
