@@ -47,6 +47,8 @@ pub struct Conn {
     pub origin: Option<String>,
     /// The peer closed its side.
     pub eof: bool,
+    /// Epoll reported the peer's close (its FIN may sit behind data).
+    pub peer_closing: bool,
     /// `fill` stopped at its bound with the socket maybe holding more.
     pub input_capped: bool,
     /// An SSE head is queued but not yet written: it goes out with the
@@ -79,6 +81,7 @@ impl Conn {
             close_after: false,
             origin: None,
             eof: false,
+            peer_closing: false,
             input_capped: false,
             head_held: false,
             timer_gen: 0,
@@ -97,7 +100,17 @@ impl Conn {
                     self.eof = true;
                     return Ok(());
                 }
-                Ok(n) => self.input.extend_from_slice(&chunk[..n]),
+                Ok(n) => {
+                    self.input.extend_from_slice(&chunk[..n]);
+                    if n < chunk.len() && !self.peer_closing {
+                        // A short read of a TCP socket emptied its receive
+                        // queue: more data raises a new edge, so the read
+                        // that would only say EAGAIN is saved (a syscall
+                        // per request). Not once the peer has closed: its
+                        // end of file raises no edge of its own.
+                        return Ok(());
+                    }
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),

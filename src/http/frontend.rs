@@ -272,9 +272,21 @@ impl Frontend {
     }
 
     /// A readiness event for one of our tokens.
-    pub fn on_event(&mut self, registry: &Registry, token: Token, admit: &mut dyn Admit) {
+    pub fn on_event(
+        &mut self,
+        registry: &Registry,
+        event: &mio::event::Event,
+        admit: &mut dyn Admit,
+    ) {
+        let token = event.token();
         if token.0 >= CONN_TOKENS {
             let key = token.0 - CONN_TOKENS;
+            if event.is_read_closed() {
+                // The peer's FIN came: read on to it, short reads or not.
+                if let Some(conn) = self.conns.get_mut(key) {
+                    conn.peer_closing = true;
+                }
+            }
             self.on_conn_ready(registry, key, admit);
         } else {
             self.accept(registry, token.0 - LISTENER_TOKENS);

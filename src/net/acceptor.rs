@@ -192,7 +192,7 @@ pub fn serve(config: ServeConfig) -> Result<(), Error> {
                         pool: &mut pool,
                         fd_limit,
                     };
-                    http.on_event(poll.registry(), token, &mut admit);
+                    http.on_event(poll.registry(), event, &mut admit);
                 }
                 Token(n) => ready.push(n - FIRST_LISTENER),
             }
