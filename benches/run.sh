@@ -9,6 +9,7 @@
 # some rows (keys: direct, socat, forkline, twin, forkline-http,
 # forkline-http-json, supergateway, mcp-proxy), `--burst-cap N` for the cap
 # of the max-live-sessions phase.
+# Then benches/prespawn.py: session set-up with and without --prespawn.
 # A full run takes about 7 minutes on 2 cores, of which the max-live-sessions
 # and recovery phases (6,500 sessions; 40 s windows) take about 2.
 set -euo pipefail
@@ -17,4 +18,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 benches/setup.sh || echo "run.sh: some peers could not be installed; their rows will say why" >&2
 cargo build --release
 cargo build --release --locked --manifest-path benches/async-twin/Cargo.toml
-exec cargo bench --bench proxy -- "$@"
+cargo bench --bench proxy -- "$@"
+# Session set-up with and without the warm pool (--prespawn), on a child
+# that boots in 300 ms; about 25 s.
+python3 benches/prespawn.py target/release/forkline

@@ -75,6 +75,16 @@ pub struct ServeArgs {
     /// (e.g. https://app.example); repeatable
     #[arg(long = "allow-origin", value_name = "ORIGIN")]
     pub allow_origin: Vec<String>,
+    /// Keep N children started and waiting, so a new session does not wait
+    /// for its server to boot; they count against --max-sessions
+    #[arg(
+        long,
+        value_name = "N",
+        allow_negative_numbers = true,
+        default_value = "0",
+        value_parser = parse_count
+    )]
+    pub prespawn: usize,
     #[command(flatten)]
     pub limits: LimitArgs,
     #[command(flatten)]
@@ -249,6 +259,7 @@ impl ServeArgs {
             limits: self.limits.to_limits(),
             command,
             record: self.record.to_recorder()?,
+            prespawn: self.prespawn,
         })
     }
 }
@@ -283,6 +294,18 @@ fn parse_at_least_one(s: &str) -> Result<usize, String> {
         Ok(0) => Err("must be at least 1".into()),
         Err(_) if s.parse::<i128>().is_ok() => Err(format!("must be at least 1, got `{s}`")),
         Ok(n) => Ok(n),
+        Err(_) => Err(format!("expected a whole number, got `{s}`")),
+    }
+}
+
+/// A count that may be 0 (`--prespawn`); bounded so that a typo cannot
+/// ask for a million processes.
+fn parse_count(s: &str) -> Result<usize, String> {
+    const MAX: usize = 10_000;
+    match s.parse::<usize>() {
+        Ok(n) if n <= MAX => Ok(n),
+        Ok(_) => Err(format!("must be at most {MAX}, got `{s}`")),
+        Err(_) if s.parse::<i128>().is_ok() => Err(format!("must be 0 or more, got `{s}`")),
         Err(_) => Err(format!("expected a whole number, got `{s}`")),
     }
 }

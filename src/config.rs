@@ -101,6 +101,8 @@ pub struct ServeConfig {
     /// `--record DIR`: where session tapes go (the directory is checked
     /// when the config is made).
     pub record: Option<Recorder>,
+    /// Children kept started and waiting for a session (`--prespawn`).
+    pub prespawn: usize,
 }
 
 /// Everything `stdio` needs.

@@ -35,6 +35,7 @@ fn accept_out_of_descriptors_refuses_every_waiting_connection_with_a_line() {
     let config = ServeConfig {
         listen: vec![ListenAddr::Unix(socket.clone())],
         http: Vec::new(),
+        prespawn: 0,
         access: Default::default(),
         limits: Limits {
             max_sessions: 1000,

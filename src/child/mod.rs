@@ -4,3 +4,4 @@
 pub mod process;
 pub mod reaper;
 pub mod stderr;
+pub mod warm;

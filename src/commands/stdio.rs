@@ -65,6 +65,7 @@ pub fn run(config: &StdioConfig) -> Result<i32, Error> {
             },
             stderr: &stderr,
             reaper: &reaper,
+            warm: None,
         };
         let client = ClientSide::Stream(StreamClient {
             read: stdin_fd(),

@@ -23,6 +23,7 @@ use signal_hook_mio::v1_0::Signals;
 
 use crate::child::reaper::Reaper;
 use crate::child::stderr::StderrLog;
+use crate::child::warm::WarmPool;
 use crate::config::{ListenAddr, ServeConfig};
 use crate::error::{Context, Error};
 use crate::http::frontend::{Admit, CHANNEL_CAPACITY, Frontend};
@@ -67,6 +68,9 @@ struct Proxy {
     reaper: Reaper,
     shutdown: Trigger,
     hurry: Trigger,
+    /// `--prespawn`'s children; set once the session table exists (the
+    /// pool sizes itself by the sessions live).
+    warm: std::sync::OnceLock<WarmPool>,
 }
 
 /// Binds every listener, prints where, and serves until SIGTERM/SIGINT.
@@ -88,6 +92,7 @@ pub fn serve(config: ServeConfig) -> Result<(), Error> {
         shutdown: Trigger::new().context(|| "cannot create the shutdown trigger".into())?,
         hurry: Trigger::new().context(|| "cannot create the shutdown trigger".into())?,
         config,
+        warm: std::sync::OnceLock::new(),
     });
     let mut reserve = Reserve::new();
     // Bound last: once a socket exists, everything serving it is in place,
@@ -111,7 +116,9 @@ pub fn serve(config: ServeConfig) -> Result<(), Error> {
         }
     };
     let limits = &proxy.config.limits;
-    let capacity = fd_limit::session_capacity(fd_limit, fd_limit::open_fds());
+    // Each warm child holds a session's descriptors but the client's.
+    let capacity = fd_limit::session_capacity(fd_limit, fd_limit::open_fds())
+        .saturating_sub(proxy.config.prespawn);
     if limits.max_sessions > capacity {
         warn!(
             "--max-sessions {} is more than the descriptor limit allows: RLIMIT_NOFILE {fd_limit} \
@@ -139,6 +146,26 @@ pub fn serve(config: ServeConfig) -> Result<(), Error> {
         // only delays that to the next event.
         let _ = session_waker.wake();
     });
+    if proxy.config.prespawn > 0 {
+        let live = sessions.clone();
+        let started = WarmPool::start(
+            proxy.config.prespawn,
+            limits.max_sessions,
+            proxy.config.command.clone(),
+            proxy.reaper.clone(),
+            move || live.len(),
+        )
+        .context(|| "cannot start the warm pool".into());
+        match started {
+            Ok(warm) => {
+                let _ = proxy.warm.set(warm);
+            }
+            Err(e) => {
+                proxy.reaper.stop();
+                return Err(e);
+            }
+        }
+    }
     let pool_waker = Arc::clone(&waker);
     let mut pool = Pool::new(
         limits.max_sessions,
@@ -184,7 +211,13 @@ pub fn serve(config: ServeConfig) -> Result<(), Error> {
                         }
                     }
                 }
-                WAKER => woken = true,
+                WAKER => {
+                    woken = true;
+                    // A session may have ended: room for a warm child.
+                    if let Some(warm) = proxy.warm.get() {
+                        warm.nudge();
+                    }
+                }
                 token if Frontend::owns(token) => {
                     let mut admit = HttpAdmission {
                         sessions: &sessions,
@@ -235,6 +268,9 @@ pub fn serve(config: ServeConfig) -> Result<(), Error> {
         }
     }
     pool.join();
+    if let Some(warm) = proxy.warm.get() {
+        warm.stop();
+    }
     proxy.reaper.stop();
     info!("shut down cleanly");
     Ok(())
@@ -488,6 +524,7 @@ fn shared(proxy: &Proxy) -> Shared<'_> {
         },
         stderr: &proxy.stderr,
         reaper: &proxy.reaper,
+        warm: proxy.warm.get(),
     }
 }
 

@@ -18,6 +18,7 @@ use log::{info, warn};
 use crate::child::process::{self, Exit};
 use crate::child::reaper::{ExitWatch, Reaper};
 use crate::child::stderr::StderrLog;
+use crate::child::warm::WarmPool;
 use crate::config::{ChildCommand, Limits};
 use crate::proto::message::code;
 use crate::session::client::ClientSide;
@@ -32,6 +33,8 @@ pub struct Shared<'a> {
     pub control: Control<'a>,
     pub stderr: &'a StderrLog,
     pub reaper: &'a Reaper,
+    /// Children started ahead (`--prespawn`), if any.
+    pub warm: Option<&'a WarmPool>,
 }
 
 /// How a session went, for the caller's exit status and tests.
@@ -136,7 +139,13 @@ fn run_session(
         ("FORKLINE_SESSION_ID", session_id.as_str()),
         ("FORKLINE_PEER", peer),
     ];
-    let (mut child, io) = match process::spawn(shared.reaper, shared.command, &env) {
+    let warm = shared.warm.and_then(WarmPool::take);
+    let warm_name = warm.as_ref().map(|w| w.name.clone());
+    let spawned = match warm {
+        Some(warm) => Ok((warm.child, warm.io)),
+        None => process::spawn(shared.reaper, shared.command, &env),
+    };
+    let (mut child, io) = match spawned {
         Ok(spawned) => spawned,
         Err(e) => {
             warn!("[{id}] {e}");
@@ -163,9 +172,12 @@ fn run_session(
     on_spawn(child.pid());
     tap_start(&mut tap, Some(child.pid()));
     info!(
-        "[{id}] session opened peer={peer} pid={} command=\"{}\"",
+        "[{id}] session opened peer={peer} pid={} command=\"{}\"{}",
         child.pid(),
-        shared.command
+        shared.command,
+        warm_name
+            .map(|name| format!(" warm_child={name}"))
+            .unwrap_or_default()
     );
     shared.stderr.watch(id, io.stderr);
     let socket = ChildSocket::new(io.stdio, Arc::clone(child.watch()));
@@ -267,6 +279,7 @@ mod tests {
                 },
                 stderr: &self.stderr,
                 reaper: &self.reaper,
+                warm: None,
             }
         }
     }
