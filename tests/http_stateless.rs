@@ -498,3 +498,14 @@ fn handshake_sessions_and_stateless_clients_share_one_forkline() {
     assert_eq!(reply["id"], 5, "{reply}");
     assert_eq!(fake_env(addr, None)["pid"], stateless_pid);
 }
+
+#[test]
+fn a_principals_child_comes_from_the_warm_pool_when_there_is_one() {
+    let forkline = serve_http(&["--prespawn", "1"], &fake_server(&["--initialize"]));
+    let env = fake_env(http_addr(&forkline), None);
+    let name = env["session_id"].as_str().unwrap_or_default();
+    assert!(
+        name.starts_with("warm-"),
+        "FORKLINE_SESSION_ID {name:?}: {env}"
+    );
+}
