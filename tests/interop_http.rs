@@ -2,20 +2,27 @@
 //! wrote: the official Python SDK (`mcp`, pinned in `.ci/requirements.txt`)
 //! with its `streamable_http` and `sse` client transports, and the official
 //! TypeScript SDK (`@modelcontextprotocol/sdk`, pinned in `.ci/package.json`)
-//! with `StreamableHTTPClientTransport` and `SSEClientTransport`. Each
+//! with `StreamableHTTPClientTransport` and `SSEClientTransport`, and its
+//! 2.x client package (`@modelcontextprotocol/client`, also pinned there),
+//! which speaks the stateless era too. Each
 //! connects through forkline to a stdio server forkline spawns per session:
 //! the built-in `echo-server`, the reference server `server-everything` (run
 //! with node from `target/npm`, never downloaded at test time), or the
 //! Python SDK's own server (`tests/fixtures/sdk_server.py --whoami`).
 //!
-//! The clients are `tests/fixtures/sdk_http_client.py` and
-//! `tests/fixtures/ts_http_client.mjs`; each prints one JSON report with
-//! every HTTP exchange it made. What is checked:
+//! The clients are `tests/fixtures/sdk_http_client.py`,
+//! `tests/fixtures/ts_http_client.mjs` and `tests/fixtures/ts2_http_client.mjs`;
+//! each prints one JSON report with every HTTP exchange it made. What is
+//! checked:
 //! - the handshake era end to end: `initialize`, `tools/list`, `tools/call`,
 //!   answers unchanged (non-ASCII, JSON escapes);
 //! - the Python SDK's default `mode="auto"`: its `server/discover` probe
 //!   (`MCP-Protocol-Version: 2026-07-28`, no session) is refused so that it
 //!   falls back to `initialize` (mcp/client/_probe.py);
+//! - the TypeScript 2.x client in `versionNegotiation: { mode: "auto" }`:
+//!   its `server/discover` probe, then the stateless era to `echo-server`
+//!   and to server-everything (adapted by forkline), with progress, and
+//!   sampling, roots and elicitation as InputRequiredResult rounds;
 //! - progress notifications of a long tool call reach the client on the
 //!   request's stream (streamable HTTP) or the session's SSE stream;
 //! - the session ends when the client says so (DELETE, or closing the SSE
@@ -67,6 +74,14 @@ const SAMPLING_TOOL: &str = "trigger-sampling-request";
 /// server-everything's tool that sends `roots/list` to the client
 /// (registered only for clients that declare roots).
 const ROOTS_TOOL: &str = "get-roots-list";
+/// server-everything's tool that sends `elicitation/create` to the client
+/// (registered only for clients that declare elicitation; the TypeScript
+/// 2.x client only).
+const ELICITATION_TOOL: &str = "trigger-elicitation-request";
+/// The name ts2_http_client.mjs's elicitation handler gives.
+const ELICITED_NAME: &str = "forkline elicited";
+/// The stateless era's protocol version.
+const STATELESS_VERSION: &str = "2026-07-28";
 /// The root the Python client's roots callback lists.
 const ROOT_URI: &str = "file:///srv/forkline-test-root";
 /// What the Python client's sampling callback answers
@@ -121,6 +136,9 @@ struct Calls {
     /// Also call `ROOTS_TOOL`, which asks the client for its roots (the
     /// Python client only).
     roots: bool,
+    /// Also call `ELICITATION_TOOL`, which asks the client to fill in a
+    /// form (the TypeScript 2.x client only).
+    elicitation: bool,
 }
 
 /// forkline's built-in `echo-server`: `echo` returns `text`.
@@ -131,6 +149,7 @@ const ECHO_SERVER: Calls = Calls {
     whoami: false,
     sampling: false,
     roots: false,
+    elicitation: false,
 };
 
 /// server-everything: `echo` returns `Echo: ` + `message`; a progress call.
@@ -141,6 +160,7 @@ const EVERYTHING: Calls = Calls {
     whoami: false,
     sampling: false,
     roots: false,
+    elicitation: false,
 };
 
 /// sdk_server.py --whoami: `echo` returns `text`; `whoami` names its child.
@@ -151,6 +171,7 @@ const WHOAMI_SERVER: Calls = Calls {
     whoami: true,
     sampling: false,
     roots: false,
+    elicitation: false,
 };
 
 impl Calls {
@@ -186,6 +207,9 @@ impl Calls {
         if self.roots {
             options.extend(["--roots-tool", ROOTS_TOOL].map(String::from));
         }
+        if self.elicitation {
+            options.extend(["--elicitation-tool", ELICITATION_TOOL].map(String::from));
+        }
         options
     }
 }
@@ -196,8 +220,8 @@ impl Calls {
 struct NodePackages {
     /// server-everything's entry point (`node ENTRY stdio`).
     everything: PathBuf,
-    /// The node_modules holding the TypeScript SDK (ts_http_client.mjs
-    /// `--modules`).
+    /// The node_modules holding the TypeScript SDK and its 2.x client
+    /// package (ts_http_client.mjs and ts2_http_client.mjs `--modules`).
     modules: PathBuf,
 }
 
@@ -211,7 +235,8 @@ impl NodePackages {
             modules: modules.clone(),
         };
         let client = modules.join("@modelcontextprotocol/sdk/dist/esm/client/streamableHttp.js");
-        for path in [&packages.everything, &client] {
+        let client2 = modules.join("@modelcontextprotocol/client/dist/index.mjs");
+        for path in [&packages.everything, &client, &client2] {
             if !path.exists() {
                 skip_unless_ci(&format!("{} does not exist", path.display()));
                 return None;
@@ -409,6 +434,20 @@ impl ClientProcess {
             .arg(url);
         let what = format!("ts_http_client.mjs --transport {} {url}", transport.flag());
         ClientProcess::spawn(what, command)
+    }
+
+    /// `node ts2_http_client.mjs --mode auto CALLS… URL`: the TypeScript
+    /// 2.x client, probing `server/discover` first.
+    fn typescript2(packages: &NodePackages, calls: &Calls, url: &str) -> ClientProcess {
+        let mut command = Command::new("node");
+        command
+            .arg(fixture("ts2_http_client.mjs"))
+            .args(["--mode", "auto"])
+            .arg("--modules")
+            .arg(&packages.modules)
+            .args(calls.options())
+            .arg(url);
+        ClientProcess::spawn(format!("ts2_http_client.mjs --mode auto {url}"), command)
     }
 
     /// Waits (bounded) for the client to exit and returns its report;
@@ -1000,4 +1039,271 @@ fn ten_concurrent_python_clients_get_their_own_sessions_and_children() {
         "FORKLINE_SESSION_ID values {child_sessions:?}\n{log}"
     );
     proxy.assert_no_children_within(PATIENCE);
+}
+
+// ---- TypeScript SDK 2.x (`@modelcontextprotocol/client`) -------------------
+
+impl Report {
+    /// The POSTs whose `Mcp-Name` header is `name` (tool calls of it, in
+    /// the order they were answered).
+    fn calls_of(&self, name: &str) -> Vec<&Value> {
+        self.http()
+            .iter()
+            .filter(|e| e["headers"]["mcp-name"] == name)
+            .collect()
+    }
+
+    /// The words ts2_http_client.mjs summarized an exchange's answer in
+    /// (`result:complete`, `notifications/progress`, …).
+    fn messages(exchange: &Value) -> Vec<&str> {
+        exchange["messages"]
+            .as_array()
+            .map(|m| m.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default()
+    }
+
+    /// The stateless era as the TypeScript 2.x client speaks it: its first
+    /// exchange is the `server/discover` probe, and every exchange is a POST
+    /// answered 200 that carries `MCP-Protocol-Version: 2026-07-28` and an
+    /// `Mcp-Method` naming its body's method, with no `Mcp-Session-Id`
+    /// either way and no `initialize` anywhere.
+    fn assert_ts2_stateless(&self) {
+        self.assert_stateless();
+        let probe = &self.http()[0];
+        assert_eq!(
+            (probe["rpc"].as_str(), probe["status"].as_u64()),
+            (Some("server/discover"), Some(200)),
+            "the client's first exchange should be the server/discover probe, answered 200\n{}",
+            self.context
+        );
+        for exchange in self.http() {
+            let headers = &exchange["headers"];
+            assert_eq!(
+                headers["mcp-protocol-version"].as_str(),
+                Some(STATELESS_VERSION),
+                "every stateless POST carries MCP-Protocol-Version {STATELESS_VERSION}: \
+                 {exchange}\n{}",
+                self.context
+            );
+            assert_eq!(
+                headers["mcp-method"], exchange["rpc"],
+                "Mcp-Method should name the body's method: {exchange}\n{}",
+                self.context
+            );
+            assert!(
+                headers["mcp-session-id"].is_null()
+                    && exchange["response_headers"]["mcp-session-id"].is_null(),
+                "no Mcp-Session-Id in the stateless era: {exchange}\n{}",
+                self.context
+            );
+            assert_ne!(
+                exchange["rpc"], "initialize",
+                "no handshake in the stateless era\n{}",
+                self.context
+            );
+        }
+    }
+
+    /// server-everything's progress notifications for `PROGRESS_ARGS` (3
+    /// steps of 3) reached the client's callback, in order, and the call's
+    /// last POST was answered as a stream carrying them before its result.
+    /// (The SDK reports each input-required round it fulfils as progress
+    /// of its own, without a total; those are left out here.)
+    fn assert_server_progress(&self) {
+        self.assert_progress();
+        let progress: Vec<(f64, Option<f64>)> = self.json["progress"]
+            .as_array()
+            .expect("assert_progress checked it")
+            .iter()
+            .map(|p| (p[0].as_f64().unwrap_or(-1.0), p[1].as_f64()))
+            .filter(|(_, total)| total.is_some())
+            .collect();
+        assert_eq!(
+            progress,
+            [(1.0, Some(3.0)), (2.0, Some(3.0)), (3.0, Some(3.0))],
+            "the client should see server-everything's three progress notifications\n{}",
+            self.context
+        );
+        let calls = self.calls_of(PROGRESS_TOOL);
+        let stream = calls.last().unwrap_or_else(|| {
+            panic!(
+                "no tools/call {PROGRESS_TOOL} in the trace\n{}",
+                self.context
+            )
+        });
+        assert_eq!(
+            (
+                stream["response_headers"]["content-type"]
+                    .as_str()
+                    .map(|t| t.starts_with("text/event-stream")),
+                Report::messages(stream)
+                    .iter()
+                    .filter(|m| **m == "notifications/progress")
+                    .count(),
+                Report::messages(stream).last().copied(),
+            ),
+            (Some(true), 3, Some("result:complete")),
+            "{PROGRESS_TOOL} should be answered as a stream of its progress, then its result\n{}",
+            self.context
+        );
+    }
+
+    /// `tool` asked the client for `method` through forkline: one of its
+    /// POSTs was answered with an InputRequiredResult naming `method`, and
+    /// its last one (the client's retry) with the tool's result.
+    fn assert_input_required_round(&self, tool: &str, method: &str) {
+        let calls = self.calls_of(tool);
+        let asked = calls.iter().any(|e| {
+            Report::messages(e)
+                .iter()
+                .any(|m| m.starts_with("result:input_required:") && m.contains(method))
+        });
+        assert!(
+            asked,
+            "no POST of tools/call {tool} was answered with an InputRequiredResult asking for \
+             {method}\n{}",
+            self.context
+        );
+        assert!(
+            calls.len() >= 2
+                && calls
+                    .last()
+                    .is_some_and(|e| Report::messages(e).last() == Some(&"result:complete")),
+            "tools/call {tool} should end with the client's retry answered by the tool's \
+             result\n{}",
+            self.context
+        );
+    }
+}
+
+/// The TypeScript 2.x client with `versionNegotiation: { mode: "auto" }`
+/// → forkline → `echo-server`: the `server/discover` probe (2026-07-28, no
+/// session), then the stateless era (no `initialize`, no session, every
+/// POST answered 200), served by the principal's one child.
+#[test]
+fn typescript2_auto_mode_speaks_the_stateless_era_to_echo_server() {
+    let Some(packages) = NodePackages::find() else {
+        return;
+    };
+    let proxy = Proxy::start(&[]);
+    let url = Transport::StreamableHttp.url(proxy.get());
+    let report = ClientProcess::typescript2(&packages, &ECHO_SERVER, &url).report(&proxy);
+    report.assert_ts2_stateless();
+    assert_eq!(report.tools(), ["echo"], "tools/list\n{}", report.context);
+    report.assert_echo(ECHO_TEXT);
+    assert_eq!(
+        report.calls_of("echo").len(),
+        1,
+        "one POST for tools/call echo\n{}",
+        report.context
+    );
+    proxy.assert_children(1);
+}
+
+/// The TypeScript 2.x client in auto mode → forkline → server-everything,
+/// a handshake-era server forkline adapts: tools, `echo`, and a long call
+/// whose progress notifications come on that POST's event stream.
+#[test]
+fn typescript2_stateless_calls_everything_with_progress() {
+    let Some(packages) = NodePackages::find() else {
+        return;
+    };
+    let proxy = Proxy::start(&packages.everything_command());
+    let url = Transport::StreamableHttp.url(proxy.get());
+    let report = ClientProcess::typescript2(&packages, &EVERYTHING, &url).report(&proxy);
+    report.assert_ts2_stateless();
+    report.assert_tools(&["echo", PROGRESS_TOOL]);
+    report.assert_echo(&format!("Echo: {ECHO_TEXT}"));
+    report.assert_server_progress();
+    assert_eq!(
+        report.calls_of(PROGRESS_TOOL).len(),
+        1,
+        "one POST for {PROGRESS_TOOL}: no input-required round without sampling or roots\n{}",
+        report.context
+    );
+    proxy.assert_children(1);
+}
+
+/// Multi Round-Trip Requests served for an old server, with the TypeScript
+/// 2.x client's own auto-fulfilment: server-everything sends
+/// `sampling/createMessage`, `roots/list` and `elicitation/create` while
+/// serving tool calls; forkline answers those POSTs with
+/// InputRequiredResults, the SDK runs the handlers ts2_http_client.mjs
+/// registered and retries with `inputResponses`, and the tools' results
+/// quote the answers.
+#[test]
+fn typescript2_stateless_sampling_roots_and_elicitation_through_an_old_server_travel_as_input_required()
+ {
+    let Some(packages) = NodePackages::find() else {
+        return;
+    };
+    let proxy = Proxy::start(&packages.everything_command());
+    let url = Transport::StreamableHttp.url(proxy.get());
+    let calls = Calls {
+        sampling: true,
+        roots: true,
+        elicitation: true,
+        progress: false,
+        ..EVERYTHING
+    };
+    let report = ClientProcess::typescript2(&packages, &calls, &url).report(&proxy);
+    report.assert_ts2_stateless();
+    report.assert_tools(&[SAMPLING_TOOL, ROOTS_TOOL, ELICITATION_TOOL]);
+    let sampled = report.str("sampling");
+    assert!(
+        sampled.contains(SAMPLED_TEXT),
+        "the tool's result should quote the client's sampling answer: {sampled:?}\n{}",
+        report.context
+    );
+    report.assert_input_required_round(SAMPLING_TOOL, "sampling/createMessage");
+    let elicited = report.str("elicitation");
+    assert!(
+        elicited.contains(ELICITED_NAME),
+        "the tool's result should quote the client's elicitation answer: {elicited:?}\n{}",
+        report.context
+    );
+    report.assert_input_required_round(ELICITATION_TOOL, "elicitation/create");
+    let roots = report.str("roots");
+    assert!(
+        roots.contains(ROOT_URI),
+        "get-roots-list should list the client's root: {roots:?}\n{}",
+        report.context
+    );
+    // server-everything asks for the roots by itself 350 ms after
+    // `initialized` (dist/server/index.js), so the round may belong to
+    // whichever tool call was in flight then, or to get-roots-list.
+    assert!(
+        report.http().iter().any(|e| Report::messages(e)
+            .iter()
+            .any(|m| m.starts_with("result:input_required:") && m.contains("roots/list"))),
+        "roots/list never reached the client as an InputRequiredResult\n{}",
+        report.context
+    );
+    proxy.assert_children(1);
+}
+
+/// A long call that gets an InputRequiredResult it did not cause: with
+/// roots declared, server-everything sends `roots/list` by itself 350 ms
+/// after `initialized`, while the progress call is in flight, so forkline
+/// answers that POST with the round and the client retries (with a new id
+/// and a new `progressToken`). The child's progress notifications still
+/// carry the first POST's token, and forkline does not bring them onto the
+/// retry's stream: the client sees none (only the SDK's own "round 1"
+/// progress, without a total). Ignored until forkline carries them across.
+#[test]
+#[ignore = "forkline drops a call's progress after an input-required round (the retry's \
+            progressToken is not mapped to the child's)"]
+fn typescript2_progress_of_a_call_continued_after_an_input_required_round_reaches_the_client() {
+    let Some(packages) = NodePackages::find() else {
+        return;
+    };
+    let proxy = Proxy::start(&packages.everything_command());
+    let url = Transport::StreamableHttp.url(proxy.get());
+    let calls = Calls {
+        roots: true,
+        ..EVERYTHING
+    };
+    let report = ClientProcess::typescript2(&packages, &calls, &url).report(&proxy);
+    report.assert_ts2_stateless();
+    report.assert_server_progress();
 }
