@@ -1287,12 +1287,9 @@ fn typescript2_stateless_sampling_roots_and_elicitation_through_an_old_server_tr
 /// after `initialized`, while the progress call is in flight, so forkline
 /// answers that POST with the round and the client retries (with a new id
 /// and a new `progressToken`). The child's progress notifications still
-/// carry the first POST's token, and forkline does not bring them onto the
-/// retry's stream: the client sees none (only the SDK's own "round 1"
-/// progress, without a total). Ignored until forkline carries them across.
+/// carry the first POST's token; forkline rewrites them to the retry's and
+/// sends them on the retry's stream (before this, the client saw none).
 #[test]
-#[ignore = "forkline drops a call's progress after an input-required round (the retry's \
-            progressToken is not mapped to the child's)"]
 fn typescript2_progress_of_a_call_continued_after_an_input_required_round_reaches_the_client() {
     let Some(packages) = NodePackages::find() else {
         return;

@@ -75,6 +75,10 @@ struct Exchange {
     sse: bool,
     head: Option<Response>,
     progress_token: Option<String>,
+    /// The token the child was given (the first request's): a retry after
+    /// an `InputRequiredResult` brings a token of its own, which the
+    /// child's progress notifications are rewritten to.
+    child_token: Option<String>,
 }
 
 enum Era {
@@ -242,6 +246,7 @@ impl StatelessChild {
                 inputs: Vec::new(),
                 sse: incoming.sse,
                 head: (!incoming.sse).then_some(incoming.head),
+                child_token: incoming.progress_token.clone(),
                 progress_token: incoming.progress_token,
             },
         );
@@ -412,9 +417,25 @@ impl StatelessChild {
         let target = match method {
             "notifications/progress" => {
                 let token = crate::http::session::progress_token(&line);
-                self.exchanges.values().find(|e| {
-                    e.sse && e.conn.is_some() && e.progress_token == token && token.is_some()
-                })
+                let found = self.exchanges.values().find(|e| {
+                    e.sse && e.conn.is_some() && e.child_token == token && token.is_some()
+                });
+                if let Some(e) = found {
+                    if e.progress_token != e.child_token {
+                        if let (Some(conn), Some(theirs)) = (e.conn, &e.progress_token) {
+                            let line = with_progress_token(&line, theirs).unwrap_or(line);
+                            let mut bytes = Vec::new();
+                            response::event(&mut bytes, None, None, &line);
+                            out.push(Delivery {
+                                conn,
+                                bytes,
+                                done: false,
+                            });
+                        }
+                        return;
+                    }
+                }
+                found
             }
             "notifications/message" => {
                 let mut open = self
@@ -682,6 +703,19 @@ fn without_envelope(line: &[u8]) -> Option<Vec<u8>> {
     object.insert(
         "params".into(),
         RawValue::from_string(serde_json::to_string(&params).ok()?).ok()?,
+    );
+    serde_json::to_vec(&object).ok()
+}
+
+/// A progress notification with its `params.progressToken` set to `token`
+/// (JSON text).
+fn with_progress_token(line: &[u8], token: &str) -> Option<Vec<u8>> {
+    let mut object: BTreeMap<String, Box<RawValue>> = serde_json::from_slice(line).ok()?;
+    let params = object.get("params")?;
+    let params = set_member(params.get().as_bytes(), "progressToken", token)?;
+    object.insert(
+        "params".into(),
+        RawValue::from_string(String::from_utf8(params).ok()?).ok()?,
     );
     serde_json::to_vec(&object).ok()
 }
