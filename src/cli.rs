@@ -28,6 +28,15 @@ pub struct Cli {
     /// Less log output (-q warnings only, -qq errors only)
     #[arg(short, long, action = ArgAction::Count, global = true, conflicts_with = "verbose", display_order = 901)]
     pub quiet: u8,
+    /// Log lines as text, or as one JSON object per line for log shippers
+    #[arg(
+        long,
+        value_enum,
+        global = true,
+        default_value = "text",
+        display_order = 902
+    )]
+    pub log_format: crate::logging::Format,
 }
 
 #[derive(Debug, Subcommand)]

@@ -9,8 +9,17 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use log::LevelFilter;
 
+/// How log lines look (`--log-format`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    /// `2026-12-02T01:02:03.456Z INFO  [s3] session opened …`
+    Text,
+    /// `{"time":"…","level":"INFO","session":"s3","msg":"session opened …"}`
+    Json,
+}
+
 /// Installs the logger. `verbosity` is `-v` count minus `-q` count.
-pub fn init(verbosity: i8) {
+pub fn init(verbosity: i8, format: Format) {
     let level = match verbosity {
         i8::MIN..=-2 => LevelFilter::Error,
         -1 => LevelFilter::Warn,
@@ -23,8 +32,8 @@ pub fn init(verbosity: i8) {
     if let Ok(spec) = std::env::var("RUST_LOG") {
         builder.parse_filters(&spec);
     }
-    builder
-        .format(|out, record| {
+    match format {
+        Format::Text => builder.format(|out, record| {
             writeln!(
                 out,
                 "{} {:<5} {}",
@@ -32,9 +41,41 @@ pub fn init(verbosity: i8) {
                 record.level(),
                 record.args()
             )
-        })
-        .target(env_logger::Target::Stderr)
-        .init();
+        }),
+        Format::Json => builder.format(|out, record| {
+            writeln!(
+                out,
+                "{}",
+                json_line(
+                    &Timestamp(SystemTime::now()).to_string(),
+                    record.level().as_str(),
+                    &record.args().to_string()
+                )
+            )
+        }),
+    };
+    builder.target(env_logger::Target::Stderr).init();
+}
+
+/// One log record as a JSON object. A message about a session starts with
+/// its id in brackets (`[s3] …`); that id becomes a field of its own, so a
+/// log shipper can index it.
+fn json_line(time: &str, level: &str, message: &str) -> String {
+    let (session, message) = match message
+        .strip_prefix('[')
+        .and_then(|rest| rest.split_once("] "))
+    {
+        Some((id, rest)) if !id.is_empty() && !id.contains(' ') => (Some(id), rest),
+        _ => (None, message),
+    };
+    let mut object = serde_json::Map::new();
+    object.insert("time".into(), time.into());
+    object.insert("level".into(), level.into());
+    if let Some(session) = session {
+        object.insert("session".into(), session.into());
+    }
+    object.insert("msg".into(), message.into());
+    serde_json::Value::Object(object).to_string()
 }
 
 /// RFC 3339 UTC with milliseconds, computed by hand to spare a date crate.
@@ -97,6 +138,19 @@ fn civil_from_days(days: i64) -> (i64, u32, u32) {
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    #[test]
+    fn json_lines_carry_the_session_as_a_field_and_escape_the_message() {
+        let line = json_line("T", "INFO", "[s3] session opened peer=\"a\"\n");
+        let value: serde_json::Value = serde_json::from_str(&line).expect("json");
+        assert_eq!(value["session"], "s3");
+        assert_eq!(value["msg"], "session opened peer=\"a\"\n");
+        assert_eq!(value["level"], "INFO");
+        let plain: serde_json::Value =
+            serde_json::from_str(&json_line("T", "WARN", "[no id] here")).expect("json");
+        assert!(plain.get("session").is_none());
+        assert_eq!(plain["msg"], "[no id] here");
+    }
 
     #[test]
     fn formats_utc_timestamps() {

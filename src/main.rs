@@ -4,7 +4,7 @@ use clap::Parser;
 
 fn main() {
     let cli = forkline::cli::Cli::parse();
-    forkline::logging::init(cli.verbose as i8 - cli.quiet as i8);
+    forkline::logging::init(cli.verbose as i8 - cli.quiet as i8, cli.log_format);
     match forkline::run(cli) {
         Ok(code) => std::process::exit(code),
         Err(e) => {

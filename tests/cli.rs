@@ -248,3 +248,43 @@ fn a_listener_that_cannot_bind_exits_1_naming_the_address() {
         run.stderr
     );
 }
+
+#[test]
+fn log_format_json_writes_one_object_per_line_with_the_session() {
+    let mut forkline = Forkline::serve(&["--tcp", "127.0.0.1:0", "--log-format", "json"], 1);
+    let mut client = forkline.connect();
+    let reply = client.call(serde_json::json!(1), "ping", serde_json::json!({}));
+    assert_eq!(reply["id"], 1, "{reply}");
+    drop(client);
+    forkline.wait_for_log("session closed");
+    forkline.signal(libc::SIGTERM);
+    assert_eq!(forkline.wait_exit(PATIENCE).code(), Some(0));
+    let records: Vec<serde_json::Value> = forkline
+        .stderr_lines()
+        .iter()
+        .filter(|l| !l.starts_with("forkline: listening on"))
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let closed = records
+        .iter()
+        .find(|r| {
+            r["msg"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("session closed"))
+        })
+        .expect("a session closed record");
+    assert_eq!(closed["session"], "s1", "{closed}");
+    assert_eq!(closed["level"], "INFO", "{closed}");
+    let msg = closed["msg"].as_str().unwrap_or_default();
+    for key in [
+        "reason=",
+        "dur_ms=",
+        "in=",
+        "out=",
+        "bytes_in=",
+        "bytes_out=",
+        "child=",
+    ] {
+        assert!(msg.contains(key), "{key} missing: {msg}");
+    }
+}

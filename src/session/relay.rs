@@ -20,7 +20,7 @@ use log::{debug, trace, warn};
 
 use crate::config::Limits;
 use crate::proto::framing::{Frame, LineSplitter};
-use crate::proto::message::{self, Id, Message, classify, code};
+use crate::proto::message::{self, Id, Kind, Message, classify, code};
 use crate::session::client::{self, ClientSide, ClientSink, Flushed, Received};
 use crate::session::outbox::{Outbox, WriteKind};
 use crate::session::rules::{Counters, Direction, Rules, Tap, Verdict};
@@ -612,7 +612,7 @@ impl Core<'_> {
         match frame {
             Frame::Message(line) => match classify(line) {
                 Ok(kind) => {
-                    trace!("[{}] client: {}", self.id, String::from_utf8_lossy(line));
+                    log_message(self.id, "client", &kind, line);
                     if let Some(why) = self.missing_child {
                         self.refuse(&kind, code::CHILD_GONE, why);
                         return;
@@ -655,7 +655,7 @@ impl Core<'_> {
         match frame {
             Frame::Message(line) => match classify(line) {
                 Ok(kind) => {
-                    trace!("[{}] server: {}", self.id, String::from_utf8_lossy(line));
+                    log_message(self.id, "server", &kind, line);
                     self.rules.to_client(&kind);
                     self.to_client.push_line(line);
                     self.tap(Direction::Out, line);
@@ -744,5 +744,22 @@ impl ReadBuffer {
         // capacity (n <= capacity, as read(2) never writes more).
         unsafe { self.bytes.set_len(n) };
         &self.bytes
+    }
+}
+
+/// One line per message at debug (what it is and its size, never its
+/// content); the content itself only at trace.
+fn log_message(id: SessionId, from: &str, kind: &Kind, line: &[u8]) {
+    if log::log_enabled!(log::Level::Trace) {
+        trace!("[{id}] {from}: {}", String::from_utf8_lossy(line));
+    } else if log::log_enabled!(log::Level::Debug) {
+        let what = match kind {
+            Kind::Request { id, method } => format!("request id={id} method={method}"),
+            Kind::Notification { method } => format!("notification method={method}"),
+            Kind::Response { id: Some(id) } => format!("response id={id}"),
+            Kind::Response { id: None } => "response id=null".to_string(),
+            Kind::Batch(items) => format!("batch of {}", items.len()),
+        };
+        debug!("[{id}] {from} {what} bytes={}", line.len());
     }
 }

@@ -99,11 +99,13 @@ pub fn run(
         tap.end(&summary);
     }
     info!(
-        "[{id}] session closed reason={} dur_ms={} in={} out={}{}",
+        "[{id}] session closed reason={} dur_ms={} in={} out={} bytes_in={} bytes_out={}{}",
         summary.reason.as_str(),
         started.elapsed().as_millis(),
         summary.counters.messages_in,
         summary.counters.messages_out,
+        summary.counters.bytes_in,
+        summary.counters.bytes_out,
         summary
             .exit
             .map(|e| format!(" child=\"{e}\""))
