@@ -6,12 +6,13 @@
 
 use std::collections::VecDeque;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::sync::Arc;
 
 use crossbeam_channel::{Receiver, Sender, TryRecvError, TrySendError};
 
 use crate::session::outbox::{HIGH_WATER, Outbox, WriteKind};
+use crate::sys::eventfd::EventFd;
 
 /// Where a session's client is.
 pub enum ClientSide<'a> {
@@ -190,30 +191,21 @@ impl Drop for ChannelPeer {
 /// An eventfd the channel side rings to wake the session's worker.
 #[derive(Debug)]
 pub struct Doorbell {
-    fd: OwnedFd,
+    fd: EventFd,
 }
 
 impl Doorbell {
     pub fn new() -> io::Result<Doorbell> {
-        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(Doorbell {
-            fd: unsafe { OwnedFd::from_raw_fd(fd) },
-        })
+        Ok(Doorbell { fd: EventFd::new()? })
     }
 
     pub fn ring(&self) {
-        let one: u64 = 1;
-        // EAGAIN: the counter is saturated, so it is ringing anyway.
-        let _ = unsafe { libc::write(self.fd.as_raw_fd(), (&one as *const u64).cast(), 8) };
+        self.fd.signal();
     }
 
     /// Silences it until the next ring.
     pub fn clear(&self) {
-        let mut count: u64 = 0;
-        let _ = unsafe { libc::read(self.fd.as_raw_fd(), (&mut count as *mut u64).cast(), 8) };
+        self.fd.drain();
     }
 }
 

@@ -2,9 +2,10 @@
 //! `poll(2)`: the fd half of a shutdown trigger.
 
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::time::Duration;
 
+use crate::sys::eventfd::EventFd;
 use crate::sys::poll::poll;
 
 /// A one-shot, level-triggered wake-up, observable through `poll(2)` by any
@@ -12,30 +13,22 @@ use crate::sys::poll::poll;
 /// for good, since nobody ever reads it.
 #[derive(Debug)]
 pub struct Alarm {
-    fd: OwnedFd,
+    fd: EventFd,
 }
 
 impl Alarm {
     pub fn new() -> io::Result<Alarm> {
-        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(Alarm {
-            fd: unsafe { OwnedFd::from_raw_fd(fd) },
-        })
+        Ok(Alarm { fd: EventFd::new()? })
     }
 
     /// Wakes every current and future wait on this alarm. Idempotent.
     pub fn ring(&self) {
-        let one: u64 = 1;
-        // EAGAIN means the counter is saturated, i.e. already ringing.
-        let _ = unsafe { libc::write(self.fd.as_raw_fd(), (&one as *const u64).cast(), 8) };
+        self.fd.signal();
     }
 
     pub fn is_ringing(&self) -> bool {
         let mut fds = [libc::pollfd {
-            fd: self.fd.as_raw_fd(),
+            fd: self.fd.as_fd().as_raw_fd(),
             events: libc::POLLIN,
             revents: 0,
         }];

@@ -2,5 +2,6 @@
 //! socket pairs and shutdown.
 
 pub mod alarm;
+pub mod eventfd;
 pub mod poll;
 pub mod socket;
