@@ -101,6 +101,9 @@ pub struct ServeConfig {
     /// `--record DIR`: where session tapes go (the directory is checked
     /// when the config is made).
     pub record: Option<Recorder>,
+    /// `--admin ADDR`: where `/metrics`, `/sessions` and `/healthz` are
+    /// served (checked to be loopback unless `--admin-allow-remote`).
+    pub admin: Option<std::net::SocketAddr>,
 }
 
 /// Everything `stdio` needs.
