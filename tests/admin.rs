@@ -41,6 +41,10 @@ fn sessions(addr: SocketAddr) -> Vec<Value> {
     r.json().as_array().expect("a JSON array").clone()
 }
 
+/// A sample as the parser script prints it: family, type, sample name,
+/// labels, value.
+type RawSample = (String, String, String, serde_json::Map<String, Value>, f64);
+
 /// One sample of a scrape, as prometheus_client parsed it.
 #[derive(Debug)]
 struct Sample {
@@ -91,8 +95,7 @@ print(json.dumps(out))
         String::from_utf8_lossy(&out.stderr),
         r.text()
     );
-    let parsed: Vec<(String, String, String, serde_json::Map<String, Value>, f64)> =
-        serde_json::from_slice(&out.stdout).expect("parser's JSON");
+    let parsed: Vec<RawSample> = serde_json::from_slice(&out.stdout).expect("parser's JSON");
     Some(
         parsed
             .into_iter()
