@@ -377,6 +377,37 @@ fn sessions_lists_tcp_and_http_sessions_and_delete_ends_each() {
 }
 
 #[test]
+fn delete_ends_a_unix_socket_session_too() {
+    let dir = TempDir::new("admin-unix");
+    let socket = dir.path.join("fl.sock");
+    let forkline = Forkline::serve(
+        &[
+            "--unix",
+            socket.to_str().expect("utf-8 path"),
+            "--admin",
+            "127.0.0.1:0",
+        ],
+        2,
+    );
+    let admin = admin_addr(&forkline);
+    let mut client = Client::unix(&socket);
+    let reply = client.call(json!(1), "ping", json!({}));
+    assert_eq!(reply["id"], 1, "{reply}");
+    let mut listed = Vec::new();
+    assert!(poll_until(PATIENCE, || {
+        listed = sessions(admin);
+        listed.len() == 1 && listed[0]["messages_out"] == 1
+    }));
+    assert_eq!(listed[0]["transport"], "unix");
+    let pid = listed[0]["child_pid"].as_u64().expect("pid") as u32;
+    let id = listed[0]["id"].as_str().expect("id").to_string();
+    delete(admin, &format!("/sessions/{id}")).assert_status(202);
+    assert!(client.closed_within(PATIENCE), "no EOF for the unix client");
+    assert!(poll_until(PATIENCE, || !pid_alive(pid)), "child alive");
+    forkline.wait_for_log(&format!("[{id}] session closed reason=deleted"));
+}
+
+#[test]
 fn bad_admin_requests_get_4xx_and_the_address_must_be_loopback() {
     let forkline = Forkline::serve(&["--tcp", "127.0.0.1:0", "--admin", "127.0.0.1:0"], 2);
     let admin = admin_addr(&forkline);

@@ -344,8 +344,16 @@ impl Slot {
 
     /// The stream client's socket, which `Sessions::request_end` may shut
     /// down until `forget_client_fd`. The caller keeps it open until then.
+    /// An end asked for before this (the worker had not started) is
+    /// carried out now.
     pub fn set_client_fd(&self, fd: RawFd) {
-        self.update(|entry| entry.client_fd = Some(fd));
+        self.update(|entry| {
+            entry.client_fd = Some(fd);
+            if entry.activity.end_requested.load(Ordering::Relaxed) {
+                // SAFETY: as in `request_end`; the caller holds `fd` open.
+                unsafe { libc::shutdown(fd, libc::SHUT_RD) };
+            }
+        });
     }
 
     /// Must come before the client socket closes (`Drop` does it too, for
