@@ -94,6 +94,15 @@ pub struct ServeArgs {
         value_parser = parse_count
     )]
     pub prespawn: usize,
+    /// Serve /metrics (Prometheus text), /sessions (JSON; DELETE
+    /// /sessions/ID ends one) and /healthz at http://ADDR. No
+    /// authentication: a loopback address unless --admin-allow-remote
+    #[arg(long = "admin", value_name = "ADDR", value_parser = parse_socket_addr)]
+    pub admin: Option<std::net::SocketAddr>,
+    /// Let --admin bind an address that is not loopback (anyone who can
+    /// reach it can list and end sessions: firewall it)
+    #[arg(long = "admin-allow-remote", requires = "admin")]
+    pub admin_allow_remote: bool,
     #[command(flatten)]
     pub limits: LimitArgs,
     #[command(flatten)]
@@ -258,6 +267,19 @@ impl ServeArgs {
             Some(path) => Some(crate::http::security::read_token_file(path)?),
             None => None,
         };
+        if let Some(addr) = self.admin {
+            // The admin endpoint has no authentication and can end
+            // sessions: off the host only when asked for by name.
+            if !addr.ip().is_loopback() && !self.admin_allow_remote {
+                return Err(Error::config(
+                    "--admin",
+                    format!(
+                        "{addr} is not a loopback address; the admin endpoint has no \
+                         authentication (add --admin-allow-remote to serve it there anyway)"
+                    ),
+                ));
+            }
+        }
         Ok(ServeConfig {
             listen,
             http: self.http.clone(),
@@ -269,6 +291,7 @@ impl ServeArgs {
             command,
             record: self.record.to_recorder()?,
             prespawn: self.prespawn,
+            admin: self.admin,
         })
     }
 }
@@ -557,6 +580,34 @@ mod tests {
             panic!("serve")
         };
         args.to_config().expect("valid")
+    }
+
+    #[test]
+    fn admin_binds_loopback_unless_told_otherwise() {
+        let config = parse_serve(&["forkline", "serve", "--admin", "127.0.0.1:0"]);
+        assert_eq!(config.admin, Some("127.0.0.1:0".parse().expect("addr")));
+        let config = parse_serve(&["forkline", "serve", "--admin", "[::1]:9"]);
+        assert!(config.admin.is_some());
+        let cli =
+            Cli::try_parse_from(["forkline", "serve", "--admin", "0.0.0.0:9"]).expect("parses");
+        let Command::Serve(args) = cli.command else {
+            panic!("serve")
+        };
+        let err = args.to_config().expect_err("not loopback");
+        assert_eq!(err.exit_code(), 2);
+        assert!(err.to_string().contains("--admin-allow-remote"), "{err}");
+        let config = parse_serve(&[
+            "forkline",
+            "serve",
+            "--admin",
+            "0.0.0.0:9",
+            "--admin-allow-remote",
+        ]);
+        assert!(config.admin.is_some());
+        assert!(
+            Cli::try_parse_from(["forkline", "serve", "--admin-allow-remote"]).is_err(),
+            "the flag needs --admin"
+        );
     }
 
     #[test]

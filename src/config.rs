@@ -103,6 +103,9 @@ pub struct ServeConfig {
     pub record: Option<Recorder>,
     /// Children kept started and waiting for a session (`--prespawn`).
     pub prespawn: usize,
+    /// `--admin ADDR`: where `/metrics`, `/sessions` and `/healthz` are
+    /// served (checked to be loopback unless `--admin-allow-remote`).
+    pub admin: Option<std::net::SocketAddr>,
 }
 
 /// Everything `stdio` needs.

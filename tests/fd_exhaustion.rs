@@ -47,6 +47,7 @@ fn accept_out_of_descriptors_refuses_every_waiting_connection_with_a_line() {
             args: Vec::new(),
         },
         record: None,
+        admin: None,
     };
     let server = std::thread::spawn(move || forkline::net::acceptor::serve(config));
     assert!(

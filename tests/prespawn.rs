@@ -106,6 +106,7 @@ fn the_pool_counts_against_max_sessions() {
     assert_error(&refusal, -32001, &json!(null));
     // A session ends: the room goes back to the pool.
     drop(a);
+    forkline.wait_for_log("[s1] session closed");
     wait_children(&forkline, 2);
     let mut c = forkline.connect();
     let env = c.fake_env(3);
@@ -141,4 +142,46 @@ fn prespawn_values_out_of_range_name_the_flag() {
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains("--prespawn"), "--prespawn {bad}: {err}");
     }
+}
+
+#[test]
+fn the_admin_endpoint_reports_the_pools_size() {
+    let child = fake_server(&[]);
+    let mut args = vec![
+        "--tcp",
+        "127.0.0.1:0",
+        "--admin",
+        "127.0.0.1:0",
+        "--prespawn",
+        "2",
+        "--",
+    ];
+    args.extend(child.iter().map(String::as_str));
+    let forkline = Forkline::serve(&args, 2);
+    let mut guard = StrayGuard::new();
+    wait_children(&forkline, 2)
+        .iter()
+        .for_each(|&pid| guard.watch(pid));
+    let admin = forkline
+        .listening
+        .iter()
+        .find_map(|l| l.strip_prefix("admin http://"))
+        .expect("an admin listener")
+        .to_string();
+    let gauge = || {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(&admin).expect("admin connects");
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+            .expect("request");
+        let mut text = String::new();
+        s.read_to_string(&mut text).expect("answer");
+        text.lines()
+            .find_map(|l| l.strip_prefix("forkline_warm_pool_children "))
+            .map(str::to_string)
+    };
+    assert!(
+        poll_until(PATIENCE, || gauge().as_deref() == Some("2")),
+        "forkline_warm_pool_children: {:?}",
+        gauge()
+    );
 }

@@ -217,10 +217,19 @@ impl Keeper {
             ];
             match process::spawn(&self.reaper, &self.command, &env) {
                 Ok((child, io)) => {
-                    info!("warm child {name} started pid={}", child.pid());
-                    lock(&self.state)
-                        .waiting
-                        .push_back(Warm { child, io, name });
+                    // Sessions may have come while it started: keep it only
+                    // if the room is still there (dropping it kills it).
+                    let room = self.max_sessions.saturating_sub((self.live)());
+                    let mut state = lock(&self.state);
+                    if state.waiting.len() < self.size.min(room) && !state.stopping {
+                        info!("warm child {name} started pid={}", child.pid());
+                        state.waiting.push_back(Warm { child, io, name });
+                    } else {
+                        info!("warm child {name} not needed after all: ended");
+                        drop(state);
+                        drop((child, io));
+                        return false;
+                    }
                 }
                 Err(e) => {
                     warn!("warm child {name}: {e}; trying again in {RETRY_AFTER_FAILURE:?}");

@@ -62,6 +62,7 @@ pub fn run(config: &StdioConfig) -> Result<i32, Error> {
             control: Control {
                 shutdown: &shutdown,
                 hurry: &hurry,
+                end_requested: None,
             },
             stderr: &stderr,
             reaper: &reaper,

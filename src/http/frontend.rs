@@ -77,14 +77,20 @@ const EXPOSED_HEADERS: &str = "Mcp-Session-Id, Mcp-Protocol-Version, WWW-Authent
 /// What the front end needs from the acceptor to start a session: a place
 /// in the session table and a worker.
 pub trait Admit {
+    /// `principal` is the bearer token's name, when there is one.
     fn admit(
         &mut self,
         client: ClientKey,
         peer: String,
+        principal: Option<&str>,
         transport: &'static str,
         notify: Notify,
     ) -> Result<(SessionId, ChannelPeer), Refusal>;
 }
+
+/// Counts a refusal the front end makes itself, by its metrics label
+/// (table refusals are counted where `Admit` is refused).
+pub type OnRefused = Box<dyn Fn(&'static str)>;
 
 /// The HTTP side of `serve`.
 pub struct Frontend {
@@ -111,6 +117,7 @@ pub struct Frontend {
     /// New stateless children still to answer `server/discover`, and when
     /// they will be taken for handshake-era servers.
     probes: Vec<(Instant, usize, SessionId)>,
+    on_refused: Option<OnRefused>,
 }
 
 /// A session (or a principal's stateless child) and its worker's state.
@@ -259,7 +266,39 @@ impl Frontend {
             accept_retry: None,
             resume: Vec::new(),
             probes: Vec::new(),
+            on_refused: None,
         })
+    }
+
+    /// Counts the refusals the front end makes itself (too many
+    /// connections, shutting down, out of descriptors at `accept`).
+    pub fn count_refusals(&mut self, on_refused: OnRefused) {
+        self.on_refused = Some(on_refused);
+    }
+
+    fn refused(&self, reason: &'static str) {
+        if let Some(count) = &self.on_refused {
+            count(reason);
+        }
+    }
+
+    /// Ends session `id`'s input, as a DELETE of it would (the admin
+    /// endpoint's `DELETE /sessions/ID`): its worker winds down, and an
+    /// HTTP session's id answers 404 from now on. `false` if no session
+    /// or stateless child here has that id.
+    pub fn end_session(&mut self, id: SessionId) -> bool {
+        if let Some((_, live)) = self.sessions.iter_mut().find(|(_, l)| l.table_id == id) {
+            live.session.ended = true;
+            live.session.peer.end_input();
+            return true;
+        }
+        if let Some((_, live)) = self.children.iter_mut().find(|(_, l)| l.table_id == id) {
+            // Its principal's next request finds it gone and is told to
+            // retry, as after an idle end; the retry starts a new child.
+            live.session.peer.end_input();
+            return true;
+        }
+        false
     }
 
     /// The bound addresses, for the `listening on` lines.
@@ -317,6 +356,9 @@ impl Frontend {
                         // The reserve descriptor lets us take the
                         // connection and say why it is refused.
                         if let Ok((mut socket, _)) = listener.accept() {
+                            if let Some(count) = &self.on_refused {
+                                count("fd_limit");
+                            }
                             let mut bytes = Vec::new();
                             Response::rpc_error(
                                 503,
@@ -345,11 +387,12 @@ impl Frontend {
         let _ = socket.set_nodelay(true);
         let mut conn = Conn::new(socket, peer);
         if self.conns.len() >= self.max_conns || self.draining {
-            let why = if self.draining {
-                "forkline is shutting down"
+            let (why, reason) = if self.draining {
+                ("forkline is shutting down", "shutting_down")
             } else {
-                "too many HTTP connections"
+                ("too many HTTP connections", "max_http_connections")
             };
+            self.refused(reason);
             let mut bytes = Vec::new();
             Response::rpc_error(503, code::SESSION_REFUSED, why)
                 .header("Retry-After", "1")
@@ -750,6 +793,7 @@ impl Frontend {
         admit: &mut dyn Admit,
     ) -> Result<usize, Response> {
         if self.draining {
+            self.refused("shutting_down");
             return Err(Response::rpc_error(
                 503,
                 code::SESSION_REFUSED,
@@ -766,6 +810,7 @@ impl Frontend {
             .admit(
                 ClientKey::Ip(peer.ip()),
                 principal.clone(),
+                Some(principal.as_str()),
                 "http-stateless",
                 notify,
             )
@@ -989,6 +1034,7 @@ impl Frontend {
             Response::rpc_error(503, code::SESSION_REFUSED, text).header("Retry-After", "1")
         };
         if self.draining {
+            self.refused("shutting_down");
             return Err(refused("session refused: forkline is shutting down"));
         }
         let Some(peer) = self.conns.get(key).map(|c| c.peer) else {
@@ -1007,7 +1053,13 @@ impl Frontend {
             Transport::Legacy => "http+sse",
         };
         let (table_id, channel) = admit
-            .admit(ClientKey::Ip(peer.ip()), peer.to_string(), label, notify)
+            .admit(
+                ClientKey::Ip(peer.ip()),
+                peer.to_string(),
+                principal.as_deref(),
+                label,
+                notify,
+            )
             .map_err(|refusal| {
                 info!(
                     "refused peer={peer} reason={} ({refusal})",

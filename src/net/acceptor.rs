@@ -12,7 +12,7 @@
 //! once the table is empty the pool is joined and `serve` returns.
 
 use std::io;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -29,6 +29,8 @@ use crate::error::{Context, Error};
 use crate::http::frontend::{Admit, CHANNEL_CAPACITY, Frontend};
 use crate::net::fd_limit::{self, Reserve};
 use crate::net::listener::{AcceptError, Accepted, Listener, Stream};
+use crate::ops::admin::{self, Admin};
+use crate::ops::metrics::Metrics;
 use crate::proto::message::{Message, code};
 use crate::session::client::{
     ChannelClient, ChannelPeer, ClientSide, Notify, StreamClient, notifying_pair,
@@ -71,6 +73,7 @@ struct Proxy {
     /// `--prespawn`'s children; set once the session table exists (the
     /// pool sizes itself by the sessions live).
     warm: std::sync::OnceLock<WarmPool>,
+    metrics: Arc<Metrics>,
 }
 
 /// Binds every listener, prints where, and serves until SIGTERM/SIGINT.
@@ -91,6 +94,7 @@ pub fn serve(config: ServeConfig) -> Result<(), Error> {
         reaper: Reaper::start().context(|| "cannot start the child reaper".into())?,
         shutdown: Trigger::new().context(|| "cannot create the shutdown trigger".into())?,
         hurry: Trigger::new().context(|| "cannot create the shutdown trigger".into())?,
+        metrics: Arc::new(Metrics::new()),
         config,
         warm: std::sync::OnceLock::new(),
     });
@@ -98,7 +102,7 @@ pub fn serve(config: ServeConfig) -> Result<(), Error> {
     // Bound last: once a socket exists, everything serving it is in place,
     // so a client (or a test) that sees the socket file can rely on that.
     let bound = bind_all(&proxy.config.listen, &poll).and_then(|listeners| {
-        let http = Frontend::bind(
+        let mut http = Frontend::bind(
             &proxy.config.http,
             poll.registry(),
             Arc::clone(&waker),
@@ -106,9 +110,16 @@ pub fn serve(config: ServeConfig) -> Result<(), Error> {
             proxy.config.limits.max_message_bytes,
             proxy.config.limits.max_sessions,
         )?;
-        Ok((listeners, http))
+        let metrics = Arc::clone(&proxy.metrics);
+        http.count_refusals(Box::new(move |reason| metrics.refused(reason)));
+        let admin = proxy
+            .config
+            .admin
+            .map(|addr| Admin::bind(addr, poll.registry()))
+            .transpose()?;
+        Ok((listeners, http, admin))
     });
-    let (mut listeners, mut http) = match bound {
+    let (mut listeners, mut http, mut admin) = match bound {
         Ok(bound) => bound,
         Err(e) => {
             proxy.reaper.stop();
@@ -134,6 +145,9 @@ pub fn serve(config: ServeConfig) -> Result<(), Error> {
     }
     for addr in http.local_addrs() {
         eprintln!("forkline: listening on http://{addr}/mcp");
+    }
+    if let Some(admin) = &admin {
+        eprintln!("forkline: listening on admin http://{}", admin.local_addr());
     }
     info!(
         "serving `{}` max_sessions={} fd_limit={fd_limit} fd_capacity={capacity}",
@@ -186,7 +200,8 @@ pub fn serve(config: ServeConfig) -> Result<(), Error> {
     let mut linger_until: Option<Instant> = None;
 
     loop {
-        let wake_at = [retry_at, http.next_deadline(), linger_until]
+        let admin_deadline = admin.as_ref().and_then(Admin::next_deadline);
+        let wake_at = [retry_at, http.next_deadline(), linger_until, admin_deadline]
             .into_iter()
             .flatten()
             .min();
@@ -218,6 +233,21 @@ pub fn serve(config: ServeConfig) -> Result<(), Error> {
                         warm.nudge();
                     }
                 }
+                token if Admin::owns(token) => {
+                    if let Some(admin) = admin.as_mut() {
+                        let mut end_channel = |id| http.end_session(id);
+                        let mut ctx = admin::Context {
+                            metrics: &proxy.metrics,
+                            sessions: &sessions,
+                            draining: proxy.shutdown.has_fired(),
+                            fd_limit,
+                            fd_capacity: capacity,
+                            warm_pool: proxy.warm.get().map_or(0, WarmPool::len),
+                            end_channel: &mut end_channel,
+                        };
+                        admin.on_event(poll.registry(), token, &mut ctx);
+                    }
+                }
                 token if Frontend::owns(token) => {
                     let mut admit = HttpAdmission {
                         sessions: &sessions,
@@ -240,6 +270,9 @@ pub fn serve(config: ServeConfig) -> Result<(), Error> {
             http.on_wake(poll.registry(), &mut admit);
         }
         http.on_timers(poll.registry());
+        if let Some(admin) = admin.as_mut() {
+            admin.on_timers(poll.registry());
+        }
         if retry_at.is_some_and(|at| Instant::now() >= at) {
             retry_at = None;
             ready.extend(0..listeners.len());
@@ -266,6 +299,9 @@ pub fn serve(config: ServeConfig) -> Result<(), Error> {
                 break;
             }
         }
+    }
+    if let Some(admin) = admin.as_mut() {
+        admin.close_all(poll.registry());
     }
     pool.join();
     if let Some(warm) = proxy.warm.get() {
@@ -386,6 +422,7 @@ impl Admission<'_> {
                     accepted.peer,
                     refusal.reason()
                 );
+                self.proxy.metrics.refused(refusal.reason());
                 refuse(&accepted.stream, &refusal);
                 true
             }
@@ -408,10 +445,12 @@ impl Admission<'_> {
                     "refused peer={peer} reason={} ({refusal})",
                     refusal.reason()
                 );
+                self.proxy.metrics.refused(refusal.reason());
                 refuse(&stream, &refusal);
                 return;
             }
         };
+        self.proxy.metrics.session_started(transport);
         let job_proxy = Arc::clone(self.proxy);
         let job = Box::new(move || run_session(slot, stream, &peer, transport, &job_proxy));
         if self.pool.execute(job).is_err() {
@@ -431,20 +470,26 @@ fn refuse(stream: &Stream, refusal: &Refusal) {
 }
 
 fn run_session(slot: Slot, stream: Stream, peer: &str, transport: &'static str, proxy: &Proxy) {
-    let shared = shared(proxy);
+    let activity = slot.activity();
+    let mut shared = shared(proxy);
+    shared.control.end_requested = Some(&activity.end_requested);
     let client = ClientSide::Stream(StreamClient {
         read: stream.as_fd(),
         write: stream.as_fd(),
         write_kind: WriteKind::Socket,
     });
+    // From here until `forget_client_fd`, `DELETE /sessions/ID` may shut
+    // the socket's read side down (under the table lock).
+    slot.set_client_fd(stream.as_fd().as_raw_fd());
     session::run(
         slot.id(),
         peer,
         &shared,
         client,
         |pid| slot.set_child_pid(pid),
-        tape(proxy, slot.id(), transport),
+        taps(proxy, &slot, transport),
     );
+    slot.forget_client_fd();
     // The slot goes last: once it is free, the acceptor may admit the next
     // session and, during shutdown, may find the table empty.
     drop(stream);
@@ -464,10 +509,18 @@ impl Admit for HttpAdmission<'_> {
         &mut self,
         client: ClientKey,
         peer: String,
+        principal: Option<&str>,
         transport: &'static str,
         notify: Notify,
     ) -> Result<(SessionId, ChannelPeer), Refusal> {
-        let slot = self.sessions.try_admit(client, peer.clone(), transport)?;
+        let slot = self
+            .sessions
+            .try_admit(client, peer.clone(), transport)
+            .inspect_err(|refusal| self.proxy.metrics.refused(refusal.reason()))?;
+        self.proxy.metrics.session_started(transport);
+        if principal.is_some() {
+            slot.set_principal(principal.map(str::to_string));
+        }
         let id = slot.id();
         let (channels, channel_peer) = match notifying_pair(CHANNEL_CAPACITY, Some(notify)) {
             Ok(pair) => pair,
@@ -496,22 +549,33 @@ fn run_channel_session(
     transport: &'static str,
     proxy: &Proxy,
 ) {
-    let shared = shared(proxy);
+    let activity = slot.activity();
+    let mut shared = shared(proxy);
+    // The front end ends the channel's input; this names the reason.
+    shared.control.end_requested = Some(&activity.end_requested);
     session::run(
         slot.id(),
         peer,
         &shared,
         ClientSide::Channels(channels),
         |pid| slot.set_child_pid(pid),
-        tape(proxy, slot.id(), transport),
+        taps(proxy, &slot, transport),
     );
     drop(slot);
 }
 
-/// The session's tape, with `--record`.
-fn tape(proxy: &Proxy, id: SessionId, transport: &'static str) -> Option<Box<dyn Tap + Send>> {
-    let recorder = proxy.config.record.as_ref()?;
-    Some(recorder.tape(id, transport))
+/// What watches the session: its tape with `--record`, and with `--admin`
+/// its metrics (which pass everything on to the tape).
+fn taps(proxy: &Proxy, slot: &Slot, transport: &'static str) -> Option<Box<dyn Tap + Send>> {
+    let tape = proxy
+        .config
+        .record
+        .as_ref()
+        .map(|recorder| recorder.tape(slot.id(), transport));
+    if proxy.config.admin.is_none() {
+        return tape;
+    }
+    Some(proxy.metrics.tap(slot.activity(), tape))
 }
 
 fn shared(proxy: &Proxy) -> Shared<'_> {
@@ -521,6 +585,7 @@ fn shared(proxy: &Proxy) -> Shared<'_> {
         control: Control {
             shutdown: &proxy.shutdown,
             hurry: &proxy.hurry,
+            end_requested: None,
         },
         stderr: &proxy.stderr,
         reaper: &proxy.reaper,

@@ -196,7 +196,9 @@ pub struct Doorbell {
 
 impl Doorbell {
     pub fn new() -> io::Result<Doorbell> {
-        Ok(Doorbell { fd: EventFd::new()? })
+        Ok(Doorbell {
+            fd: EventFd::new()?,
+        })
     }
 
     pub fn ring(&self) {

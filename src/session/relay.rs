@@ -14,6 +14,7 @@
 //! session costs no wake-ups at all.
 
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use log::{debug, trace, warn};
@@ -48,6 +49,8 @@ pub enum EndReason {
     ChildExited,
     IdleTimeout,
     Shutdown,
+    /// Ended from outside: the admin endpoint's `DELETE /sessions/ID`.
+    Deleted,
 }
 
 impl EndReason {
@@ -57,6 +60,7 @@ impl EndReason {
             EndReason::ChildExited => "child_exited",
             EndReason::IdleTimeout => "idle_timeout",
             EndReason::Shutdown => "shutdown",
+            EndReason::Deleted => "deleted",
         }
     }
 }
@@ -69,13 +73,33 @@ struct Timing {
     grace: Duration,
 }
 
-/// The proxy-wide broadcasts a session listens to.
+/// The broadcasts a session listens to.
 #[derive(Clone, Copy)]
 pub struct Control<'a> {
     /// Stop taking requests; answer what is in flight within the grace.
     pub shutdown: &'a Trigger,
     /// Skip what is left of the grace.
     pub hurry: &'a Trigger,
+    /// This one session was asked to end (`DELETE /sessions/ID`). The flag
+    /// only names the reason: whoever sets it also ends the client's input
+    /// (`shutdown(SHUT_RD)` of its socket, or the channel peer's
+    /// `end_input`), which is what wakes the worker, so this costs the
+    /// loop no descriptor and no check per turn.
+    pub end_requested: Option<&'a AtomicBool>,
+}
+
+impl Control<'_> {
+    /// `reason`, or `Deleted` when a client "closed" because it was told to.
+    fn name(&self, reason: EndReason) -> EndReason {
+        let asked = self
+            .end_requested
+            .is_some_and(|flag| flag.load(Ordering::Relaxed));
+        if asked && reason == EndReason::ClientClosed {
+            EndReason::Deleted
+        } else {
+            reason
+        }
+    }
 }
 
 /// The child end of the relay.
@@ -171,6 +195,11 @@ impl<'a> Relay<'a> {
     /// Relays until the session ends; returns why. Blocks the calling
     /// thread, waking only for I/O, a broadcast or a deadline.
     pub fn run(&mut self) -> EndReason {
+        let reason = self.relay();
+        self.control.name(reason)
+    }
+
+    fn relay(&mut self) -> EndReason {
         loop {
             if let Some(reason) = self.end_reason() {
                 return reason;
@@ -589,14 +618,34 @@ impl Core<'_> {
         }
     }
 
+    /// Books a message to the client in the rules and passes it to the
+    /// tap, with the round trip of each request it answers.
+    fn tap_to_client(&mut self, kind: &message::Kind, line: &[u8]) {
+        self.rules.counters.message(Direction::Out, line);
+        let Some(tap) = self.tap.as_mut() else {
+            self.rules.to_client(kind, |_| {});
+            return;
+        };
+        tap.message(Direction::Out, line);
+        let mut answers = 0;
+        self.rules.to_client(kind, |rtt| {
+            answers += 1;
+            tap.answered(rtt);
+        });
+        if answers > 0 {
+            tap.awaiting(self.rules.pending());
+        }
+    }
+
     /// Queues forkline's own message for the client; `book` when it stands
     /// for an awaited answer (so the request is no longer pending).
     fn reply(&mut self, message: &Message, book: bool) {
-        if book {
-            self.rules.to_client(&message.kind);
-        }
         self.to_client.push_line(&message.line);
-        self.tap(Direction::Out, &message.line);
+        if book {
+            self.tap_to_client(&message.kind, &message.line);
+        } else {
+            self.tap(Direction::Out, &message.line);
+        }
     }
 
     fn refuse(&mut self, kind: &message::Kind, code: i64, reason: &str) {
@@ -623,6 +672,9 @@ impl Core<'_> {
                                 self.to_child.push_line(line);
                             }
                             self.tap(Direction::In, line);
+                            if let Some(tap) = self.tap.as_mut() {
+                                tap.awaiting(self.rules.pending());
+                            }
                         }
                         Verdict::Refuse { code, reason } => {
                             debug!("[{}] refused a client message: {reason}", self.id);
@@ -656,9 +708,8 @@ impl Core<'_> {
             Frame::Message(line) => match classify(line) {
                 Ok(kind) => {
                     log_message(self.id, "server", &kind, line);
-                    self.rules.to_client(&kind);
                     self.to_client.push_line(line);
-                    self.tap(Direction::Out, line);
+                    self.tap_to_client(&kind, line);
                 }
                 Err(invalid) => self.garbage(&format!(
                     "dropped a line from the server that is not JSON-RPC: {}",

@@ -5,7 +5,8 @@
 //! The worker asks before it forwards a client message and tells after it
 //! passes on a child's; everything here is unit-tested without sockets.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
 
 use crate::proto::message::{Id, Kind, code};
 use crate::session::run::{Start, Summary};
@@ -33,6 +34,15 @@ pub trait Tap {
     /// A message passed on, as the bytes that went out (without the
     /// newline): always one valid JSON text.
     fn message(&mut self, direction: Direction, line: &[u8]);
+
+    /// A client request was answered (by the child, or by forkline on its
+    /// behalf) `rtt` after it was forwarded; called just after the answer's
+    /// `message`.
+    fn answered(&mut self, _rtt: Duration) {}
+
+    /// How many client requests await their answer, after a message that
+    /// may have changed it (every forwarded client message, every answer).
+    fn awaiting(&mut self, _requests: usize) {}
 
     /// The worker is about to wait for I/O: a tap that buffers writes out
     /// what it holds now, so nothing lingers in memory while the session
@@ -82,8 +92,9 @@ pub enum Verdict {
 /// The bookkeeping of one session.
 #[derive(Debug)]
 pub struct Rules {
-    /// Client requests forwarded and not yet answered.
-    pending: HashSet<Id>,
+    /// Client requests forwarded and not yet answered, with when they
+    /// were forwarded (for the round-trip time).
+    pending: HashMap<Id, Instant>,
     max_inflight: usize,
     /// Shutdown has begun: new requests are refused, everything else
     /// (answers to the child's own requests, cancellations) still passes.
@@ -94,7 +105,7 @@ pub struct Rules {
 impl Rules {
     pub fn new(max_inflight: usize) -> Rules {
         Rules {
-            pending: HashSet::new(),
+            pending: HashMap::new(),
             max_inflight,
             refusing: false,
             counters: Counters::default(),
@@ -121,27 +132,34 @@ impl Rules {
                 ),
             };
         }
-        kind.for_each_request_id(&mut |id| {
-            self.pending.insert(id.clone());
-        });
+        if requests > 0 {
+            let now = Instant::now();
+            kind.for_each_request_id(&mut |id| {
+                self.pending.insert(id.clone(), now);
+            });
+        }
         Verdict::Forward
     }
 
     /// Books a message on its way to the client: a child's, or an answer
-    /// forkline gives itself.
-    pub fn to_client(&mut self, kind: &Kind) {
+    /// forkline gives itself. `answered` gets the round-trip time of each
+    /// request it answers.
+    pub fn to_client(&mut self, kind: &Kind, mut answered: impl FnMut(Duration)) {
+        let mut now = None;
         kind.for_each_response_id(&mut |id| {
-            self.pending.remove(id);
+            if let Some(sent) = self.pending.remove(id) {
+                answered(now.get_or_insert_with(Instant::now).duration_since(sent));
+            }
         });
         if self.pending.is_empty() && self.pending.capacity() > 64 {
             // A burst of requests must not pin its table for good.
-            self.pending = HashSet::new();
+            self.pending = HashMap::new();
         }
     }
 
     /// True if the client still awaits an answer to `id`.
     pub fn awaits(&self, id: &Id) -> bool {
-        self.pending.contains(id)
+        self.pending.contains_key(id)
     }
 
     pub fn pending(&self) -> usize {
@@ -155,7 +173,7 @@ impl Rules {
 
     /// The requests still unanswered, in a stable order, forgotten here.
     pub fn take_unanswered(&mut self) -> Vec<Id> {
-        let mut ids: Vec<Id> = self.pending.drain().collect();
+        let mut ids: Vec<Id> = self.pending.drain().map(|(id, _)| id).collect();
         ids.sort_by(|a, b| a.as_json().cmp(b.as_json()));
         ids
     }
@@ -192,7 +210,7 @@ mod tests {
             rules.from_client(&kind(r#"{"jsonrpc":"2.0","method":"notifications/n"}"#)),
             Verdict::Forward
         );
-        rules.to_client(&answer(1));
+        rules.to_client(&answer(1), |_| {});
         assert_eq!(rules.pending(), 1);
         let unanswered = rules.take_unanswered();
         assert_eq!(unanswered.len(), 1);
@@ -218,7 +236,7 @@ mod tests {
             Verdict::Forward
         );
         assert_eq!(rules.from_client(&answer(99)), Verdict::Forward);
-        rules.to_client(&answer(1));
+        rules.to_client(&answer(1), |_| {});
         assert_eq!(
             rules.from_client(&request(3)),
             Verdict::Forward,
@@ -269,6 +287,19 @@ mod tests {
         let mut found = None;
         request(n).for_each_request_id(&mut |id| found = Some(id.clone()));
         found.expect("an id")
+    }
+
+    #[test]
+    fn an_answer_reports_its_requests_round_trip_once() {
+        let mut rules = Rules::new(8);
+        assert_eq!(rules.from_client(&request(1)), Verdict::Forward);
+        std::thread::sleep(Duration::from_millis(2));
+        let mut rtts = Vec::new();
+        rules.to_client(&answer(1), |rtt| rtts.push(rtt));
+        rules.to_client(&answer(1), |rtt| rtts.push(rtt));
+        rules.to_client(&answer(7), |rtt| rtts.push(rtt));
+        assert_eq!(rtts.len(), 1, "{rtts:?}");
+        assert!(rtts[0] >= Duration::from_millis(2), "{rtts:?}");
     }
 
     #[test]

@@ -278,6 +278,7 @@ mod tests {
                 control: Control {
                     shutdown: &self.shutdown,
                     hurry: &self.hurry,
+                    end_requested: None,
                 },
                 stderr: &self.stderr,
                 reaper: &self.reaper,

@@ -8,6 +8,8 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::net::IpAddr;
+use std::os::fd::RawFd;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
@@ -99,15 +101,51 @@ impl fmt::Display for Refusal {
     }
 }
 
+/// A live session's figures as its worker last published them (its
+/// metrics tap does, each time the worker is about to wait), for
+/// `/sessions`. Relaxed atomics: each figure is read on its own.
+#[derive(Debug, Default)]
+pub struct Activity {
+    pub messages_in: AtomicU64,
+    pub messages_out: AtomicU64,
+    pub bytes_in: AtomicU64,
+    pub bytes_out: AtomicU64,
+    /// Client requests awaiting their answer.
+    pub inflight: AtomicU64,
+    /// When the last message passed, in milliseconds after `Entry::started`.
+    pub last_message_ms: AtomicU64,
+    /// `DELETE /sessions/ID` asked this session to end (see
+    /// `Sessions::request_end`).
+    pub end_requested: AtomicBool,
+}
+
 /// What the table knows about a live session.
 #[derive(Debug, Clone)]
 pub struct Entry {
     pub id: SessionId,
     pub client: ClientKey,
     pub peer: String,
+    /// The HTTP principal (bearer token name), when there is one.
+    pub principal: Option<String>,
     pub transport: &'static str,
     pub started: Instant,
     pub child_pid: Option<u32>,
+    pub activity: Arc<Activity>,
+    /// A stream client's socket, while the session's worker holds it open:
+    /// what `request_end` shuts down. Cleared (`Slot::forget_client_fd`)
+    /// before the socket closes, so a recycled number is never touched.
+    client_fd: Option<RawFd>,
+}
+
+/// How `Sessions::request_end` reached a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EndRequest {
+    /// Its stream client's input was shut down: the worker sees end of file.
+    Stream,
+    /// A channel (HTTP) client: whoever feeds it must end its input.
+    Channel,
+    /// No live session has this id.
+    Unknown,
 }
 
 #[derive(Debug)]
@@ -200,9 +238,12 @@ impl Sessions {
             id,
             client,
             peer,
+            principal: None,
             transport,
             started: Instant::now(),
             child_pid: None,
+            activity: Arc::default(),
+            client_fd: None,
         });
         debug_assert_eq!(
             table.per_client.values().sum::<usize>(),
@@ -227,6 +268,29 @@ impl Sessions {
     /// A copy of every live entry, for admin listings and tests.
     pub fn snapshot(&self) -> Vec<Entry> {
         self.lock().entries.iter().map(|(_, e)| e.clone()).collect()
+    }
+
+    /// Asks session `id` to end: marks it (so it ends with reason
+    /// `deleted`) and, for a stream client, shuts down the socket's read
+    /// side so its worker sees end of file and winds down as at any end.
+    /// Done under the table lock, while the entry (and so the socket, see
+    /// `Slot::forget_client_fd`) is live: the fd cannot have been reused.
+    /// A channel client is left to its front end (`EndRequest::Channel`).
+    pub fn request_end(&self, id: SessionId) -> EndRequest {
+        let table = self.lock();
+        let Some((_, entry)) = table.entries.iter().find(|(_, e)| e.id == id) else {
+            return EndRequest::Unknown;
+        };
+        entry.activity.end_requested.store(true, Ordering::Relaxed);
+        match entry.client_fd {
+            Some(fd) => {
+                // SAFETY: shutdown(2) on a descriptor the entry says is open
+                // (see above); it changes no memory of ours.
+                unsafe { libc::shutdown(fd, libc::SHUT_RD) };
+                EndRequest::Stream
+            }
+            None => EndRequest::Channel,
+        }
     }
 
     fn release(&self, key: usize, id: SessionId) {
@@ -261,9 +325,47 @@ impl Slot {
 
     /// Records the child's pid once it runs.
     pub fn set_child_pid(&self, pid: u32) {
+        self.update(|entry| entry.child_pid = Some(pid));
+    }
+
+    /// Records the HTTP principal the session serves.
+    pub fn set_principal(&self, principal: Option<String>) {
+        self.update(|entry| entry.principal = principal);
+    }
+
+    /// The session's live figures, shared with its metrics tap.
+    pub fn activity(&self) -> Arc<Activity> {
+        let table = self.sessions.lock();
+        match table.entries.get(self.key).filter(|e| e.id == self.id) {
+            Some(entry) => Arc::clone(&entry.activity),
+            None => Arc::default(),
+        }
+    }
+
+    /// The stream client's socket, which `Sessions::request_end` may shut
+    /// down until `forget_client_fd`. The caller keeps it open until then.
+    /// An end asked for before this (the worker had not started) is
+    /// carried out now.
+    pub fn set_client_fd(&self, fd: RawFd) {
+        self.update(|entry| {
+            entry.client_fd = Some(fd);
+            if entry.activity.end_requested.load(Ordering::Relaxed) {
+                // SAFETY: as in `request_end`; the caller holds `fd` open.
+                unsafe { libc::shutdown(fd, libc::SHUT_RD) };
+            }
+        });
+    }
+
+    /// Must come before the client socket closes (`Drop` does it too, for
+    /// a slot dropped first).
+    pub fn forget_client_fd(&self) {
+        self.update(|entry| entry.client_fd = None);
+    }
+
+    fn update(&self, change: impl FnOnce(&mut Entry)) {
         let mut table = self.sessions.lock();
         if let Some(entry) = table.entries.get_mut(self.key).filter(|e| e.id == self.id) {
-            entry.child_pid = Some(pid);
+            change(entry);
         }
     }
 }
@@ -384,5 +486,25 @@ mod tests {
         assert_eq!(entries.len(), 1);
         assert_eq!(entries[0].child_pid, Some(4242));
         assert_eq!(entries[0].peer, "127.0.0.1:5");
+    }
+
+    #[test]
+    fn request_end_shuts_a_stream_clients_input_only_while_it_is_known() {
+        use std::io::Read;
+        use std::os::fd::AsRawFd;
+        use std::os::unix::net::UnixStream;
+        let sessions = Sessions::new(&limits(4, 4), 1024, 1000, || {});
+        let slot = sessions.try_admit(ip(1), "p".into(), "tcp").expect("admit");
+        let (mut ours, _theirs) = UnixStream::pair().expect("socketpair");
+        slot.set_client_fd(ours.as_raw_fd());
+        assert_eq!(sessions.request_end(slot.id()), EndRequest::Stream);
+        assert!(slot.activity().end_requested.load(Ordering::Relaxed));
+        let mut buf = [0u8; 4];
+        assert_eq!(ours.read(&mut buf).expect("read"), 0, "end of file");
+        slot.forget_client_fd();
+        assert_eq!(sessions.request_end(slot.id()), EndRequest::Channel);
+        assert_eq!(sessions.request_end(SessionId(999)), EndRequest::Unknown);
+        drop(slot);
+        assert_eq!(sessions.request_end(SessionId(1)), EndRequest::Unknown);
     }
 }

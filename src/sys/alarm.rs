@@ -18,7 +18,9 @@ pub struct Alarm {
 
 impl Alarm {
     pub fn new() -> io::Result<Alarm> {
-        Ok(Alarm { fd: EventFd::new()? })
+        Ok(Alarm {
+            fd: EventFd::new()?,
+        })
     }
 
     /// Wakes every current and future wait on this alarm. Idempotent.
