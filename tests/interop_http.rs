@@ -773,6 +773,40 @@ fn python_stateless_sampling_and_roots_through_an_old_server_travel_as_input_req
     proxy.assert_children(1);
 }
 
+/// The Python SDK in its default mode → forkline → a handshake-only test
+/// server that answers nothing but `initialize` and `ping` before the
+/// handshake (tests/fixtures/fake_mcp_server.py --legacy
+/// --silent-before-initialize): forkline's `server/discover` probe gets no
+/// answer, so after its wait forkline initializes the server itself and
+/// serves the client in the stateless era.
+#[test]
+fn python_stateless_through_a_handshake_only_server_that_ignores_discover() {
+    let Some(python) = sdk_python() else { return };
+    let child: Vec<String> = [
+        "python3",
+        "-u",
+        &fixture("fake_mcp_server.py").display().to_string(),
+        "--legacy",
+        "--silent-before-initialize",
+    ]
+    .map(String::from)
+    .to_vec();
+    let proxy = Proxy::start(&child);
+    let url = Transport::StreamableHttp.url(proxy.get());
+    let report = ClientProcess::python(
+        &python,
+        Transport::StreamableHttp,
+        "auto",
+        &ECHO_SERVER,
+        &url,
+    )
+    .report(&proxy);
+    report.assert_stateless();
+    report.assert_echo(ECHO_TEXT);
+    proxy.get().wait_for_log("did not answer server/discover");
+    proxy.assert_children(1);
+}
+
 /// Stateless clients of one principal (here: one client address) share
 /// one child, their requests' ids rewritten so that equal ids of different
 /// clients never collide; every client gets its own answers.
