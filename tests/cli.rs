@@ -16,9 +16,12 @@ fn help_entry<'a>(help: &'a str, flag: &str) -> Option<String> {
                 .any(|w| w.trim_end_matches("...") == flag)
     })?;
     let mut entry = vec![lines[start]];
+    // An entry ends at the next flag or heading. Blank lines may sit
+    // inside one: clap puts help under its flag, default after a blank
+    // line, once some flag's help is too long for one column.
     for l in &lines[start + 1..] {
         let t = l.trim_start();
-        if t.is_empty() || t.starts_with('-') || !l.starts_with(' ') {
+        if t.starts_with('-') || (!t.is_empty() && !l.starts_with(' ')) {
             break;
         }
         entry.push(l);
