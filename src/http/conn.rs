@@ -55,8 +55,7 @@ pub struct Conn {
     /// first event (one write, one wake-up of the client), or on its own
     /// after a moment if no event comes.
     pub head_held: bool,
-    /// Bumped on every deadline change; stale timer entries are skipped.
-    pub timer_gen: u64,
+    /// When its timer fires: its one entry in the front end's timer set.
     pub deadline: Option<Instant>,
 }
 
@@ -84,7 +83,6 @@ impl Conn {
             peer_closing: false,
             input_capped: false,
             head_held: false,
-            timer_gen: 0,
             deadline: None,
         }
     }

@@ -8,8 +8,7 @@
 //! which queues the session here and wakes the loop, and the loop routes
 //! them to the streams they belong to (`http::session`).
 
-use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::{BTreeSet, HashMap};
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -107,7 +106,9 @@ pub struct Frontend {
     max_body: usize,
     max_conns: usize,
     draining: bool,
-    timers: BinaryHeap<Reverse<(Instant, usize, u64)>>,
+    /// Every connection's deadline, one entry each (`Conn::deadline`), so
+    /// the set never holds more entries than there are connections.
+    timers: BTreeSet<(Instant, usize)>,
     /// Spent to refuse a connection with a 503 when `accept` hits EMFILE.
     reserve: Reserve,
     /// When to try the listeners' backlogs again after `accept` failed.
@@ -134,7 +135,8 @@ trait Routes {
     fn peer(&self) -> &ChannelPeer;
     fn route(&mut self, line: Vec<u8>, out: &mut Vec<Delivery>);
     fn end(&mut self, out: &mut Vec<Delivery>);
-    fn conn_keys(&self) -> Vec<usize>;
+    /// Whether any connection carrying its streams passes `test`.
+    fn any_conn(&self, test: &mut dyn FnMut(usize) -> bool) -> bool;
 }
 
 impl Routes for HttpSession {
@@ -147,8 +149,8 @@ impl Routes for HttpSession {
     fn end(&mut self, out: &mut Vec<Delivery>) {
         HttpSession::end(self, out);
     }
-    fn conn_keys(&self) -> Vec<usize> {
-        self.conns().collect()
+    fn any_conn(&self, test: &mut dyn FnMut(usize) -> bool) -> bool {
+        self.conns().any(test)
     }
 }
 
@@ -162,8 +164,8 @@ impl Routes for StatelessChild {
     fn end(&mut self, out: &mut Vec<Delivery>) {
         StatelessChild::end(self, out);
     }
-    fn conn_keys(&self) -> Vec<usize> {
-        self.conns().collect()
+    fn any_conn(&self, test: &mut dyn FnMut(usize) -> bool) -> bool {
+        self.conns().any(test)
     }
 }
 
@@ -185,9 +187,7 @@ fn take_output<S: Routes>(live: &mut Live<S>, conns: &Slab<Conn>) -> Turn {
     };
     let stalled = live
         .session
-        .conn_keys()
-        .into_iter()
-        .any(|c| conns.get(c).is_some_and(|c| c.unsent() > OUTPUT_HIGH_WATER));
+        .any_conn(&mut |c| conns.get(c).is_some_and(|c| c.unsent() > OUTPUT_HIGH_WATER));
     live.stalled = stalled;
     if stalled {
         return turn;
@@ -261,7 +261,7 @@ impl Frontend {
             // POSTs in flight); past this, new ones get 503.
             max_conns: max_sessions.saturating_mul(4).max(64),
             draining: false,
-            timers: BinaryHeap::new(),
+            timers: BTreeSet::new(),
             reserve: Reserve::new(),
             accept_retry: None,
             resume: Vec::new(),
@@ -509,7 +509,13 @@ impl Frontend {
 
     /// One whole request: every check of the contract in order, then the
     /// endpoint.
-    fn on_request(&mut self, registry: &Registry, key: usize, req: Request, admit: &mut dyn Admit) {
+    fn on_request(
+        &mut self,
+        registry: &Registry,
+        key: usize,
+        mut req: Request,
+        admit: &mut dyn Admit,
+    ) {
         let endpoint = match req.path.as_str() {
             "/mcp" => Endpoint::Mcp,
             "/sse" => Endpoint::Sse,
@@ -566,11 +572,11 @@ impl Frontend {
             return self.respond(registry, key, r);
         }
         match (endpoint, req.method.as_str()) {
-            (Endpoint::Mcp, "POST") => self.post_mcp(registry, key, &req, principal, admit),
+            (Endpoint::Mcp, "POST") => self.post_mcp(registry, key, &mut req, principal, admit),
             (Endpoint::Mcp, "GET") => self.get_mcp(registry, key, &req, principal),
             (Endpoint::Mcp, _) => self.delete_mcp(registry, key, &req, principal),
             (Endpoint::Sse, _) => self.get_sse(registry, key, &req, principal, admit),
-            (Endpoint::Messages, _) => self.post_messages(registry, key, &req, principal),
+            (Endpoint::Messages, _) => self.post_messages(registry, key, &mut req, principal),
         }
     }
 
@@ -578,13 +584,15 @@ impl Frontend {
         &mut self,
         registry: &Registry,
         key: usize,
-        req: &Request,
+        req: &mut Request,
         principal: Option<Principal>,
         admit: &mut dyn Admit,
     ) {
         if let Err(r) = check_json_post(req) {
             return self.respond(registry, key, r);
         }
+        let body = std::mem::take(&mut req.body);
+        let req: &Request = req;
         let sse = req.names("text/event-stream");
         if !sse && !req.accepts("application/json") {
             let r = Response::rpc_error(
@@ -598,14 +606,14 @@ impl Frontend {
         let session_id = req.header("mcp-session-id");
         if let Some(v) = version {
             if session_id.is_none() && v >= MODERN_VERSIONS[0] {
-                return self.stateless(registry, key, req, principal, admit);
+                return self.stateless(registry, key, req, body, principal, admit);
             }
             if !HANDSHAKE_VERSIONS.contains(&v) {
                 let r = unsupported_version(v);
                 return self.respond(registry, key, r);
             }
         }
-        let (line, kind) = match message_of(&req.body) {
+        let (line, kind) = match message_of(body) {
             Ok(found) => found,
             Err(r) => return self.respond(registry, key, r),
         };
@@ -623,7 +631,7 @@ impl Frontend {
                     );
                     return self.respond(registry, key, r);
                 }
-                let protocol = requested_version(&req.body)
+                let protocol = requested_version(&line)
                     .unwrap_or_else(|| version.unwrap_or(DEFAULT_VERSION).to_string());
                 match self.start_session(key, Transport::Streamable, principal, protocol, admit) {
                     Ok(live) => live,
@@ -686,6 +694,7 @@ impl Frontend {
         registry: &Registry,
         key: usize,
         req: &Request,
+        body: Vec<u8>,
         principal: Option<Principal>,
         admit: &mut dyn Admit,
     ) {
@@ -693,7 +702,7 @@ impl Frontend {
         if !MODERN_VERSIONS.contains(&version) {
             return self.respond(registry, key, unsupported_modern_version(version));
         }
-        let (line, kind) = match message_of(&req.body) {
+        let (line, kind) = match message_of(body) {
             Ok(found) => found,
             Err(r) => return self.respond(registry, key, r),
         };
@@ -977,7 +986,7 @@ impl Frontend {
         &mut self,
         registry: &Registry,
         key: usize,
-        req: &Request,
+        req: &mut Request,
         principal: Option<Principal>,
     ) {
         let Some(id) = req.query_param("sessionId") else {
@@ -994,7 +1003,7 @@ impl Frontend {
         if let Err(r) = check_json_post(req) {
             return self.respond(registry, key, r);
         }
-        let (line, kind) = match message_of(&req.body) {
+        let (line, kind) = match message_of(std::mem::take(&mut req.body)) {
             Ok(found) => found,
             Err(r) => return self.respond(registry, key, r),
         };
@@ -1279,6 +1288,9 @@ impl Frontend {
             return;
         }
         let mut conn = self.conns.remove(key);
+        if let Some(at) = conn.deadline {
+            self.timers.remove(&(at, key));
+        }
         let _ = registry.deregister(&mut conn.socket);
         if let Phase::Answering { session, .. } = conn.phase {
             if session & STATELESS != 0 {
@@ -1316,10 +1328,14 @@ impl Frontend {
             Phase::Closing => Some(now + HEAD_TIMEOUT),
             Phase::Draining => Some(now + DRAIN_TIME),
         };
-        conn.deadline = deadline;
-        conn.timer_gen += 1;
+        if conn.deadline == deadline {
+            return;
+        }
+        if let Some(old) = std::mem::replace(&mut conn.deadline, deadline) {
+            self.timers.remove(&(old, key));
+        }
         if let Some(at) = deadline {
-            self.timers.push(Reverse((at, key, conn.timer_gen)));
+            self.timers.insert((at, key));
         }
     }
 
@@ -1337,18 +1353,8 @@ impl Frontend {
         }
     }
 
-    fn next_timer(&mut self) -> Option<Instant> {
-        while let Some(Reverse((at, key, generation))) = self.timers.peek().copied() {
-            if self
-                .conns
-                .get(key)
-                .is_some_and(|c| c.timer_gen == generation)
-            {
-                return Some(at);
-            }
-            self.timers.pop();
-        }
-        None
+    fn next_timer(&self) -> Option<Instant> {
+        self.timers.first().map(|&(at, _)| at)
     }
 
     /// Runs every deadline that has passed.
@@ -1370,17 +1376,15 @@ impl Frontend {
                 self.accept(registry, i);
             }
         }
-        while let Some(Reverse((at, key, generation))) = self.timers.peek().copied() {
+        while let Some(&(at, key)) = self.timers.first() {
             if at > now {
                 break;
             }
-            self.timers.pop();
+            self.timers.pop_first();
             let Some(conn) = self.conns.get_mut(key) else {
                 continue;
             };
-            if conn.timer_gen != generation {
-                continue;
-            }
+            conn.deadline = None;
             match conn.phase {
                 Phase::Answering { .. } if conn.head_held => {
                     self.flush(registry, key);
@@ -1480,10 +1484,10 @@ fn check_json_post(req: &Request) -> Result<(), Response> {
 /// The body as one line for the child, and its shape. A body spread over
 /// several lines is joined (newlines can only be whitespace in valid
 /// JSON), since the child reads one message per line.
-fn message_of(body: &[u8]) -> Result<(Vec<u8>, Kind), Response> {
+/// Works on the body in place: a POST's body is its message.
+fn message_of(mut line: Vec<u8>) -> Result<(Vec<u8>, Kind), Response> {
     let kind =
-        classify(body).map_err(|e: Invalid| Response::rpc_error(400, e.code(), &e.message()))?;
-    let mut line = body.trim_ascii().to_vec();
+        classify(&line).map_err(|e: Invalid| Response::rpc_error(400, e.code(), &e.message()))?;
     if memchr::memchr2(b'\n', b'\r', &line).is_some() {
         for b in &mut line {
             if *b == b'\n' || *b == b'\r' {
@@ -1491,6 +1495,15 @@ fn message_of(body: &[u8]) -> Result<(Vec<u8>, Kind), Response> {
             }
         }
     }
+    let end = line.len()
+        - line
+            .iter()
+            .rev()
+            .take_while(|b| b.is_ascii_whitespace())
+            .count();
+    line.truncate(end);
+    let start = line.iter().take_while(|b| b.is_ascii_whitespace()).count();
+    line.drain(..start);
     Ok((line, kind))
 }
 

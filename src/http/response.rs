@@ -108,24 +108,32 @@ impl Response {
     }
 }
 
-/// One SSE event as one chunk of a chunked body. `data` is one JSON line
-/// (no newline inside) or empty (a priming event).
-pub fn event(out: &mut Vec<u8>, id: Option<&str>, name: Option<&str>, data: &[u8]) {
-    let mut text = Vec::with_capacity(data.len() + 48);
-    if let Some(id) = id {
-        text.extend_from_slice(b"id: ");
-        text.extend_from_slice(id.as_bytes());
-        text.push(b'\n');
+/// One SSE event as one chunk of a chunked body, written straight into
+/// `out` (no staging copy: SSE answers are the hot path). `data` is one
+/// JSON line (no newline inside) or empty (a priming event); `id` is
+/// forkline's `STREAM-SEQ`.
+pub fn event(out: &mut Vec<u8>, id: Option<(u64, u64)>, name: Option<&str>, data: &[u8]) {
+    let len = id.map_or(0, |(stream, seq)| 6 + digits(stream) + digits(seq))
+        + name.map_or(0, |name| 8 + name.len())
+        + 6
+        + data.len()
+        + 2;
+    let mut w = ChunkHead(out);
+    let _ = write!(w, "{len:x}\r\n");
+    if let Some((stream, seq)) = id {
+        let _ = writeln!(w, "id: {stream}-{seq}");
     }
     if let Some(name) = name {
-        text.extend_from_slice(b"event: ");
-        text.extend_from_slice(name.as_bytes());
-        text.push(b'\n');
+        let _ = writeln!(w, "event: {name}");
     }
-    text.extend_from_slice(b"data: ");
-    text.extend_from_slice(data);
-    text.extend_from_slice(b"\n\n");
-    chunk(out, &text);
+    out.extend_from_slice(b"data: ");
+    out.extend_from_slice(data);
+    out.extend_from_slice(b"\n\n\r\n");
+}
+
+/// Decimal digits of `n`.
+fn digits(n: u64) -> usize {
+    n.checked_ilog10().map_or(1, |d| d as usize + 1)
 }
 
 /// An SSE comment (ignored by clients; keeps a quiet stream's connection
@@ -182,6 +190,25 @@ mod tests {
     use super::*;
 
     #[test]
+    fn every_event_chunk_says_its_own_length() {
+        for (id, name, data) in [
+            (Some((0, 0)), None, &b""[..]),
+            (Some((9, 10)), None, b"{}"),
+            (Some((123, u64::MAX)), Some("x"), b"{\"k\":1}"),
+            (None, Some("endpoint"), b"/messages?sessionId=ab"),
+            (None, None, b"[1]"),
+        ] {
+            let mut out = Vec::new();
+            event(&mut out, id, name, data);
+            let text = String::from_utf8(out).expect("utf8");
+            let (size, rest) = text.split_once("\r\n").expect("chunk head");
+            let size = usize::from_str_radix(size, 16).expect("hex");
+            assert_eq!(rest.len(), size + 2, "{text:?}");
+            assert!(rest.ends_with("\n\n\r\n"), "{text:?}");
+        }
+    }
+
+    #[test]
     fn a_json_response_has_its_length_and_an_stream_is_chunked() {
         let mut out = Vec::new();
         Response::json(200, b"{}".to_vec())
@@ -194,7 +221,7 @@ mod tests {
 
         let mut out = Vec::new();
         Response::event_stream().encode(true, &mut out);
-        event(&mut out, Some("1-2"), None, b"{\"a\":1}");
+        event(&mut out, Some((1, 2)), None, b"{\"a\":1}");
         end_of_stream(&mut out);
         let text = String::from_utf8(out).expect("utf8");
         assert!(text.contains("Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n"));

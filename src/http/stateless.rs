@@ -220,13 +220,9 @@ impl StatelessChild {
     fn forward(&mut self, conn: ConnKey, incoming: Incoming, out: &mut Vec<Delivery>) {
         let n = self.next_id;
         self.next_id += 1;
-        let ours = format!("\"fl-{n}\"");
-        let mut line = set_member(&incoming.line, "id", &ours).unwrap_or(incoming.line);
-        if matches!(self.era, Era::Handshake { .. }) {
-            // Handshake-era servers may refuse the new era's envelope
-            // (the Python SDK's do); what it says, `initialize` said.
-            line = without_envelope(&line).unwrap_or(line);
-        }
+        let handshake = matches!(self.era, Era::Handshake { .. });
+        let line =
+            for_child(&incoming.line, &format!("\"fl-{n}\""), handshake).unwrap_or(incoming.line);
         let refused = match self.peer.try_send(line) {
             Ok(()) => None,
             Err(Refused::Full) => Some("the principal's child is busy; retry"),
@@ -271,10 +267,9 @@ impl StatelessChild {
                 let Some(conn) = exchange.conn else {
                     return;
                 };
-                let mut line = set_member(&line, "id", exchange.id.as_json()).unwrap_or(line);
-                if matches!(self.era, Era::Handshake { .. }) {
-                    line = as_modern_result(&line, &exchange.method).unwrap_or(line);
-                }
+                let adapt_for =
+                    matches!(self.era, Era::Handshake { .. }).then_some(exchange.method.as_str());
+                let line = for_client(&line, exchange.id.as_json(), adapt_for).unwrap_or(line);
                 out.push(final_answer(conn, exchange.sse, exchange.head, line));
             }
             Kind::Notification { method } => self.notification(&method, line, out),
@@ -667,57 +662,89 @@ fn ours(id: &Id) -> Option<u64> {
         .ok()
 }
 
-/// `line` with its top-level member `key` set to the JSON text `value`.
-/// Members keep their bytes; their order becomes sorted.
-fn set_member(line: &[u8], key: &str, value: &str) -> Option<Vec<u8>> {
-    let mut object: BTreeMap<String, Box<RawValue>> = serde_json::from_slice(line).ok()?;
-    object.insert(
-        key.to_string(),
-        RawValue::from_string(value.to_string()).ok()?,
-    );
-    serde_json::to_vec(&object).ok()
+/// A JSON object's members, each kept as the bytes it arrived as (their
+/// order becomes sorted). What forkline changes in a message it changes
+/// through this, with one parse of each object it touches.
+struct Members(BTreeMap<String, Box<RawValue>>);
+
+impl Members {
+    fn parse(text: &[u8]) -> Option<Members> {
+        serde_json::from_slice(text).ok().map(Members)
+    }
+
+    /// The member `key`, itself an object.
+    fn object(&self, key: &str) -> Option<Members> {
+        Members::parse(self.0.get(key)?.get().as_bytes())
+    }
+
+    /// Sets `key` to the JSON text `json`.
+    fn set(&mut self, key: &str, json: String) -> Option<()> {
+        self.0
+            .insert(key.to_string(), RawValue::from_string(json).ok()?);
+        Some(())
+    }
+
+    fn set_object(&mut self, key: &str, members: &Members) -> Option<()> {
+        self.set(key, serde_json::to_string(&members.0).ok()?)
+    }
+
+    fn to_vec(&self) -> Option<Vec<u8>> {
+        serde_json::to_vec(&self.0).ok()
+    }
 }
 
-/// `line` without the stateless era's `_meta` keys
-/// (`io.modelcontextprotocol/…`), and without `_meta` if nothing else was
-/// in it; `None` when there were none.
-fn without_envelope(line: &[u8]) -> Option<Vec<u8>> {
-    let mut object: BTreeMap<String, Box<RawValue>> = serde_json::from_slice(line).ok()?;
-    let mut params: BTreeMap<String, Box<RawValue>> =
-        serde_json::from_str(object.get("params")?.get()).ok()?;
-    let mut meta: BTreeMap<String, Box<RawValue>> =
-        serde_json::from_str(params.get("_meta")?.get()).ok()?;
-    let before = meta.len();
-    meta.retain(|key, _| !key.starts_with("io.modelcontextprotocol/"));
-    if meta.len() == before {
+/// A client's request as its child gets it: under forkline's `id`, and for
+/// a handshake-era child without the new era's envelope.
+fn for_child(line: &[u8], id: &str, strip_envelope: bool) -> Option<Vec<u8>> {
+    let mut message = Members::parse(line)?;
+    message.set("id", id.to_string())?;
+    if strip_envelope {
+        // Handshake-era servers may refuse it (the Python SDK's do); what
+        // it says, `initialize` said.
+        without_envelope(&mut message);
+    }
+    message.to_vec()
+}
+
+/// A child's answer as its client gets it: under the client's `id`, and
+/// from a handshake-era child with what the new era requires of results.
+fn for_client(line: &[u8], id: &str, adapt_for: Option<&str>) -> Option<Vec<u8>> {
+    let mut message = Members::parse(line)?;
+    message.set("id", id.to_string())?;
+    if let Some(method) = adapt_for {
+        as_modern_result(&mut message, method);
+    }
+    message.to_vec()
+}
+
+/// Takes the stateless era's `_meta` keys (`io.modelcontextprotocol/…`)
+/// off a request, and `_meta` itself if nothing else was in it; `None`
+/// when there were none.
+fn without_envelope(message: &mut Members) -> Option<()> {
+    let mut params = message.object("params")?;
+    let mut meta = params.object("_meta")?;
+    let before = meta.0.len();
+    meta.0
+        .retain(|key, _| !key.starts_with("io.modelcontextprotocol/"));
+    if meta.0.len() == before {
         return None;
     }
-    if meta.is_empty() {
-        params.remove("_meta");
+    if meta.0.is_empty() {
+        params.0.remove("_meta");
     } else {
-        params.insert(
-            "_meta".into(),
-            RawValue::from_string(serde_json::to_string(&meta).ok()?).ok()?,
-        );
+        params.set_object("_meta", &meta)?;
     }
-    object.insert(
-        "params".into(),
-        RawValue::from_string(serde_json::to_string(&params).ok()?).ok()?,
-    );
-    serde_json::to_vec(&object).ok()
+    message.set_object("params", &params)
 }
 
 /// A progress notification with its `params.progressToken` set to `token`
 /// (JSON text).
 fn with_progress_token(line: &[u8], token: &str) -> Option<Vec<u8>> {
-    let mut object: BTreeMap<String, Box<RawValue>> = serde_json::from_slice(line).ok()?;
-    let params = object.get("params")?;
-    let params = set_member(params.get().as_bytes(), "progressToken", token)?;
-    object.insert(
-        "params".into(),
-        RawValue::from_string(String::from_utf8(params).ok()?).ok()?,
-    );
-    serde_json::to_vec(&object).ok()
+    let mut message = Members::parse(line)?;
+    let mut params = message.object("params")?;
+    params.set("progressToken", token.to_string())?;
+    message.set_object("params", &params)?;
+    message.to_vec()
 }
 
 /// Methods whose stateless-era result may be an `InputRequiredResult`.
@@ -737,28 +764,21 @@ const CACHEABLE: [&str; 5] = [
 /// requires: `"resultType":"complete"`, and for cacheable methods a
 /// `ttlMs` of 0 and a `private` scope (the child is one principal's, and
 /// forkline cannot know how long the answer holds). `None` when nothing
-/// is missing or the line has no result.
-fn as_modern_result(line: &[u8], method: &str) -> Option<Vec<u8>> {
-    let mut object: BTreeMap<String, Box<RawValue>> = serde_json::from_slice(line).ok()?;
-    let result = object.get("result")?;
-    let mut members: BTreeMap<String, Box<RawValue>> = serde_json::from_str(result.get()).ok()?;
+/// is missing or the message has no result.
+fn as_modern_result(message: &mut Members, method: &str) -> Option<()> {
+    let mut result = message.object("result")?;
     let mut missing = vec![("resultType", "\"complete\"")];
     if CACHEABLE.contains(&method) {
         missing.extend([("ttlMs", "0"), ("cacheScope", "\"private\"")]);
     }
-    let mut changed = false;
-    for (key, value) in missing {
-        if !members.contains_key(key) {
-            members.insert(key.into(), RawValue::from_string(value.into()).ok()?);
-            changed = true;
-        }
-    }
-    if !changed {
+    missing.retain(|(key, _)| !result.0.contains_key(*key));
+    if missing.is_empty() {
         return None;
     }
-    let result = serde_json::to_string(&members).ok()?;
-    object.insert("result".into(), RawValue::from_string(result).ok()?);
-    serde_json::to_vec(&object).ok()
+    for (key, value) in missing {
+        result.set(key, value.to_string())?;
+    }
+    message.set_object("result", &result)
 }
 
 /// A `server/discover` result made from an adapted child's answer to our
@@ -966,7 +986,7 @@ mod tests {
     #[test]
     fn ids_are_swapped_and_members_keep_their_bytes() {
         let line = br#"{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"n":1.50}}"#;
-        let swapped = set_member(line, "id", "\"fl-3\"").expect("rewritten");
+        let swapped = for_child(line, "\"fl-3\"", false).expect("rewritten");
         let text = String::from_utf8(swapped).expect("utf8");
         assert!(text.contains(r#""id":"fl-3""#), "{text}");
         assert!(text.contains(r#""params":{"n":1.50}"#), "{text}");
@@ -982,18 +1002,25 @@ mod tests {
 
     #[test]
     fn handshake_results_get_what_the_stateless_era_requires_once() {
-        let line = br#"{"jsonrpc":"2.0","id":1,"result":{"tools":[]}}"#;
-        let typed = as_modern_result(line, "tools/list").expect("added");
+        let line = br#"{"jsonrpc":"2.0","id":"fl-1","result":{"tools":[]}}"#;
+        let typed = for_client(line, "1", Some("tools/list")).expect("added");
         let value: Value = serde_json::from_slice(&typed).expect("json");
+        assert_eq!(value["id"], 1);
         assert_eq!(value["result"]["resultType"], "complete");
         assert_eq!(value["result"]["ttlMs"], 0);
         assert_eq!(value["result"]["cacheScope"], "private");
-        assert!(as_modern_result(&typed, "tools/list").is_none());
-        let call = as_modern_result(br#"{"jsonrpc":"2.0","id":1,"result":{}}"#, "tools/call")
-            .expect("added");
+        let mut again = Members::parse(&typed).expect("object");
+        assert!(as_modern_result(&mut again, "tools/list").is_none());
+        let call = for_client(
+            br#"{"jsonrpc":"2.0","id":1,"result":{}}"#,
+            "1",
+            Some("tools/call"),
+        )
+        .expect("added");
         let value: Value = serde_json::from_slice(&call).expect("json");
         assert!(value["result"].get("ttlMs").is_none());
-        assert!(as_modern_result(br#"{"jsonrpc":"2.0","id":1,"error":{}}"#, "ping").is_none());
+        let mut error = Members::parse(br#"{"jsonrpc":"2.0","id":1,"error":{}}"#).expect("object");
+        assert!(as_modern_result(&mut error, "ping").is_none());
     }
 
     #[test]
@@ -1018,7 +1045,8 @@ mod tests {
     fn the_new_eras_envelope_is_taken_off_for_old_servers() {
         let line = br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"e","_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28","progressToken":7}}}"#;
         let bare: Value =
-            serde_json::from_slice(&without_envelope(line).expect("stripped")).expect("json");
+            serde_json::from_slice(&for_child(line, "\"fl-1\"", true).expect("stripped"))
+                .expect("json");
         assert_eq!(
             bare["params"]["_meta"],
             serde_json::json!({"progressToken": 7})
@@ -1026,9 +1054,11 @@ mod tests {
         assert_eq!(bare["params"]["name"], "e");
         let only = br#"{"jsonrpc":"2.0","id":1,"method":"ping","params":{"_meta":{"io.modelcontextprotocol/clientInfo":{}}}}"#;
         let bare: Value =
-            serde_json::from_slice(&without_envelope(only).expect("stripped")).expect("json");
+            serde_json::from_slice(&for_child(only, "1", true).expect("stripped")).expect("json");
         assert!(bare["params"].get("_meta").is_none());
-        assert!(without_envelope(br#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#).is_none());
+        let mut plain =
+            Members::parse(br#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#).expect("object");
+        assert!(without_envelope(&mut plain).is_none());
     }
 
     #[test]
