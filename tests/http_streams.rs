@@ -387,3 +387,36 @@ fn a_last_event_id_no_longer_held_ends_the_stream_after_a_comment() {
         "messages on a stream that could not be resumed: {rest:?}"
     );
 }
+
+// ---- bounds ------------------------------------------------------------------
+
+#[test]
+fn messages_for_a_get_stream_not_open_are_held_up_to_the_bound_and_the_oldest_go() {
+    // The bound is 256 events a session (README, `serve --http`).
+    let forkline = serve();
+    let session = McpSession::open(http_addr(&forkline));
+    let sent: Vec<Value> = (0..300).map(|i| log_message(&format!("n{i}"))).collect();
+    emit(&session, "flood", sent);
+    let mut stream = session.open_get();
+    let held = drain_to_marker(&session, &mut stream, "after");
+    assert_eq!(held.len(), 256, "what the buffer held");
+    assert!(is_log(&held[0], "n44"), "the oldest 44 went: {}", held[0]);
+    assert!(is_log(&held[255], "n299"), "{}", held[255]);
+}
+
+#[test]
+fn connections_past_the_bound_get_503() {
+    // --max-sessions 1: the front end holds at most 64 connections.
+    let forkline = serve_http(&["--max-sessions", "1"], &[]);
+    let addr = http_addr(&forkline);
+    let held: Vec<HttpConn> = (0..64).map(|_| HttpConn::connect(addr)).collect();
+    // The next one is told why, without sending anything.
+    let refused = HttpConn::connect(addr).read_response();
+    assert_eq!(refused.status, 503, "{refused}");
+    assert!(refused.header("Retry-After").is_some(), "{refused}");
+    assert_error_body(&refused, -32001);
+    // Those within the bound are served.
+    let mut within = held.into_iter().next().expect("a held connection");
+    let body = initialize_body(json!(1), "2025-06-18");
+    within.request(&mcp_post_json(&body)).assert_status(200);
+}

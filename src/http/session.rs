@@ -207,7 +207,7 @@ impl HttpSession {
             stream.delivered = seq;
         }
         let mut out = Vec::new();
-        response::event(&mut out, Some(&format!("{n}-{seq}")), None, b"");
+        response::event(&mut out, Some((n, seq)), None, b"");
         out
     }
 
@@ -239,7 +239,10 @@ impl HttpSession {
                 done: true,
             });
         };
-        if stream.lost_upto > after {
+        // A resume from before what the log still holds cannot be served;
+        // a first GET takes what is left (what was pushed out is counted
+        // in `dropped_unread` and logged).
+        if from.is_some() && stream.lost_upto > after {
             response::comment(
                 &mut out,
                 "events after that id are no longer held (replay buffer exceeded)",
@@ -515,7 +518,7 @@ fn write_event(out: &mut Vec<u8>, legacy: bool, stream: StreamNo, seq: u64, line
     if legacy {
         response::event(out, None, Some("message"), line);
     } else {
-        response::event(out, Some(&format!("{stream}-{seq}")), None, line);
+        response::event(out, Some((stream, seq)), None, line);
     }
 }
 
