@@ -592,3 +592,28 @@ fn during_the_shutdown_grace_a_new_session_gets_503() {
     let response = conn.request(&mcp_post_json(&initialize_body(json!(2), "2025-06-18")));
     assert_503(&response, "initialize during the shutdown grace");
 }
+
+#[test]
+fn a_session_whose_child_stops_reading_refuses_more_with_503_not_memory() {
+    let forkline = serve_http(&[], &fake_server(&["--initialize"]));
+    let session = McpSession::open(http_addr(&forkline));
+    let reply = session.call(json!(1), "fake/stop-reading", json!({}));
+    assert_eq!(reply["id"], 1, "{reply}");
+    // The child reads nothing more: its socket, the worker's 32 KiB and
+    // the session's inbox of 128 messages fill, then POSTs are refused.
+    let pad = "x".repeat(4096);
+    let mut refused = None;
+    for i in 0..2000 {
+        let note = rpc_notification("notifications/pad", json!({"i": i, "pad": pad}));
+        let response = session.post_json(&note);
+        if response.status == 503 {
+            refused = Some((i, response));
+            break;
+        }
+        response.assert_status(202);
+    }
+    let (i, response) = refused.expect("a full session refuses POSTs");
+    assert!(response.header("Retry-After").is_some(), "{response}");
+    assert_error_body(&response, -32001);
+    assert!(i > 128, "refused only past the inbox: after {i}");
+}
