@@ -103,6 +103,12 @@ pub struct ServeArgs {
     /// reach it can list and end sessions: firewall it)
     #[arg(long = "admin-allow-remote", requires = "admin")]
     pub admin_allow_remote: bool,
+    /// This node's name, the first field of every HTTP session id
+    /// (ID.<random>), so a load balancer can send a session to the node
+    /// that holds its child: letters, digits and `-`, at most 32.
+    /// Default: the short host name, made valid
+    #[arg(long = "node-id", value_name = "ID", value_parser = crate::http::node::NodeId::parse)]
+    pub node_id: Option<crate::http::node::NodeId>,
     #[command(flatten)]
     pub limits: LimitArgs,
     #[command(flatten)]
@@ -292,6 +298,10 @@ impl ServeArgs {
             record: self.record.to_recorder()?,
             prespawn: self.prespawn,
             admin: self.admin,
+            node_id: self
+                .node_id
+                .clone()
+                .unwrap_or_else(crate::http::node::NodeId::from_host_name),
         })
     }
 }
@@ -705,6 +715,19 @@ mod tests {
                 clap::error::ErrorKind::UnknownArgument,
                 "{argv:?}: {err}"
             );
+        }
+    }
+
+    #[test]
+    fn node_ids_are_checked_by_the_flag_and_default_to_a_valid_name() {
+        let config = parse_serve(&["forkline", "serve", "--node-id", "forkline-0"]);
+        assert_eq!(config.node_id.as_str(), "forkline-0");
+        let config = parse_serve(&["forkline", "serve"]);
+        assert!(crate::http::node::NodeId::parse(config.node_id.as_str()).is_ok());
+        for bad in ["a.b", "", "x_y", &"n".repeat(33)] {
+            let err = Cli::try_parse_from(["forkline", "serve", "--node-id", bad]).expect_err(bad);
+            assert_eq!(err.kind(), clap::error::ErrorKind::ValueValidation, "{err}");
+            assert!(err.to_string().contains("--node-id"), "{err}");
         }
     }
 

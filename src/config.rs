@@ -106,6 +106,8 @@ pub struct ServeConfig {
     /// `--admin ADDR`: where `/metrics`, `/sessions` and `/healthz` are
     /// served (checked to be loopback unless `--admin-allow-remote`).
     pub admin: Option<std::net::SocketAddr>,
+    /// `--node-id`: the first field of every HTTP session id (scale-out).
+    pub node_id: crate::http::node::NodeId,
 }
 
 /// Everything `stdio` needs.
