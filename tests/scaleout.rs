@@ -10,8 +10,9 @@
 //! the child), also after HAProxy is restarted mid-run; a draining node
 //! takes no new sessions and answers what it has in flight; a killed
 //! node's sessions get 404 and the others go on; stateless-era requests of
-//! one principal always reach one node; and a node answers 404 for a
-//! session id naming another node, whatever else the request says.
+//! one principal always reach one node; a node's own 503 (a busy session)
+//! passes the balancer unchanged; and a node answers 404 for a session id
+//! naming another node, whatever else the request says.
 //!
 //! HAProxy comes from Debian's package (`.ci/setup-haproxy`, run by
 //! `.ci/setup-sdk`). Without it these tests pass with a notice on a
@@ -141,14 +142,21 @@ fn haproxy_binary() -> Option<PathBuf> {
 impl Haproxy {
     /// Starts HAProxy in front of `nodes` on a free loopback port.
     fn start(binary: &Path, nodes: &[Node]) -> Haproxy {
-        let mut env = Vec::new();
         for (n, node) in nodes.iter().enumerate() {
             assert_eq!(node.id, NODES[n], "nodes in the recipe's order");
-            env.push((format!("FORKLINE_{n}"), node.http.to_string()));
-            env.push((
-                format!("FORKLINE_{n}_ADMIN_PORT"),
-                node.admin.port().to_string(),
-            ));
+        }
+        let servers: Vec<(SocketAddr, u16)> =
+            nodes.iter().map(|n| (n.http, n.admin.port())).collect();
+        Haproxy::start_for(binary, &servers)
+    }
+
+    /// Starts HAProxy with the recipe's servers at `servers` (HTTP
+    /// address, admin port), in the recipe's order.
+    fn start_for(binary: &Path, servers: &[(SocketAddr, u16)]) -> Haproxy {
+        let mut env = Vec::new();
+        for (n, (http, admin)) in servers.iter().enumerate() {
+            env.push((format!("FORKLINE_{n}"), http.to_string()));
+            env.push((format!("FORKLINE_{n}_ADMIN_PORT"), admin.to_string()));
         }
         // A port found free may be taken before HAProxy binds it: a few
         // tries, each with a new port.
@@ -705,6 +713,104 @@ fn a_session_no_live_node_holds_gets_404_from_the_balancer_and_never_reaches_a_n
     );
     let after: Vec<usize> = cluster.nodes.iter().map(|n| n.sessions().len()).collect();
     assert_eq!(before, after, "no session was started for these requests");
+}
+
+/// A stand-in node: `GET /healthz` is 200, anything else 503 with
+/// `Retry-After` and a -32001 body, as a forkline answers for a busy
+/// session. One connection at a time, each closed after its answer;
+/// serves until dropped (or for a minute at most).
+struct BusyNode {
+    addr: SocketAddr,
+    stop: Option<mpsc::Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl BusyNode {
+    fn start() -> BusyNode {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        listener.set_nonblocking(true).expect("nonblocking");
+        let addr = listener.local_addr().expect("addr");
+        let (stop, stopped) = mpsc::channel::<()>();
+        let thread = thread::spawn(move || {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while Instant::now() < deadline {
+                match listener.accept() {
+                    Ok((stream, _)) => BusyNode::answer(stream),
+                    Err(_) => match stopped.recv_timeout(Duration::from_millis(5)) {
+                        Err(mpsc::RecvTimeoutError::Timeout) => {}
+                        _ => return,
+                    },
+                }
+            }
+        });
+        BusyNode {
+            addr,
+            stop: Some(stop),
+            thread: Some(thread),
+        }
+    }
+
+    fn answer(stream: TcpStream) {
+        let _ = stream.set_nonblocking(false);
+        let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+        let mut reader = BufReader::new(&stream);
+        let mut first = String::new();
+        if reader.read_line(&mut first).is_err() {
+            return;
+        }
+        let mut length = 0;
+        loop {
+            let mut line = String::new();
+            if reader.read_line(&mut line).unwrap_or(0) == 0 || line.trim().is_empty() {
+                break;
+            }
+            if let Some((name, value)) = line.split_once(':') {
+                if name.eq_ignore_ascii_case("content-length") {
+                    length = value.trim().parse().unwrap_or(0);
+                }
+            }
+        }
+        let mut body = vec![0; length];
+        let _ = std::io::Read::read_exact(&mut reader, &mut body);
+        let answer = if first.starts_with("GET /healthz ") {
+            "HTTP/1.1 200 OK\r\nContent-Length: 3\r\nConnection: close\r\n\r\nok\n".to_string()
+        } else {
+            let body = r#"{"jsonrpc":"2.0","id":null,"error":{"code":-32001,"message":"the session is busy; retry"}}"#;
+            format!(
+                "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: 1\r\n\
+                 Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            )
+        };
+        let _ = (&stream).write_all(answer.as_bytes());
+    }
+}
+
+impl Drop for BusyNode {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+#[test]
+fn a_nodes_own_503_passes_the_balancer_unchanged() {
+    let Some(haproxy) = haproxy_binary() else {
+        return;
+    };
+    let busy = BusyNode::start();
+    let servers = vec![(busy.addr, busy.addr.port()); NODES.len()];
+    let lb = Haproxy::start_for(&haproxy, &servers);
+    let post = mcp_post_json(&rpc_request(json!(1), "ping", json!({}))).header(
+        "Mcp-Session-Id",
+        "forkline-0.0123456789abcdef0123456789abcdef",
+    );
+    let response = request(lb.addr, &post);
+    assert_eq!(response.status, 503, "{response}");
+    assert_eq!(response.header("Retry-After"), Some("1"), "{response}");
+    assert_eq!(response.json()["error"]["code"], -32001, "{response}");
 }
 
 // ---- the stateless era ----------------------------------------------------------
