@@ -158,8 +158,7 @@ impl Tap for Tape {
                 return;
             }
         };
-        let mut command = vec![start.command.program.display().to_string()];
-        command.extend(start.command.args.iter().cloned());
+        let command = start.command.shown();
         // By hand rather than through a map, so `type` comes first and a
         // person reading the file sees the fields in a sensible order.
         let record = format!(
@@ -353,10 +352,7 @@ mod tests {
     fn a_tape_holds_start_messages_as_they_went_and_end() {
         let dir = temp_dir("whole");
         let recorder = Recorder::open(&dir.join("nested")).expect("recorder");
-        let command = ChildCommand {
-            program: "srv".into(),
-            args: vec!["a b".into()],
-        };
+        let command = ChildCommand::new("srv", vec!["a b".into()]);
         let mut tape = recorder.tape(SessionId(4), "tcp");
         tape.start(&Start {
             id: SessionId(4),
