@@ -156,6 +156,12 @@ pub struct ServeArgs {
     /// line win over the file, for every server; SIGHUP re-reads it
     #[arg(long = "config", value_name = "FILE", conflicts_with = "command")]
     pub config: Option<PathBuf>,
+    /// This node's name, the first field of every HTTP session id
+    /// (ID.<random>), so a load balancer can send a session to the node
+    /// that holds its child: letters, digits and `-`, at most 32.
+    /// Default: the short host name, made valid
+    #[arg(long = "node-id", value_name = "ID", value_parser = crate::http::node::NodeId::parse)]
+    pub node_id: Option<crate::http::node::NodeId>,
     #[command(flatten)]
     pub limits: LimitArgs,
     #[command(flatten)]
@@ -335,6 +341,10 @@ impl ServeArgs {
             allowed_origins: self.allow_origin.clone(),
         };
         let record = self.record.to_recorder()?;
+        let node_id = self
+            .node_id
+            .clone()
+            .unwrap_or_else(crate::http::node::NodeId::from_host_name);
         if let Some(path) = &self.config {
             let source = ConfigSource {
                 path: path.clone(),
@@ -353,6 +363,7 @@ impl ServeArgs {
                 record,
                 admin: loaded.admin,
                 source: Some(source),
+                node_id,
             });
         }
         if listen.is_empty() && self.http.is_empty() {
@@ -384,6 +395,7 @@ impl ServeArgs {
             record,
             admin: self.admin,
             source: None,
+            node_id,
         })
     }
 
@@ -707,6 +719,19 @@ mod tests {
                 clap::error::ErrorKind::UnknownArgument,
                 "{argv:?}: {err}"
             );
+        }
+    }
+
+    #[test]
+    fn node_ids_are_checked_by_the_flag_and_default_to_a_valid_name() {
+        let config = parse_serve(&["forkline", "serve", "--node-id", "forkline-0"]);
+        assert_eq!(config.node_id.as_str(), "forkline-0");
+        let config = parse_serve(&["forkline", "serve"]);
+        assert!(crate::http::node::NodeId::parse(config.node_id.as_str()).is_ok());
+        for bad in ["a.b", "", "x_y", &"n".repeat(33)] {
+            let err = Cli::try_parse_from(["forkline", "serve", "--node-id", bad]).expect_err(bad);
+            assert_eq!(err.kind(), clap::error::ErrorKind::ValueValidation, "{err}");
+            assert!(err.to_string().contains("--node-id"), "{err}");
         }
     }
 

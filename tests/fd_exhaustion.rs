@@ -49,6 +49,7 @@ fn accept_out_of_descriptors_refuses_every_waiting_connection_with_a_line() {
         record: None,
         admin: None,
         source: None,
+        node_id: forkline::http::node::NodeId::parse("fd-test").expect("valid"),
     };
     let server = std::thread::spawn(move || forkline::net::acceptor::serve(config));
     assert!(

@@ -64,7 +64,7 @@ fn initialize_answers_json_with_a_fresh_session_id() {
             .unwrap_or_else(|| panic!("no Mcp-Session-Id: {response}"));
         assert!(
             is_session_id(id),
-            "session id {id:?} is not 32 lowercase hex characters"
+            "session id {id:?} is not NODE.<32 lowercase hex characters>"
         );
         assert!(
             ids.insert(id.to_string()),

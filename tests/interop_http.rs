@@ -45,6 +45,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use common::http::is_session_id;
 use common::interop::{descendants, drain, join_within, sdk_python, skip_unless_ci};
 use common::*;
 use serde_json::Value;
@@ -650,16 +651,13 @@ impl Report {
         );
     }
 
-    /// forkline assigned a session id of 32 lowercase hex characters
-    /// (HTTP-CONTRACT.md, POST /mcp).
+    /// forkline assigned a session id `NODE.<32 lowercase hex characters>`
+    /// (HTTP-CONTRACT.md, POST /mcp; PRODUCT.md, Scale-out).
     fn session_id(&self) -> &str {
         let id = self.str("session_id");
         assert!(
-            id.len() == 32
-                && id
-                    .bytes()
-                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)),
-            "session id {id:?} is not 32 lowercase hex characters\n{}",
+            is_session_id(id),
+            "session id {id:?} is not NODE.<32 lowercase hex characters>\n{}",
             self.context
         );
         id

@@ -212,6 +212,8 @@ pub struct ServeConfig {
     pub admin: Option<std::net::SocketAddr>,
     /// `--config FILE`, which SIGHUP re-reads; `None` without one.
     pub source: Option<ConfigSource>,
+    /// `--node-id`: the first field of every HTTP session id (scale-out).
+    pub node_id: crate::http::node::NodeId,
 }
 
 impl ServeConfig {

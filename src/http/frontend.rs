@@ -23,6 +23,7 @@ use slab::Slab;
 
 use crate::error::Error;
 use crate::http::conn::{self, Conn, Phase};
+use crate::http::node::NodeId;
 use crate::http::request::{self, Malformed, Parsed, Request};
 use crate::http::response::{self, Response};
 use crate::http::security::{self, Access, NoToken, Principal};
@@ -119,6 +120,8 @@ pub struct Frontend {
     ready_rx: Receiver<usize>,
     waker: Arc<Waker>,
     access: Access,
+    /// The first field of every session id minted here.
+    node: NodeId,
     max_body: usize,
     max_conns: usize,
     draining: bool,
@@ -242,6 +245,7 @@ impl Frontend {
         access: Access,
         max_body: usize,
         max_sessions: usize,
+        node: NodeId,
     ) -> Result<Frontend, Error> {
         let mut listeners = Vec::with_capacity(addrs.len());
         for (i, addr) in addrs.iter().enumerate() {
@@ -274,6 +278,7 @@ impl Frontend {
             ready_rx,
             waker,
             access,
+            node,
             max_body,
             // Clients keep a few connections per session (a GET stream,
             // POSTs in flight); past this, new ones get 503.
@@ -569,6 +574,20 @@ impl Frontend {
                 .header("Access-Control-Allow-Headers", ALLOWED_HEADERS)
                 .header("Access-Control-Max-Age", "86400");
             return self.respond(registry, key, r);
+        }
+        // A session id whose node field names another node is not here,
+        // whatever else the request says: 404, which tells an SDK to start
+        // a new session (a balancer that lost track of the node may send
+        // it anywhere). Checked before the token: which node holds a
+        // session is no secret, it is the id's first field. An id with no
+        // node field is no node's and goes the usual way (token, then 404).
+        let claimed = match endpoint {
+            Endpoint::Mcp => req.header("mcp-session-id"),
+            Endpoint::Messages => req.query_param("sessionId"),
+            Endpoint::Sse => None,
+        };
+        if claimed.is_some_and(|id| self.node.names_other_node(id)) {
+            return self.respond(registry, key, unknown_session());
         }
         let principal = match self.access.authenticate(req.header("authorization")) {
             Ok(principal) => principal,
@@ -1123,7 +1142,7 @@ impl Frontend {
         let Some(peer) = self.conns.get(key).map(|c| c.peer) else {
             return Err(refused("connection gone"));
         };
-        let id = security::new_session_id().map_err(|e| {
+        let id = security::new_session_id(&self.node).map_err(|e| {
             warn!("no random session id: {e}");
             Response::rpc_error(500, code::SESSION_REFUSED, "cannot make a session id")
         })?;

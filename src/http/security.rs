@@ -1,6 +1,7 @@
 //! Who may talk to the HTTP listener: the `Origin` rule (the defence
 //! against DNS rebinding), bearer tokens from `--auth-token-file`, and the
-//! unguessable session ids that stand for a session afterwards.
+//! unguessable session ids that stand for a session afterwards (prefixed
+//! with the node that minted them, see `http::node`).
 
 use std::fmt::Write as _;
 use std::io;
@@ -8,6 +9,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use crate::error::Error;
+use crate::http::node::NodeId;
 
 /// The principal a request authenticated as: a name from the token file.
 pub type Principal = Arc<str>;
@@ -119,9 +121,16 @@ fn parse_tokens(text: &str) -> Result<Vec<(Principal, String)>, String> {
     Ok(tokens)
 }
 
-/// A fresh session id: 128 bits from the kernel's random source, as 32
-/// lowercase hex digits (visible ASCII, safe in a header and a URL).
-pub fn new_session_id() -> io::Result<String> {
+/// A fresh session id, `NODE.<random>`: this node's id, a `.`, then
+/// [`random_hex`]. The random part alone makes it unguessable; the node
+/// field lets a balancer route on it.
+pub fn new_session_id(node: &NodeId) -> io::Result<String> {
+    Ok(format!("{node}.{}", random_hex()?))
+}
+
+/// 128 bits from the kernel's random source, as 32 lowercase hex digits
+/// (visible ASCII, safe in a header and a URL).
+pub fn random_hex() -> io::Result<String> {
     let mut bytes = [0u8; 16];
     let mut filled = 0;
     while filled < bytes.len() {
@@ -137,11 +146,11 @@ pub fn new_session_id() -> io::Result<String> {
         }
         filled += n as usize;
     }
-    let mut id = String::with_capacity(32);
+    let mut hex = String::with_capacity(32);
     for b in bytes {
-        let _ = write!(id, "{b:02x}");
+        let _ = write!(hex, "{b:02x}");
     }
-    Ok(id)
+    Ok(hex)
 }
 
 #[cfg(test)]
@@ -213,14 +222,18 @@ mod tests {
     }
 
     #[test]
-    fn session_ids_are_32_hex_digits_and_differ() {
-        let a = new_session_id().expect("random");
-        let b = new_session_id().expect("random");
-        assert_eq!(a.len(), 32);
+    fn session_ids_are_the_node_and_32_hex_digits_and_differ() {
+        let node = NodeId::parse("forkline-2").expect("valid");
+        let a = new_session_id(&node).expect("random");
+        let b = new_session_id(&node).expect("random");
+        let random = a.strip_prefix("forkline-2.").expect("the node field first");
+        assert_eq!(random.len(), 32);
         assert!(
-            a.bytes()
+            random
+                .bytes()
                 .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())
         );
+        assert!(!node.names_other_node(&a));
         assert_ne!(a, b);
     }
 }

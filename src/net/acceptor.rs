@@ -146,6 +146,7 @@ pub fn serve(config: ServeConfig) -> Result<(), Error> {
             proxy.config.access.clone(),
             ServeConfig::max_message_bytes(&proxy.config.servers),
             max_sessions,
+            proxy.config.node_id.clone(),
         )?;
         let metrics = Arc::clone(&proxy.metrics);
         http.count_refusals(Box::new(move |reason| metrics.refused(reason)));
@@ -178,6 +179,9 @@ pub fn serve(config: ServeConfig) -> Result<(), Error> {
         );
     }
     // Written whatever the log level: scripts and tests read these lines.
+    // The node id first: an operator matching a balancer's server names
+    // to nodes needs it even when it was not given (the host name's).
+    eprintln!("forkline: node {}", proxy.config.node_id);
     for (_, raw) in &listeners {
         print_listener(raw, named);
     }

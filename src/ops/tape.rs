@@ -72,7 +72,7 @@ impl Recorder {
             std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false)),
         )
         .map_err(unusable)?;
-        let run = crate::http::security::new_session_id().map_err(unusable)?[..12].to_string();
+        let run = crate::http::security::random_hex().map_err(unusable)?[..12].to_string();
         let probe = dir.join(format!(".forkline-probe-{run}"));
         OpenOptions::new()
             .write(true)

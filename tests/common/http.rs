@@ -908,10 +908,17 @@ pub fn assert_error_body(response: &Response, code: i64) -> String {
         .to_string()
 }
 
-/// True if `id` is 32 lowercase hex characters.
+/// True if `id` is a session id as forkline mints them: `NODE.<random>`,
+/// a node id (letters, digits, `-`; 1 to 32) and 32 lowercase hex
+/// characters (PRODUCT.md, Scale-out).
 pub fn is_session_id(id: &str) -> bool {
-    id.len() == 32
-        && id
+    let Some((node, random)) = id.split_once('.') else {
+        return false;
+    };
+    (1..=32).contains(&node.len())
+        && node.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        && random.len() == 32
+        && random
             .bytes()
             .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
