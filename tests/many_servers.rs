@@ -120,6 +120,31 @@ fn env_of(session: &McpSession, vars: &[&str]) -> Value {
     session.call(json!("env"), "fake/env", json!({"vars": vars}))["result"].clone()
 }
 
+/// `fake/env` as a stateless-era request (no session) to `path`: the
+/// principal's child's pid and `WHO`.
+fn stateless_env(addr: SocketAddr, path: &str) -> (u64, String) {
+    let body = json!({
+        "jsonrpc": "2.0", "id": "env", "method": "fake/env",
+        "params": {"vars": ["WHO"], "_meta": {
+            "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+            "io.modelcontextprotocol/clientInfo": {"name": "t", "version": "1"},
+            "io.modelcontextprotocol/clientCapabilities": {}}}
+    });
+    let response = request(
+        addr,
+        &Request::post(path)
+            .header("Accept", ACCEPT_BOTH)
+            .header("MCP-Protocol-Version", "2026-07-28")
+            .header("Mcp-Method", "fake/env")
+            .json(&body),
+    );
+    response.assert_status(200);
+    let result = response.json()["result"].clone();
+    let pid = result["pid"].as_u64().expect("pid");
+    let who = result["vars"]["WHO"].as_str().expect("WHO").to_string();
+    (pid, who)
+}
+
 fn who(session: &McpSession) -> String {
     env_of(session, &["WHO"])["vars"]["WHO"]
         .as_str()
@@ -368,6 +393,8 @@ fn sighup_adds_changes_and_removes_servers_while_their_sessions_go_on() {
     let mut old_raw = Client::tcp(beta_tcp);
     let old_raw_pid = old_raw.fake_env(1).pid;
     let (alpha_pid, beta_pid) = (old_alpha.child_pid(), old_beta.child_pid());
+    let (stateless_pid, stateless_who) = stateless_env(served.addr(), "/servers/alpha/mcp");
+    assert_eq!(stateless_who, "alpha-1");
 
     // alpha changes, beta goes, gamma comes with a listener of its own.
     let mut gamma = fake_entry("gamma");
@@ -392,6 +419,15 @@ fn sighup_adds_changes_and_removes_servers_while_their_sessions_go_on() {
     assert_eq!(who(&served.session("alpha")), "alpha-2");
     assert_eq!(who(&served.session("gamma")), "gamma");
     served.initialize("/servers/beta/mcp").assert_status(404);
+    // A stateless principal's child of the changed server is replaced: the
+    // old one had nothing in flight, so it ends.
+    let (pid, who_now) = stateless_env(served.addr(), "/servers/alpha/mcp");
+    assert_eq!(who_now, "alpha-2");
+    assert_ne!(pid, stateless_pid);
+    assert!(
+        poll_until(PATIENCE, || !pid_alive(stateless_pid as u32)),
+        "the replaced stateless child {stateless_pid} still runs"
+    );
     assert!(
         TcpStream::connect(beta_tcp).is_err(),
         "the removed server's listener is closed"
@@ -424,7 +460,8 @@ fn sighup_adds_changes_and_removes_servers_while_their_sessions_go_on() {
         .filter_map(|s| s["name"].as_str())
         .collect();
     assert_eq!(names, ["alpha", "gamma"], "{servers}");
-    assert_eq!(servers[0]["sessions"], 2, "{servers}");
+    // alpha: the old session, a new one, the stateless principal's child.
+    assert_eq!(servers[0]["sessions"], 3, "{servers}");
 
     // A file that does not check out is refused; the settings stay.
     let verdict = served.reload(r#"{"mcpServers": {"alpha": {"args": []}}}"#);

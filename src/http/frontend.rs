@@ -852,8 +852,10 @@ impl Frontend {
             ),
             progress_token,
         };
-        let slot = match self.by_principal.get(&principal_key) {
-            Some(&slot) => slot,
+        let current = self.by_principal.get(&principal_key).copied();
+        let current = current.filter(|&slot| self.still_current(slot, &principal_key, at));
+        let slot = match current {
+            Some(slot) => slot,
             None => match self.start_child(principal_key, principal, at, peer, &incoming, admit) {
                 Ok(slot) => slot,
                 Err(r) => return self.respond(registry, key, r),
@@ -870,6 +872,29 @@ impl Frontend {
         let mut out = Vec::new();
         self.children[slot].session.request(key, incoming, &mut out);
         self.deliver(registry, out);
+    }
+
+    /// Whether the principal's child `slot` runs the server `at` names as
+    /// it is now. One started before a reload changed its server is let
+    /// go: the principal's next child gets the new settings, and the old
+    /// one ends at once if it has nothing in flight, else when it idles out.
+    fn still_current(&mut self, slot: usize, principal_key: &str, at: &Mount) -> bool {
+        let Some(live) = self.children.get_mut(slot) else {
+            return false;
+        };
+        if Arc::ptr_eq(&live.server, &at.server) {
+            return true;
+        }
+        info!(
+            "[{}] stateless child of {principal_key} runs settings a reload replaced; \
+             the next request starts a new one",
+            live.table_id
+        );
+        if live.session.is_idle() {
+            live.session.peer.end_input();
+        }
+        self.by_principal.remove(principal_key);
+        false
     }
 
     /// Starts the child of a principal that has none of this server.
@@ -1264,7 +1289,10 @@ impl Frontend {
         self.deliver(registry, turn.out);
         if turn.ended {
             let live = self.children.remove(slot);
-            self.by_principal.remove(&live.session.principal);
+            // Unless a reload already mapped the principal to a new child.
+            if self.by_principal.get(&live.session.principal) == Some(&slot) {
+                self.by_principal.remove(&live.session.principal);
+            }
             debug!(
                 "[{}] stateless child of {} gone",
                 live.table_id, live.session.principal
