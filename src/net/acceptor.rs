@@ -735,7 +735,7 @@ fn run_session(
         &shared,
         client,
         |pid| slot.set_child_pid(pid),
-        taps(proxy, &slot, transport),
+        taps(proxy, server, &slot, transport),
     );
     slot.forget_client_fd();
     // The slot goes last: once it is free, the acceptor may admit the next
@@ -836,19 +836,24 @@ fn run_channel_session(
         &shared,
         ClientSide::Channels(channels),
         |pid| slot.set_child_pid(pid),
-        taps(proxy, &slot, transport),
+        taps(proxy, server, &slot, transport),
     );
     drop(slot);
 }
 
 /// What watches the session: its tape with `--record`, and with `--admin`
 /// its metrics (which pass everything on to the tape).
-fn taps(proxy: &Proxy, slot: &Slot, transport: &'static str) -> Option<Box<dyn Tap + Send>> {
+fn taps(
+    proxy: &Proxy,
+    server: &Server,
+    slot: &Slot,
+    transport: &'static str,
+) -> Option<Box<dyn Tap + Send>> {
     let tape = proxy
         .config
         .record
         .as_ref()
-        .map(|recorder| recorder.tape(slot.id(), transport));
+        .map(|recorder| recorder.tape(slot.id(), transport, Some(server.name())));
     if proxy.config.admin.is_none() {
         return tape;
     }
