@@ -6,9 +6,17 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{ArgAction, Args, Parser, Subcommand};
+use clap::parser::ValueSource;
+use clap::{ArgAction, ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 
-use crate::config::{ChildCommand, ConnectAddr, Limits, ListenAddr, ServeConfig, StdioConfig};
+use crate::config::values::{
+    parse_at_least_one, parse_bytes, parse_count, parse_idle_timeout, parse_seconds,
+    parse_socket_addr,
+};
+use crate::config::{
+    ChildCommand, ConfigSource, ConnectAddr, DEFAULT_SERVER, LimitSettings, Limits, ListenAddr,
+    Overrides, ServeConfig, ServerSpec, StdioConfig, file,
+};
 use crate::error::Error;
 use crate::ops::tape::Recorder;
 
@@ -39,6 +47,41 @@ pub struct Cli {
     pub log_format: crate::logging::Format,
 }
 
+impl Cli {
+    /// Parses the process's arguments, exiting with clap's message (and
+    /// status 2) when they are wrong.
+    pub fn parse_args() -> Cli {
+        Cli::from_matches(&Cli::command().get_matches()).unwrap_or_else(|e| e.exit())
+    }
+
+    /// As `parse_args`, for the tests.
+    pub fn try_parse_args<I, T>(argv: I) -> Result<Cli, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        Cli::from_matches(&Cli::command().try_get_matches_from(argv)?)
+    }
+
+    /// Also records which `serve` flags the command line gave, which win
+    /// over a `--config` file (a default does not).
+    fn from_matches(matches: &ArgMatches) -> Result<Cli, clap::Error> {
+        let mut cli = Cli::from_arg_matches(matches)?;
+        if let (Command::Serve(args), Some(("serve", sub))) =
+            (&mut cli.command, matches.subcommand())
+        {
+            args.given = sub
+                .ids()
+                .filter(|id| sub.value_source(id.as_str()) == Some(ValueSource::CommandLine))
+                .map(|id| id.as_str().to_string())
+                .collect();
+        }
+        Ok(cli)
+    }
+}
+
+// Parsed once per process: the size of the largest variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Listen for clients; every connection gets its own child process
@@ -47,6 +90,9 @@ pub enum Command {
     Stdio(StdioArgs),
     /// Join stdin/stdout to a session of a remote `forkline serve`
     Connect(ConnectArgs),
+    /// Check a `--config` file without serving it: every problem with its
+    /// JSON path (exit 2), or one line per server (exit 0)
+    Check(CheckArgs),
     /// Print a session tape written by `--record` as a readable transcript
     Replay(ReplayArgs),
     /// A tiny built-in MCP server (tool `echo`), speaking both protocol eras
@@ -62,7 +108,9 @@ pub enum Command {
 // would become the command instead of an error; a program whose name
 // starts with `-` still works after `--`.
 #[derive(Debug, Args)]
-#[command(override_usage = "forkline serve [OPTIONS] [[--] COMMAND [ARGS...]]")]
+#[command(
+    override_usage = "forkline serve [OPTIONS] [[--] COMMAND [ARGS...]]\n       forkline serve --config FILE [OPTIONS]"
+)]
 pub struct ServeArgs {
     /// Listen for raw TCP (newline-delimited JSON-RPC); repeatable.
     /// Default when no listener is given: 127.0.0.1:7070
@@ -101,8 +149,13 @@ pub struct ServeArgs {
     pub admin: Option<std::net::SocketAddr>,
     /// Let --admin bind an address that is not loopback (anyone who can
     /// reach it can list and end sessions: firewall it)
-    #[arg(long = "admin-allow-remote", requires = "admin")]
+    #[arg(long = "admin-allow-remote")]
     pub admin_allow_remote: bool,
+    /// Serve every server of FILE, the `mcpServers` JSON of Claude Desktop,
+    /// Cursor or VS Code, at /servers/NAME/mcp. Flags given on the command
+    /// line win over the file, for every server; SIGHUP re-reads it
+    #[arg(long = "config", value_name = "FILE", conflicts_with = "command")]
+    pub config: Option<PathBuf>,
     /// This node's name, the first field of every HTTP session id
     /// (ID.<random>), so a load balancer can send a session to the node
     /// that holds its child: letters, digits and `-`, at most 32.
@@ -121,6 +174,16 @@ pub struct ServeArgs {
         trailing_var_arg = true
     )]
     pub command: Vec<String>,
+    /// The ids of the flags the command line gave (see `Cli::from_matches`).
+    #[arg(skip)]
+    pub given: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// A file for `serve --config`
+    #[arg(value_name = "FILE")]
+    pub file: PathBuf,
 }
 
 #[derive(Debug, Args)]
@@ -238,6 +301,21 @@ pub struct LimitArgs {
 }
 
 impl LimitArgs {
+    /// The limits the command line gave, by the ids in `given`.
+    fn given(&self, given: &[String]) -> LimitSettings {
+        let has = |id: &str| given.iter().any(|g| g == id);
+        LimitSettings {
+            max_sessions: has("max_sessions").then_some(self.max_sessions),
+            max_sessions_per_client: has("max_sessions_per_client")
+                .then_some(self.max_sessions_per_client),
+            idle_timeout: has("idle_timeout").then_some(self.idle_timeout),
+            max_message_bytes: has("max_message_bytes").then_some(self.max_message_bytes),
+            max_inflight: has("max_inflight").then_some(self.max_inflight),
+            shutdown_grace: has("shutdown_grace").then_some(self.shutdown_grace),
+            prespawn: None,
+        }
+    }
+
     fn to_limits(&self) -> Limits {
         Limits {
             max_sessions: self.max_sessions,
@@ -254,6 +332,40 @@ impl ServeArgs {
     pub fn to_config(&self) -> Result<ServeConfig, Error> {
         let mut listen: Vec<ListenAddr> = self.tcp.iter().copied().map(ListenAddr::Tcp).collect();
         listen.extend(self.unix.iter().cloned().map(ListenAddr::Unix));
+        let tokens = match &self.auth_token_file {
+            Some(path) => Some(crate::http::security::read_token_file(path)?),
+            None => None,
+        };
+        let access = crate::http::security::Access {
+            tokens,
+            allowed_origins: self.allow_origin.clone(),
+        };
+        let record = self.record.to_recorder()?;
+        let node_id = self
+            .node_id
+            .clone()
+            .unwrap_or_else(crate::http::node::NodeId::from_host_name);
+        if let Some(path) = &self.config {
+            let source = ConfigSource {
+                path: path.clone(),
+                overrides: self.overrides(listen),
+                admin_allow_remote: self.admin_allow_remote,
+            };
+            let loaded = file::load(path, &source.overrides).map_err(|problems| Error::File {
+                what: "the --config file does not check out".into(),
+                problems,
+            })?;
+            check_admin(loaded.admin, self.admin_allow_remote)?;
+            return Ok(ServeConfig {
+                servers: loaded.servers,
+                http: loaded.http,
+                access,
+                record,
+                admin: loaded.admin,
+                source: Some(source),
+                node_id,
+            });
+        }
         if listen.is_empty() && self.http.is_empty() {
             listen.push(ListenAddr::Tcp(std::net::SocketAddr::from((
                 [127, 0, 0, 1],
@@ -269,40 +381,50 @@ impl ServeArgs {
                 )
             })?,
         };
-        let tokens = match &self.auth_token_file {
-            Some(path) => Some(crate::http::security::read_token_file(path)?),
-            None => None,
-        };
-        if let Some(addr) = self.admin {
-            // The admin endpoint has no authentication and can end
-            // sessions: off the host only when asked for by name.
-            if !addr.ip().is_loopback() && !self.admin_allow_remote {
-                return Err(Error::config(
-                    "--admin",
-                    format!(
-                        "{addr} is not a loopback address; the admin endpoint has no \
-                         authentication (add --admin-allow-remote to serve it there anyway)"
-                    ),
-                ));
-            }
-        }
+        check_admin(self.admin, self.admin_allow_remote)?;
         Ok(ServeConfig {
-            listen,
+            servers: vec![ServerSpec {
+                name: DEFAULT_SERVER.to_string(),
+                command,
+                limits: self.limits.to_limits(),
+                prespawn: self.prespawn,
+                listen,
+            }],
             http: self.http.clone(),
-            access: crate::http::security::Access {
-                tokens,
-                allowed_origins: self.allow_origin.clone(),
-            },
-            limits: self.limits.to_limits(),
-            command,
-            record: self.record.to_recorder()?,
-            prespawn: self.prespawn,
+            access,
+            record,
             admin: self.admin,
-            node_id: self
-                .node_id
-                .clone()
-                .unwrap_or_else(crate::http::node::NodeId::from_host_name),
+            source: None,
+            node_id,
         })
+    }
+
+    /// What of the command line wins over a `--config` file.
+    fn overrides(&self, listen: Vec<ListenAddr>) -> Overrides {
+        let has = |id: &str| self.given.iter().any(|g| g == id);
+        let mut limits = self.limits.given(&self.given);
+        limits.prespawn = has("prespawn").then_some(self.prespawn);
+        Overrides {
+            limits,
+            listen,
+            http: has("http").then(|| self.http.clone()),
+            admin: self.admin,
+        }
+    }
+}
+
+/// The admin endpoint has no authentication and can end sessions: off the
+/// host only when asked for by name.
+pub fn check_admin(admin: Option<std::net::SocketAddr>, allow_remote: bool) -> Result<(), Error> {
+    match admin {
+        Some(addr) if !addr.ip().is_loopback() && !allow_remote => Err(Error::config(
+            "--admin",
+            format!(
+                "{addr} is not a loopback address; the admin endpoint has no \
+                 authentication (add --admin-allow-remote to serve it there anyway)"
+            ),
+        )),
+        _ => Ok(()),
     }
 }
 
@@ -320,105 +442,7 @@ impl StdioArgs {
 
 fn child_command(words: &[String]) -> Option<ChildCommand> {
     let (program, args) = words.split_first()?;
-    Some(ChildCommand {
-        program: PathBuf::from(program),
-        args: args.to_vec(),
-    })
-}
-
-fn parse_socket_addr(s: &str) -> Result<std::net::SocketAddr, String> {
-    s.parse()
-        .map_err(|_| format!("expected IP:PORT, e.g. 127.0.0.1:7070 or [::1]:7070, got `{s}`"))
-}
-
-fn parse_at_least_one(s: &str) -> Result<usize, String> {
-    match s.parse::<usize>() {
-        Ok(0) => Err("must be at least 1".into()),
-        Err(_) if s.parse::<i128>().is_ok() => Err(format!("must be at least 1, got `{s}`")),
-        Ok(n) => Ok(n),
-        Err(_) => Err(format!("expected a whole number, got `{s}`")),
-    }
-}
-
-/// A count that may be 0 (`--prespawn`); bounded so that a typo cannot
-/// ask for a million processes.
-fn parse_count(s: &str) -> Result<usize, String> {
-    const MAX: usize = 10_000;
-    match s.parse::<usize>() {
-        Ok(n) if n <= MAX => Ok(n),
-        Ok(_) => Err(format!("must be at most {MAX}, got `{s}`")),
-        Err(_) if s.parse::<i128>().is_ok() => Err(format!("must be 0 or more, got `{s}`")),
-        Err(_) => Err(format!("expected a whole number, got `{s}`")),
-    }
-}
-
-/// The longest duration a flag takes. Deadlines are `Instant + Duration`,
-/// which panics on overflow; a year is far beyond any sane timeout and far
-/// below any platform's `Instant` range.
-const MAX_SECONDS: u64 = 365 * 24 * 60 * 60;
-
-/// Seconds, with decimals allowed (`0.5`), so tests and impatient users
-/// can ask for less than a second; at most `MAX_SECONDS`.
-fn parse_seconds(s: &str) -> Result<Duration, String> {
-    bounded_seconds(s, "")
-}
-
-/// `parse_seconds` for `--idle-timeout`, whose 0 means "never": the error
-/// for a huge value says so, since "never" is what such a user wants.
-fn parse_idle_timeout(s: &str) -> Result<Duration, String> {
-    bounded_seconds(s, "; 0 means never")
-}
-
-fn bounded_seconds(s: &str, hint: &str) -> Result<Duration, String> {
-    let secs: f64 = s
-        .parse()
-        .map_err(|_| format!("expected seconds, e.g. 5 or 0.5, got `{s}`"))?;
-    // Checked before the conversion, which fails on huge values too and
-    // would then blame the sign.
-    if secs > MAX_SECONDS as f64 {
-        return Err(format!(
-            "at most {MAX_SECONDS} seconds (365 days){hint}, got `{s}`"
-        ));
-    }
-    let duration = Duration::try_from_secs_f64(secs)
-        .map_err(|_| format!("expected a non-negative number of seconds, got `{s}`"))?;
-    // A positive value that rounds to zero would silently mean "never".
-    if duration.is_zero() && secs > 0.0 {
-        return Err(format!("below a nanosecond, got `{s}`"));
-    }
-    Ok(duration)
-}
-
-/// The smallest message limit that still fits a JSON-RPC error object.
-const MIN_MESSAGE_BYTES: usize = 64;
-
-fn parse_bytes(s: &str) -> Result<usize, String> {
-    let t = s.trim();
-    let (digits, unit) = match t.find(|c: char| !c.is_ascii_digit()) {
-        Some(at) => t.split_at(at),
-        None => (t, ""),
-    };
-    let multiplier = match unit.trim() {
-        "" | "B" => 1,
-        "K" | "KiB" | "k" => 1024,
-        "M" | "MiB" => 1024 * 1024,
-        "G" | "GiB" => 1024 * 1024 * 1024,
-        _ => {
-            return Err(format!(
-                "expected bytes, e.g. 65536, 64KiB or 4MiB, got `{s}`"
-            ));
-        }
-    };
-    let n: usize = digits
-        .parse()
-        .map_err(|_| format!("expected bytes, e.g. 65536, 64KiB or 4MiB, got `{s}`"))?;
-    let bytes = n
-        .checked_mul(multiplier)
-        .ok_or_else(|| format!("`{s}` is too large"))?;
-    if bytes < MIN_MESSAGE_BYTES {
-        return Err(format!("must be at least {MIN_MESSAGE_BYTES} bytes"));
-    }
-    Ok(bytes)
+    Some(ChildCommand::new(program, args.to_vec()))
 }
 
 fn parse_connect_addr(s: &str) -> Result<ConnectAddr, String> {
@@ -440,29 +464,6 @@ fn parse_connect_addr(s: &str) -> Result<ConnectAddr, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn bytes_accept_suffixes_and_reject_nonsense() {
-        assert_eq!(parse_bytes("4MiB"), Ok(4 * 1024 * 1024));
-        assert_eq!(parse_bytes("64KiB"), Ok(65536));
-        assert_eq!(parse_bytes("1024"), Ok(1024));
-        assert!(parse_bytes("10").is_err(), "below the minimum");
-        assert!(parse_bytes("4XB").is_err());
-        assert!(parse_bytes("").is_err());
-        assert!(parse_bytes("99999999999999999999G").is_err());
-    }
-
-    #[test]
-    fn seconds_allow_decimals_and_reject_negatives() {
-        assert_eq!(parse_seconds("0.5"), Ok(Duration::from_millis(500)));
-        assert_eq!(parse_seconds("300"), Ok(Duration::from_secs(300)));
-        assert!(parse_seconds("-1").is_err());
-        assert!(parse_seconds("soon").is_err());
-        assert!(parse_seconds("inf").is_err());
-        assert!(parse_seconds("NaN").is_err());
-        assert!(parse_seconds("1e-10").is_err(), "would round to 0 = never");
-        assert_eq!(parse_seconds("0"), Ok(Duration::ZERO));
-    }
 
     #[test]
     fn seconds_are_bounded_to_a_year() {
@@ -536,12 +537,15 @@ mod tests {
             panic!("serve")
         };
         let config = args.to_config().expect("valid");
-        assert_eq!(config.limits, Limits::default());
+        assert_eq!(config.servers[0].limits, Limits::default());
         assert_eq!(
-            config.listen,
+            config.servers[0].listen,
             vec![ListenAddr::Tcp("127.0.0.1:7070".parse().expect("addr"))]
         );
-        assert_eq!(config.command.args, vec!["echo-server".to_string()]);
+        assert_eq!(
+            config.servers[0].command.args,
+            vec!["echo-server".to_string()]
+        );
     }
 
     #[test]
@@ -572,8 +576,8 @@ mod tests {
             panic!("serve")
         };
         let config = args.to_config().expect("valid");
-        assert_eq!(config.limits.idle_timeout, None);
-        assert_eq!(config.command.to_string(), "srv -x");
+        assert_eq!(config.servers[0].limits.idle_timeout, None);
+        assert_eq!(config.servers[0].command.to_string(), "srv -x");
     }
 
     fn parse_stdio(argv: &[&str]) -> (StdioConfig, u8) {
@@ -614,10 +618,6 @@ mod tests {
             "--admin-allow-remote",
         ]);
         assert!(config.admin.is_some());
-        assert!(
-            Cli::try_parse_from(["forkline", "serve", "--admin-allow-remote"]).is_err(),
-            "the flag needs --admin"
-        );
     }
 
     #[test]
@@ -693,9 +693,13 @@ mod tests {
             ],
         ] {
             let config = parse_serve(argv);
-            assert_eq!(config.command.to_string(), "srv --tcp x", "{argv:?}");
             assert_eq!(
-                config.listen,
+                config.servers[0].command.to_string(),
+                "srv --tcp x",
+                "{argv:?}"
+            );
+            assert_eq!(
+                config.servers[0].listen,
                 vec![ListenAddr::Tcp("127.0.0.1:0".parse().expect("addr"))],
                 "{argv:?}"
             );

@@ -25,6 +25,11 @@ pub enum Error {
         line: usize,
         reason: String,
     },
+    /// A `--config` file does not check out; exits with status 2.
+    File {
+        what: String,
+        problems: crate::config::file::Problems,
+    },
 }
 
 impl Error {
@@ -38,7 +43,7 @@ impl Error {
     /// The process exit status this error calls for.
     pub fn exit_code(&self) -> i32 {
         match self {
-            Error::Config { .. } | Error::Tape { .. } => 2,
+            Error::Config { .. } | Error::Tape { .. } | Error::File { .. } => 2,
             _ => 1,
         }
     }
@@ -54,6 +59,13 @@ impl fmt::Display for Error {
             Error::Tape { path, line, reason } => {
                 write!(f, "malformed tape `{path}`, line {line}: {reason}")
             }
+            Error::File { what, problems } => {
+                write!(f, "{what}:")?;
+                for line in problems.to_string().lines() {
+                    write!(f, "\n  {line}")?;
+                }
+                Ok(())
+            }
         }
     }
 }
@@ -61,7 +73,7 @@ impl fmt::Display for Error {
 impl std::error::Error for Error {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
-            Error::Config { .. } | Error::Tape { .. } => None,
+            Error::Config { .. } | Error::Tape { .. } | Error::File { .. } => None,
             Error::Spawn { source, .. } | Error::Bind { source, .. } | Error::Io { source, .. } => {
                 source.source()
             }

@@ -43,6 +43,13 @@ pub fn run(cli: Cli) -> Result<i32, Error> {
             commands::connect::run(&args.address)?;
             Ok(0)
         }
+        Command::Check(args) => {
+            let stdout = std::io::stdout();
+            commands::check::run(&args.file, &mut stdout.lock()).map_err(|source| Error::Io {
+                what: "cannot write the verdict".into(),
+                source,
+            })
+        }
         Command::Replay(args) => {
             let stdout = std::io::stdout();
             let mut out = std::io::BufWriter::new(stdout.lock());

@@ -1,9 +1,7 @@
 //! The `forkline` binary: parse, start the logger, run, exit.
 
-use clap::Parser;
-
 fn main() {
-    let cli = forkline::cli::Cli::parse();
+    let cli = forkline::cli::Cli::parse_args();
     forkline::logging::init(cli.verbose as i8 - cli.quiet as i8, cli.log_format);
     match forkline::run(cli) {
         Ok(code) => std::process::exit(code),

@@ -17,7 +17,7 @@ use std::os::unix::net::UnixStream;
 use std::path::Path;
 
 use common::{PATIENCE, TempDir, poll_until};
-use forkline::config::{ChildCommand, Limits, ListenAddr, ServeConfig};
+use forkline::config::{ChildCommand, Limits, ListenAddr, ServeConfig, ServerSpec};
 
 const FD_LIMIT: u64 = 256;
 const WAITING_CLIENTS: usize = 5;
@@ -33,21 +33,22 @@ fn accept_out_of_descriptors_refuses_every_waiting_connection_with_a_line() {
     let dir = TempDir::new("fd-exhaustion");
     let socket = dir.path.join("forkline.sock");
     let config = ServeConfig {
-        listen: vec![ListenAddr::Unix(socket.clone())],
+        servers: vec![ServerSpec {
+            name: "default".into(),
+            command: ChildCommand::new("cat", Vec::new()),
+            limits: Limits {
+                max_sessions: 1000,
+                max_sessions_per_client: 1000,
+                ..Limits::default()
+            },
+            prespawn: 0,
+            listen: vec![ListenAddr::Unix(socket.clone())],
+        }],
         http: Vec::new(),
-        prespawn: 0,
         access: Default::default(),
-        limits: Limits {
-            max_sessions: 1000,
-            max_sessions_per_client: 1000,
-            ..Limits::default()
-        },
-        command: ChildCommand {
-            program: "cat".into(),
-            args: Vec::new(),
-        },
         record: None,
         admin: None,
+        source: None,
         node_id: forkline::http::node::NodeId::parse("fd-test").expect("valid"),
     };
     let server = std::thread::spawn(move || forkline::net::acceptor::serve(config));

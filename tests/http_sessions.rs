@@ -136,6 +136,7 @@ fn a_2025_11_25_client_gets_a_priming_event_first() {
     // Later requests of the session carry the version header.
     let session = McpSession {
         addr,
+        path: "/mcp".into(),
         id: session_id,
         version: "2025-11-25".into(),
         extra: vec![],
@@ -278,6 +279,7 @@ fn several_requests_share_one_keep_alive_connection() {
     response.assert_status(200);
     let session = McpSession {
         addr,
+        path: "/mcp".into(),
         id: response
             .header("Mcp-Session-Id")
             .expect("session id")

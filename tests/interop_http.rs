@@ -300,6 +300,33 @@ impl Proxy {
         }
     }
 
+    /// `forkline serve --config FILE --http 127.0.0.1:0`, FILE holding
+    /// `config`; waits for one `http://…/servers/NAME/mcp` line per server.
+    fn start_config(config: &Value, servers: usize) -> Proxy {
+        become_subreaper();
+        let dir = TempDir::new("interop-config");
+        let file = dir.path.join("servers.json");
+        std::fs::write(&file, config.to_string()).expect("write the config file");
+        let file = file.to_string_lossy().into_owned();
+        let mut forkline = Forkline::serve(&["--config", &file, "--http", "127.0.0.1:0"], servers);
+        // The file lives as long as forkline (which reads it at SIGHUP).
+        forkline.tempdir = dir;
+        Proxy {
+            forkline: Some(forkline),
+        }
+    }
+
+    /// The endpoint of server `name`, as forkline printed it.
+    fn server_url(&self, name: &str) -> String {
+        let suffix = format!("/servers/{name}/mcp");
+        self.get()
+            .listening
+            .iter()
+            .find(|l| l.starts_with("http://") && l.ends_with(&suffix))
+            .unwrap_or_else(|| panic!("no listener line for {suffix}: {:?}", self.get().listening))
+            .clone()
+    }
+
     fn get(&self) -> &Forkline {
         self.forkline.as_ref().expect("forkline runs until drop")
     }
@@ -1335,4 +1362,70 @@ fn typescript2_progress_of_a_call_continued_after_an_input_required_round_reache
     let report = ClientProcess::typescript2(&packages, &calls, &url).report(&proxy);
     report.assert_ts2_stateless();
     report.assert_server_progress();
+}
+
+// ---- many servers from one config file ---------------------------------------
+
+/// Issue 14: one `mcpServers` file with `echo-server` and server-everything,
+/// served side by side at `/servers/NAME/mcp` to the Python SDK (both eras)
+/// and the TypeScript SDK at once: each client reaches the server it named,
+/// with a child of its own.
+#[test]
+fn python_and_typescript_clients_use_two_servers_of_one_config_file_side_by_side() {
+    let Some(python) = sdk_python() else { return };
+    let Some(packages) = NodePackages::find() else {
+        return;
+    };
+    let everything = packages.everything_command();
+    let config = serde_json::json!({
+        "mcpServers": {
+            "echo": {"command": forkline_bin(), "args": ["echo-server"]},
+            "everything": {"command": everything[0], "args": everything[1..]},
+        }
+    });
+    let proxy = Proxy::start_config(&config, 2);
+    let echo = proxy.server_url("echo");
+    let all = proxy.server_url("everything");
+    let clients = [
+        ClientProcess::python(
+            &python,
+            Transport::StreamableHttp,
+            "legacy",
+            &ECHO_SERVER,
+            &echo,
+        ),
+        ClientProcess::python(
+            &python,
+            Transport::StreamableHttp,
+            "auto",
+            &EVERYTHING,
+            &all,
+        ),
+        ClientProcess::typescript(&packages, Transport::StreamableHttp, &EVERYTHING, &all),
+        ClientProcess::typescript(&packages, Transport::StreamableHttp, &ECHO_SERVER, &echo),
+    ];
+    let [py_echo, py_all, ts_all, ts_echo] = clients.map(|c| c.report(&proxy));
+    py_echo.assert_handshake();
+    assert_eq!(py_echo.tools(), ["echo"], "{}", py_echo.context);
+    py_echo.assert_echo(ECHO_TEXT);
+    py_all.assert_stateless();
+    py_all.assert_tools(&["echo", PROGRESS_TOOL]);
+    py_all.assert_echo(&format!("Echo: {ECHO_TEXT}"));
+    py_all.assert_progress();
+    ts_all.assert_handshake();
+    ts_all.assert_tools(&["echo", PROGRESS_TOOL]);
+    ts_all.assert_echo(&format!("Echo: {ECHO_TEXT}"));
+    ts_all.assert_progress();
+    ts_echo.assert_handshake();
+    assert_eq!(ts_echo.tools(), ["echo"], "{}", ts_echo.context);
+    ts_echo.assert_echo(ECHO_TEXT);
+    // The handshake sessions were DELETEd; the stateless client's child (a
+    // principal's, of server-everything) stays until its idle timeout.
+    proxy.assert_children(1);
+    let left = proxy.live_children();
+    assert!(
+        cmdline(left[0]).contains("server-everything"),
+        "the child left should be the stateless principal's server-everything: {}",
+        cmdline(left[0])
+    );
 }

@@ -156,6 +156,10 @@ fn a_tcp_session_is_taped_message_by_message_as_it_went() {
     let (start, end) = check_shape(&lines);
     assert_eq!(start["session"], "s1");
     assert_eq!(start["transport"], "tcp");
+    assert_eq!(
+        start["server"], "default",
+        "the server's name (serve --config)"
+    );
     assert!(
         start["peer"].as_str().unwrap().starts_with("127.0.0.1:"),
         "{start}"
@@ -543,7 +547,7 @@ fn replay_of_a_real_tape_shows_every_message_and_its_answer_time() {
     assert_eq!(run.status.code(), Some(0), "{}", run.stderr);
     let lines: Vec<&str> = run.stdout.lines().collect();
     assert!(
-        lines[0].starts_with("session s1  tcp  peer 127.0.0.1:"),
+        lines[0].starts_with("session s1  tcp  server default  peer 127.0.0.1:"),
         "{}",
         run.stdout
     );

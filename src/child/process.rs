@@ -76,8 +76,8 @@ fn signal_name(sig: i32) -> String {
 }
 
 /// Starts `command` in its own process group with its stdin and stdout on
-/// a socket pair and its stderr piped; `env` is added to forkline's own
-/// environment. Blocks for the spawn only.
+/// a socket pair and its stderr piped; the command's own `env`, then
+/// `env`, are added to forkline's own environment. Blocks for the spawn only.
 pub fn spawn(
     reaper: &Reaper,
     command: &ChildCommand,
@@ -95,6 +95,7 @@ pub fn spawn(
     ours.set_nonblocking(true).map_err(spawn_error)?;
     let mut cmd = Command::new(&command.program);
     cmd.args(&command.args)
+        .envs(command.env.iter().map(|(k, v)| (k, v)))
         .envs(env.iter().copied())
         .stdin(Stdio::from(theirs))
         .stdout(Stdio::from(theirs_too))
@@ -212,10 +213,7 @@ mod tests {
     use std::os::fd::AsRawFd;
 
     fn sh(script: &str) -> ChildCommand {
-        ChildCommand {
-            program: "/bin/sh".into(),
-            args: vec!["-c".into(), script.into()],
-        }
+        ChildCommand::new("/bin/sh", vec!["-c".into(), script.into()])
     }
 
     fn reaper() -> Reaper {
@@ -379,10 +377,7 @@ mod tests {
         let reaper = reaper();
         let err = spawn(
             &reaper,
-            &ChildCommand {
-                program: "/nonexistent/mcp".into(),
-                args: vec!["--x".into()],
-            },
+            &ChildCommand::new("/nonexistent/mcp", vec!["--x".into()]),
             &[],
         )
         .expect_err("no such file");

@@ -74,7 +74,7 @@ pub fn run(config: &StdioConfig) -> Result<i32, Error> {
             write_kind: WriteKind::for_shared_fd(stdout_fd()),
         });
         let id = SessionId(1);
-        let tape = config.record.as_ref().map(|r| r.tape(id, "stdio"));
+        let tape = config.record.as_ref().map(|r| r.tape(id, "stdio", None));
         let summary = session::run(id, "stdio", &shared, client, |_| {}, tape);
         signals_handle.close();
         if let Ok(watcher) = watcher {

@@ -74,12 +74,28 @@ const ALLOWED_HEADERS: &str = "Content-Type, Accept, Authorization, Mcp-Session-
      Mcp-Protocol-Version, Mcp-Method, Mcp-Name, Last-Event-ID";
 const EXPOSED_HEADERS: &str = "Mcp-Session-Id, Mcp-Protocol-Version, WWW-Authenticate";
 
-/// What the front end needs from the acceptor to start a session: a place
-/// in the session table and a worker.
+/// Which server a request reaches.
+pub enum Route {
+    Found {
+        name: Arc<str>,
+        max_message_bytes: usize,
+    },
+    /// No server of that name (or, for a path without one, not exactly
+    /// one server); these are the names there are.
+    Unknown { known: Vec<String> },
+}
+
+/// What the front end needs from the acceptor: the servers, and to start
+/// a session, a place in the session table and a worker.
 pub trait Admit {
+    /// The server `/servers/NAME/…` names, or (`None`) the one `/mcp`
+    /// serves.
+    fn route(&self, server: Option<&str>) -> Route;
+
     /// `principal` is the bearer token's name, when there is one.
     fn admit(
         &mut self,
+        server: &str,
         client: ClientKey,
         peer: String,
         principal: Option<&str>,
@@ -127,6 +143,8 @@ pub struct Frontend {
 /// A session (or a principal's stateless child) and its worker's state.
 struct Live<S> {
     session: S,
+    /// The server it is a session of: requests for another find it not.
+    server: Arc<str>,
     table_id: SessionId,
     queued: Arc<AtomicBool>,
     /// Its output waits for a connection to drain.
@@ -273,6 +291,11 @@ impl Frontend {
             probes: Vec::new(),
             on_refused: None,
         })
+    }
+
+    /// The largest request body taken (a reload changed the servers).
+    pub fn set_max_body(&mut self, max_body: usize) {
+        self.max_body = max_body;
     }
 
     /// Counts the refusals the front end makes itself (too many
@@ -521,18 +544,15 @@ impl Frontend {
         mut req: Request,
         admit: &mut dyn Admit,
     ) {
-        let endpoint = match req.path.as_str() {
-            "/mcp" => Endpoint::Mcp,
-            "/sse" => Endpoint::Sse,
-            "/messages" | "/message" => Endpoint::Messages,
-            _ => {
-                let r = Response::text(
-                    404,
-                    "not found: forkline serves MCP at /mcp (and /sse, /messages)",
-                );
-                return self.respond(registry, key, r);
-            }
+        let Some((named, endpoint)) = endpoint_of(&req.path) else {
+            let r = Response::text(
+                404,
+                "not found: forkline serves MCP at /mcp (and /sse, /messages), or at \
+                 /servers/NAME/mcp for each server of its --config file",
+            );
+            return self.respond(registry, key, r);
         };
+        let named = named.map(str::to_string);
         let origin = req.header("origin");
         if !self.access.origin_allowed(origin) {
             let r = Response::rpc_error(
@@ -581,6 +601,34 @@ impl Frontend {
                 return self.respond(registry, key, r);
             }
         };
+        let (server, max_message_bytes) = match admit.route(named.as_deref()) {
+            Route::Found {
+                name,
+                max_message_bytes,
+            } => (name, max_message_bytes),
+            Route::Unknown { known } => match self.retired_server(&req, named.as_deref()) {
+                // A reload removed its server; its live sessions finish.
+                Some(server) => (server, self.max_body),
+                None => {
+                    let r = unknown_server(named.as_deref(), &known);
+                    return self.respond(registry, key, r);
+                }
+            },
+        };
+        if req.body.len() > max_message_bytes {
+            let r = Response::rpc_error(
+                413,
+                code::INVALID_REQUEST,
+                &format!(
+                    "request body larger than server {server}'s maxMessageBytes ({max_message_bytes})"
+                ),
+            );
+            return self.respond(registry, key, r);
+        }
+        let at = Mount {
+            server,
+            prefix: named.map(|name| format!("/servers/{name}")),
+        };
         let method_ok = match endpoint {
             Endpoint::Mcp => matches!(req.method.as_str(), "GET" | "POST" | "DELETE"),
             Endpoint::Sse => req.method == "GET",
@@ -591,11 +639,15 @@ impl Frontend {
             return self.respond(registry, key, r);
         }
         match (endpoint, req.method.as_str()) {
-            (Endpoint::Mcp, "POST") => self.post_mcp(registry, key, &mut req, principal, admit),
-            (Endpoint::Mcp, "GET") => self.get_mcp(registry, key, &req, principal),
-            (Endpoint::Mcp, _) => self.delete_mcp(registry, key, &req, principal),
-            (Endpoint::Sse, _) => self.get_sse(registry, key, &req, principal, admit),
-            (Endpoint::Messages, _) => self.post_messages(registry, key, &mut req, principal),
+            (Endpoint::Mcp, "POST") => {
+                self.post_mcp(registry, key, &mut req, &at, principal, admit);
+            }
+            (Endpoint::Mcp, "GET") => self.get_mcp(registry, key, &req, &at, principal),
+            (Endpoint::Mcp, _) => self.delete_mcp(registry, key, &req, &at, principal),
+            (Endpoint::Sse, _) => self.get_sse(registry, key, &req, &at, principal, admit),
+            (Endpoint::Messages, _) => {
+                self.post_messages(registry, key, &mut req, &at, principal);
+            }
         }
     }
 
@@ -604,6 +656,7 @@ impl Frontend {
         registry: &Registry,
         key: usize,
         req: &mut Request,
+        at: &Mount,
         principal: Option<Principal>,
         admit: &mut dyn Admit,
     ) {
@@ -625,7 +678,7 @@ impl Frontend {
         let session_id = req.header("mcp-session-id");
         if let Some(v) = version {
             if session_id.is_none() && v >= MODERN_VERSIONS[0] {
-                return self.stateless(registry, key, req, body, principal, admit);
+                return self.stateless(registry, key, req, body, at, principal, admit);
             }
             if !HANDSHAKE_VERSIONS.contains(&v) {
                 let r = unsupported_version(v);
@@ -637,7 +690,7 @@ impl Frontend {
             Err(r) => return self.respond(registry, key, r),
         };
         let live = match session_id {
-            Some(id) => match self.find(id, principal.as_ref()) {
+            Some(id) => match self.find(id, principal.as_ref(), at) {
                 Some(live) => live,
                 None => return self.respond(registry, key, unknown_session()),
             },
@@ -652,7 +705,8 @@ impl Frontend {
                 }
                 let protocol = requested_version(&line)
                     .unwrap_or_else(|| version.unwrap_or(DEFAULT_VERSION).to_string());
-                match self.start_session(key, Transport::Streamable, principal, protocol, admit) {
+                let transport = Transport::Streamable;
+                match self.start_session(key, transport, at, principal, protocol, admit) {
                     Ok(live) => live,
                     Err(r) => return self.respond(registry, key, r),
                 }
@@ -708,12 +762,16 @@ impl Frontend {
     /// A stateless-era POST (MCP 2026-07-28, no session id): checked
     /// against the era's header rules, then served by the principal's
     /// child (started on first use).
+    // Each argument is one thing the request brought; a struct of them
+    // would only be unpacked again on the next line.
+    #[allow(clippy::too_many_arguments)]
     fn stateless(
         &mut self,
         registry: &Registry,
         key: usize,
         req: &Request,
         body: Vec<u8>,
+        at: &Mount,
         principal: Option<Principal>,
         admit: &mut dyn Admit,
     ) {
@@ -755,10 +813,12 @@ impl Frontend {
         let Some(peer) = self.conns.get(key).map(|c| c.peer) else {
             return;
         };
-        let principal_key = match &principal {
+        let principal = match &principal {
             Some(name) => format!("token:{name}"),
             None => peer.ip().to_string(),
         };
+        // A principal has a child of each server it uses.
+        let principal_key = format!("{}/{principal}", at.server);
         let Some(id) = id else {
             // A notification: the child takes it if it runs; none is
             // started for one.
@@ -792,9 +852,11 @@ impl Frontend {
             ),
             progress_token,
         };
-        let slot = match self.by_principal.get(&principal_key) {
-            Some(&slot) => slot,
-            None => match self.start_child(principal_key, peer, &incoming, admit) {
+        let current = self.by_principal.get(&principal_key).copied();
+        let current = current.filter(|&slot| self.still_current(slot, &principal_key, at));
+        let slot = match current {
+            Some(slot) => slot,
+            None => match self.start_child(principal_key, principal, at, peer, &incoming, admit) {
                 Ok(slot) => slot,
                 Err(r) => return self.respond(registry, key, r),
             },
@@ -812,10 +874,35 @@ impl Frontend {
         self.deliver(registry, out);
     }
 
-    /// Starts the child of a principal that has none.
+    /// Whether the principal's child `slot` runs the server `at` names as
+    /// it is now. One started before a reload changed its server is let
+    /// go: the principal's next child gets the new settings, and the old
+    /// one ends at once if it has nothing in flight, else when it idles out.
+    fn still_current(&mut self, slot: usize, principal_key: &str, at: &Mount) -> bool {
+        let Some(live) = self.children.get_mut(slot) else {
+            return false;
+        };
+        if Arc::ptr_eq(&live.server, &at.server) {
+            return true;
+        }
+        info!(
+            "[{}] stateless child of {principal_key} runs settings a reload replaced; \
+             the next request starts a new one",
+            live.table_id
+        );
+        if live.session.is_idle() {
+            live.session.peer.end_input();
+        }
+        self.by_principal.remove(principal_key);
+        false
+    }
+
+    /// Starts the child of a principal that has none of this server.
     fn start_child(
         &mut self,
+        principal_key: String,
         principal: String,
+        at: &Mount,
         peer: SocketAddr,
         first: &Incoming,
         admit: &mut dyn Admit,
@@ -836,6 +923,7 @@ impl Frontend {
         let notify = self.notifier(slot | STATELESS, &queued);
         let (table_id, channel) = admit
             .admit(
+                &at.server,
                 ClientKey::Ip(peer.ip()),
                 principal.clone(),
                 Some(principal.as_str()),
@@ -858,9 +946,10 @@ impl Frontend {
         info!("[{table_id}] stateless child for principal={principal}");
         self.probes
             .push((Instant::now() + stateless::PROBE_TIMEOUT, slot, table_id));
-        self.by_principal.insert(principal.clone(), slot);
+        self.by_principal.insert(principal_key.clone(), slot);
         let inserted = self.children.insert(Live {
-            session: StatelessChild::start(principal, channel, first),
+            session: StatelessChild::start(principal_key, channel, first),
+            server: Arc::clone(&at.server),
             table_id,
             queued,
             stalled: false,
@@ -888,6 +977,7 @@ impl Frontend {
         registry: &Registry,
         key: usize,
         req: &Request,
+        at: &Mount,
         principal: Option<Principal>,
     ) {
         if !req.accepts("text/event-stream") {
@@ -901,7 +991,7 @@ impl Frontend {
         let Some(id) = req.header("mcp-session-id") else {
             return self.respond(registry, key, missing_session());
         };
-        let Some(live) = self.find(id, principal.as_ref()) else {
+        let Some(live) = self.find(id, principal.as_ref(), at) else {
             return self.respond(registry, key, unknown_session());
         };
         // An id not of ours has nothing to resume, which the stream says
@@ -948,12 +1038,13 @@ impl Frontend {
         registry: &Registry,
         key: usize,
         req: &Request,
+        at: &Mount,
         principal: Option<Principal>,
     ) {
         let Some(id) = req.header("mcp-session-id") else {
             return self.respond(registry, key, missing_session());
         };
-        let Some(live) = self.find(id, principal.as_ref()) else {
+        let Some(live) = self.find(id, principal.as_ref(), at) else {
             return self.respond(registry, key, unknown_session());
         };
         let live = &mut self.sessions[live];
@@ -968,6 +1059,7 @@ impl Frontend {
         registry: &Registry,
         key: usize,
         req: &Request,
+        at: &Mount,
         principal: Option<Principal>,
         admit: &mut dyn Admit,
     ) {
@@ -982,6 +1074,7 @@ impl Frontend {
         let live = match self.start_session(
             key,
             Transport::Legacy,
+            at,
             principal,
             "2024-11-05".into(),
             admit,
@@ -991,7 +1084,11 @@ impl Frontend {
         };
         let session = &mut self.sessions[live].session;
         session.attach_legacy(key);
-        let endpoint = format!("/messages?sessionId={}", session.id);
+        let endpoint = format!(
+            "{}/messages?sessionId={}",
+            at.prefix.as_deref().unwrap_or_default(),
+            session.id
+        );
         let mut bytes = Vec::new();
         let close = self.conns.get(key).is_some_and(|c| c.close_after);
         self.with_cors(key, Response::event_stream())
@@ -1006,6 +1103,7 @@ impl Frontend {
         registry: &Registry,
         key: usize,
         req: &mut Request,
+        at: &Mount,
         principal: Option<Principal>,
     ) {
         let Some(id) = req.query_param("sessionId") else {
@@ -1016,7 +1114,7 @@ impl Frontend {
             );
             return self.respond(registry, key, r);
         };
-        let Some(live) = self.find(id, principal.as_ref()) else {
+        let Some(live) = self.find(id, principal.as_ref(), at) else {
             return self.respond(registry, key, unknown_session());
         };
         if let Err(r) = check_json_post(req) {
@@ -1054,6 +1152,7 @@ impl Frontend {
         &mut self,
         key: usize,
         transport: Transport,
+        at: &Mount,
         principal: Option<Principal>,
         protocol: String,
         admit: &mut dyn Admit,
@@ -1082,6 +1181,7 @@ impl Frontend {
         };
         let (table_id, channel) = admit
             .admit(
+                &at.server,
                 ClientKey::Ip(peer.ip()),
                 peer.to_string(),
                 principal.as_deref(),
@@ -1105,6 +1205,7 @@ impl Frontend {
         self.by_id.insert(id.clone(), slot);
         let inserted = self.sessions.insert(Live {
             session: HttpSession::new(id, principal, channel, transport, protocol),
+            server: Arc::clone(&at.server),
             table_id,
             queued,
             stalled: false,
@@ -1113,11 +1214,27 @@ impl Frontend {
         Ok(slot)
     }
 
-    /// A live session by its id, for this principal.
-    fn find(&self, id: &str, principal: Option<&Principal>) -> Option<usize> {
+    /// The server of the live session `req` names, when no server of the
+    /// catalog matches its path any more (a reload removed it, or left
+    /// several where `/mcp` had one): its sessions go on until they end.
+    fn retired_server(&self, req: &Request, named: Option<&str>) -> Option<Arc<str>> {
+        let id = req
+            .header("mcp-session-id")
+            .or_else(|| req.query_param("sessionId"))?;
+        let live = self.sessions.get(*self.by_id.get(id)?)?;
+        named
+            .is_none_or(|name| *live.server == *name)
+            .then(|| Arc::clone(&live.server))
+    }
+
+    /// A live session by its id, for this principal and server.
+    fn find(&self, id: &str, principal: Option<&Principal>, at: &Mount) -> Option<usize> {
         let &slot = self.by_id.get(id)?;
         let live = self.sessions.get(slot)?;
-        (!live.session.ended && live.session.principal.as_ref() == principal).then_some(slot)
+        (!live.session.ended
+            && live.session.principal.as_ref() == principal
+            && live.server == at.server)
+            .then_some(slot)
     }
 
     /// The worker of session `slot` has put messages out (or ended).
@@ -1172,7 +1289,10 @@ impl Frontend {
         self.deliver(registry, turn.out);
         if turn.ended {
             let live = self.children.remove(slot);
-            self.by_principal.remove(&live.session.principal);
+            // Unless a reload already mapped the principal to a new child.
+            if self.by_principal.get(&live.session.principal) == Some(&slot) {
+                self.by_principal.remove(&live.session.principal);
+            }
             debug!(
                 "[{}] stateless child of {} gone",
                 live.table_id, live.session.principal
@@ -1461,6 +1581,51 @@ impl Frontend {
     pub fn sessions(&self) -> usize {
         self.sessions.len()
     }
+}
+
+/// The server a request is for, and the path prefix it came by (for the
+/// legacy transport's `endpoint` event, which names the POST path).
+struct Mount {
+    server: Arc<str>,
+    /// `/servers/NAME`, or `None` for `/mcp`, `/sse` and `/messages`.
+    prefix: Option<String>,
+}
+
+/// `/mcp` → (None, Mcp); `/servers/NAME/mcp` → (Some(NAME), Mcp); the
+/// same for `sse` and `messages`.
+fn endpoint_of(path: &str) -> Option<(Option<&str>, Endpoint)> {
+    let (server, rest) = match path.strip_prefix("/servers/") {
+        Some(tail) => {
+            let (name, rest) = tail.split_once('/')?;
+            (Some(name), rest)
+        }
+        None => (None, path.strip_prefix('/')?),
+    };
+    let endpoint = match rest {
+        "mcp" => Endpoint::Mcp,
+        "sse" => Endpoint::Sse,
+        "messages" | "message" => Endpoint::Messages,
+        _ => return None,
+    };
+    Some((server, endpoint))
+}
+
+/// 404 for a server that is not here, naming the ones that are (never
+/// their commands or environments).
+fn unknown_server(name: Option<&str>, known: &[String]) -> Response {
+    let message = match name {
+        Some(name) => format!("no server named {name:?} here"),
+        None => "this forkline serves several servers: use /servers/NAME/mcp".to_string(),
+    };
+    let paths: Vec<String> = known.iter().map(|n| format!("/servers/{n}/mcp")).collect();
+    let body = serde_json::json!({
+        "error": message,
+        "servers": known,
+        "endpoints": paths,
+    });
+    let mut bytes = serde_json::to_vec(&body).unwrap_or_default();
+    bytes.push(b'\n');
+    Response::json(404, bytes)
 }
 
 #[derive(Clone, Copy)]

@@ -161,6 +161,11 @@ fn updated_uri(line: &[u8]) -> Option<String> {
 }
 
 impl StatelessChild {
+    /// Nothing in flight, held or listening: ending it loses nothing.
+    pub fn is_idle(&self) -> bool {
+        self.exchanges.is_empty() && self.held.is_empty() && self.listeners.is_empty()
+    }
+
     /// A child that has just been started; `first` is the request that
     /// started it (its `_meta` says who the client is). Sends the probe.
     pub fn start(principal: String, peer: ChannelPeer, first: &Incoming) -> StatelessChild {

@@ -18,18 +18,18 @@ use std::time::{Duration, Instant};
 
 use log::{error, info, warn};
 use mio::{Events, Interest, Poll, Token, Waker};
-use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
 
 use crate::child::reaper::Reaper;
 use crate::child::stderr::StderrLog;
-use crate::child::warm::WarmPool;
-use crate::config::{ListenAddr, ServeConfig};
+use crate::config::{ListenAddr, ServeConfig, ServerSpec, file};
 use crate::error::{Context, Error};
-use crate::http::frontend::{Admit, CHANNEL_CAPACITY, Frontend};
+use crate::http::frontend::{Admit, CHANNEL_CAPACITY, Frontend, Route};
 use crate::net::fd_limit::{self, Reserve};
 use crate::net::listener::{AcceptError, Accepted, Listener, Stream};
-use crate::ops::admin::{self, Admin};
+use crate::net::servers::{Catalog, Server};
+use crate::ops::admin::{self, Admin, ServerView};
 use crate::ops::metrics::Metrics;
 use crate::proto::message::{Message, code};
 use crate::session::client::{
@@ -43,10 +43,11 @@ use crate::session::run::{self as session, Shared};
 use crate::session::table::{ClientKey, Refusal, SessionId, Sessions, Slot};
 use crate::shutdown::Trigger;
 use crate::sys::socket;
+use slab::Slab;
 
 const SIGNALS: Token = Token(0);
 const WAKER: Token = Token(1);
-/// Listener `i` is registered as `Token(FIRST_LISTENER + i)`.
+/// Raw listener `k` (its key in the slab) is `Token(FIRST_LISTENER + k)`.
 const FIRST_LISTENER: usize = 2;
 /// How long, at shutdown, HTTP answers already owed may take to be written.
 const HTTP_LINGER: Duration = Duration::from_secs(2);
@@ -64,27 +65,33 @@ const WORKER_LINGER: Duration = Duration::from_secs(5);
 const WORKER_STACK_BYTES: usize = 256 * 1024;
 
 /// Everything a session's job needs from the proxy, shared by `Arc`.
+/// What it needs of its server comes with the job (`Arc<Server>`).
 struct Proxy {
     config: ServeConfig,
     stderr: StderrLog,
     reaper: Reaper,
     shutdown: Trigger,
     hurry: Trigger,
-    /// `--prespawn`'s children; set once the session table exists (the
-    /// pool sizes itself by the sessions live).
-    warm: std::sync::OnceLock<WarmPool>,
     metrics: Arc<Metrics>,
 }
 
-/// Binds every listener, prints where, and serves until SIGTERM/SIGINT.
-/// Returns once every session has ended and every worker is joined.
+/// A TCP or Unix listener and the server its connections are sessions of.
+struct RawListener {
+    listener: Listener,
+    addr: ListenAddr,
+    server: String,
+}
+
+/// Binds every listener, prints where, and serves until SIGTERM/SIGINT;
+/// SIGHUP re-reads a `--config` file. Returns once every session has
+/// ended and every worker is joined.
 pub fn serve(config: ServeConfig) -> Result<(), Error> {
     let fd_limit = fd_limit::raise_to_hard_limit();
     let mut poll = Poll::new().context(|| "cannot create the event loop".into())?;
     let waker =
         Arc::new(Waker::new(poll.registry(), WAKER).context(|| "cannot create the waker".into())?);
-    let mut signals =
-        Signals::new([SIGTERM, SIGINT]).context(|| "cannot install signal handlers".into())?;
+    let mut signals = Signals::new([SIGTERM, SIGINT, SIGHUP])
+        .context(|| "cannot install signal handlers".into())?;
     poll.registry()
         .register(&mut signals, SIGNALS, Interest::READABLE)
         .context(|| "cannot watch signals".into())?;
@@ -96,19 +103,49 @@ pub fn serve(config: ServeConfig) -> Result<(), Error> {
         hurry: Trigger::new().context(|| "cannot create the shutdown trigger".into())?,
         metrics: Arc::new(Metrics::new()),
         config,
-        warm: std::sync::OnceLock::new(),
     });
+    let named = proxy.config.source.is_some();
+    let prespawn: usize = proxy.config.servers.iter().map(|s| s.prespawn).sum();
+    let max_sessions = proxy
+        .config
+        .servers
+        .iter()
+        .map(|s| s.limits.max_sessions)
+        .fold(0, usize::saturating_add);
+    // Each warm child holds a session's descriptors but the client's.
+    let capacity =
+        fd_limit::session_capacity(fd_limit, fd_limit::open_fds()).saturating_sub(prespawn);
+    let session_waker = Arc::clone(&waker);
+    let sessions = Sessions::new(fd_limit, capacity, move || {
+        // The loop re-checks the table on every wake-up; a failed wake
+        // only delays that to the next event.
+        let _ = session_waker.wake();
+    });
+    let started = Catalog::start(
+        proxy.config.servers.clone(),
+        named,
+        &proxy.reaper,
+        &sessions,
+    )
+    .context(|| "cannot start the warm pool".into());
+    let mut catalog = match started {
+        Ok(catalog) => catalog,
+        Err(e) => {
+            proxy.reaper.stop();
+            return Err(e);
+        }
+    };
     let mut reserve = Reserve::new();
     // Bound last: once a socket exists, everything serving it is in place,
     // so a client (or a test) that sees the socket file can rely on that.
-    let bound = bind_all(&proxy.config.listen, &poll).and_then(|listeners| {
+    let bound = bind_all(&proxy.config.servers, &poll).and_then(|listeners| {
         let mut http = Frontend::bind(
             &proxy.config.http,
             poll.registry(),
             Arc::clone(&waker),
             proxy.config.access.clone(),
-            proxy.config.limits.max_message_bytes,
-            proxy.config.limits.max_sessions,
+            ServeConfig::max_message_bytes(&proxy.config.servers),
+            max_sessions,
             proxy.config.node_id.clone(),
         )?;
         let metrics = Arc::clone(&proxy.metrics);
@@ -123,20 +160,21 @@ pub fn serve(config: ServeConfig) -> Result<(), Error> {
     let (mut listeners, mut http, mut admin) = match bound {
         Ok(bound) => bound,
         Err(e) => {
+            catalog.stop();
             proxy.reaper.stop();
             return Err(e);
         }
     };
-    let limits = &proxy.config.limits;
-    // Each warm child holds a session's descriptors but the client's.
-    let capacity = fd_limit::session_capacity(fd_limit, fd_limit::open_fds())
-        .saturating_sub(proxy.config.prespawn);
-    if limits.max_sessions > capacity {
+    if max_sessions > capacity {
         warn!(
-            "--max-sessions {} is more than the descriptor limit allows: RLIMIT_NOFILE {fd_limit} \
+            "{} {max_sessions} is more than the descriptor limit allows: RLIMIT_NOFILE {fd_limit} \
              leaves room for {capacity} sessions at {} descriptors each; connections past that \
              are refused with -32001 (raise the limit with `ulimit -n` or LimitNOFILE=)",
-            limits.max_sessions,
+            if named {
+                "maxSessions, summed over the servers, is"
+            } else {
+                "--max-sessions"
+            },
             fd_limit::FDS_PER_SESSION
         );
     }
@@ -144,49 +182,41 @@ pub fn serve(config: ServeConfig) -> Result<(), Error> {
     // The node id first: an operator matching a balancer's server names
     // to nodes needs it even when it was not given (the host name's).
     eprintln!("forkline: node {}", proxy.config.node_id);
-    for listener in listeners.iter().flatten() {
-        eprintln!("forkline: listening on {}", listener.local_addr());
+    for (_, raw) in &listeners {
+        print_listener(raw, named);
     }
     for addr in http.local_addrs() {
-        eprintln!("forkline: listening on http://{addr}/mcp");
+        match catalog.only() {
+            Some(_) => eprintln!("forkline: listening on http://{addr}/mcp"),
+            None => {
+                for server in catalog.iter() {
+                    eprintln!(
+                        "forkline: listening on http://{addr}/servers/{}/mcp",
+                        server.name()
+                    );
+                }
+            }
+        }
     }
     if let Some(admin) = &admin {
         eprintln!("forkline: listening on admin http://{}", admin.local_addr());
     }
-    info!(
-        "serving `{}` max_sessions={} fd_limit={fd_limit} fd_capacity={capacity}",
-        proxy.config.command, limits.max_sessions
-    );
-
-    let session_waker = Arc::clone(&waker);
-    let sessions = Sessions::new(limits, fd_limit, capacity, move || {
-        // The loop re-checks the table on every wake-up; a failed wake
-        // only delays that to the next event.
-        let _ = session_waker.wake();
-    });
-    if proxy.config.prespawn > 0 {
-        let live = sessions.clone();
-        let started = WarmPool::start(
-            proxy.config.prespawn,
-            limits.max_sessions,
-            proxy.config.command.clone(),
-            proxy.reaper.clone(),
-            move || live.len(),
-        )
-        .context(|| "cannot start the warm pool".into());
-        match started {
-            Ok(warm) => {
-                let _ = proxy.warm.set(warm);
-            }
-            Err(e) => {
-                proxy.reaper.stop();
-                return Err(e);
-            }
-        }
+    for server in catalog.iter() {
+        info!(
+            "serving {}`{}` max_sessions={} fd_limit={fd_limit} fd_capacity={capacity}",
+            if named {
+                format!("{} = ", server.name())
+            } else {
+                String::new()
+            },
+            server.spec.command,
+            server.spec.limits.max_sessions
+        );
     }
+
     let pool_waker = Arc::clone(&waker);
     let mut pool = Pool::new(
-        limits.max_sessions,
+        max_sessions,
         WORKER_LINGER,
         WORKER_STACK_BYTES,
         // A worker that exited wakes the loop, which joins it.
@@ -225,7 +255,18 @@ pub fn serve(config: ServeConfig) -> Result<(), Error> {
             match event.token() {
                 SIGNALS => {
                     for signal in signals.pending() {
-                        if on_signal(signal, &proxy, &mut listeners, &poll) {
+                        if signal == SIGHUP {
+                            let mut reload = Reload {
+                                proxy: &proxy,
+                                catalog: &mut catalog,
+                                listeners: &mut listeners,
+                                sessions: &sessions,
+                                pool: &mut pool,
+                                http: &mut http,
+                                poll: &poll,
+                            };
+                            reload.run();
+                        } else if on_signal(signal, &proxy, &mut listeners, &poll) {
                             http.begin_shutdown(poll.registry());
                         }
                     }
@@ -233,20 +274,20 @@ pub fn serve(config: ServeConfig) -> Result<(), Error> {
                 WAKER => {
                     woken = true;
                     // A session may have ended: room for a warm child.
-                    if let Some(warm) = proxy.warm.get() {
-                        warm.nudge();
-                    }
+                    catalog.nudge();
                 }
                 token if Admin::owns(token) => {
                     if let Some(admin) = admin.as_mut() {
+                        let servers = server_views(&catalog, &listeners, &sessions);
                         let mut end_channel = |id| http.end_session(id);
                         let mut ctx = admin::Context {
                             metrics: &proxy.metrics,
                             sessions: &sessions,
+                            servers: &servers,
                             draining: proxy.shutdown.has_fired(),
                             fd_limit,
                             fd_capacity: capacity,
-                            warm_pool: proxy.warm.get().map_or(0, WarmPool::len),
+                            warm_pool: catalog.iter().map(|s| s.warm_len()).sum(),
                             end_channel: &mut end_channel,
                         };
                         admin.on_event(poll.registry(), token, &mut ctx);
@@ -256,6 +297,7 @@ pub fn serve(config: ServeConfig) -> Result<(), Error> {
                     let mut admit = HttpAdmission {
                         sessions: &sessions,
                         proxy: &proxy,
+                        catalog: &catalog,
                         pool: &mut pool,
                         fd_limit,
                     };
@@ -268,6 +310,7 @@ pub fn serve(config: ServeConfig) -> Result<(), Error> {
             let mut admit = HttpAdmission {
                 sessions: &sessions,
                 proxy: &proxy,
+                catalog: &catalog,
                 pool: &mut pool,
                 fd_limit,
             };
@@ -279,21 +322,26 @@ pub fn serve(config: ServeConfig) -> Result<(), Error> {
         }
         if retry_at.is_some_and(|at| Instant::now() >= at) {
             retry_at = None;
-            ready.extend(0..listeners.len());
+            ready.extend(listeners.iter().map(|(key, _)| key));
         }
-        for i in ready {
-            if let Some(Some(listener)) = listeners.get(i) {
-                let mut admission = Admission {
-                    sessions: &sessions,
-                    proxy: &proxy,
-                    pool: &mut pool,
-                    reserve: &mut reserve,
-                    throttle: &mut throttle,
-                    fd_limit,
-                };
-                if admission.drain(listener) == Drained::RetryLater {
-                    retry_at = Some(Instant::now() + ACCEPT_RETRY);
-                }
+        for key in ready {
+            let Some(raw) = listeners.get(key) else {
+                continue;
+            };
+            let Some(server) = catalog.find(&raw.server) else {
+                continue;
+            };
+            let mut admission = Admission {
+                sessions: &sessions,
+                proxy: &proxy,
+                server,
+                pool: &mut pool,
+                reserve: &mut reserve,
+                throttle: &mut throttle,
+                fd_limit,
+            };
+            if admission.drain(&raw.listener) == Drained::RetryLater {
+                retry_at = Some(Instant::now() + ACCEPT_RETRY);
             }
         }
         pool.reap_exited();
@@ -308,28 +356,214 @@ pub fn serve(config: ServeConfig) -> Result<(), Error> {
         admin.close_all(poll.registry());
     }
     pool.join();
-    if let Some(warm) = proxy.warm.get() {
-        warm.stop();
-    }
+    catalog.stop();
     proxy.reaper.stop();
     info!("shut down cleanly");
     Ok(())
 }
 
-fn bind_all(addrs: &[ListenAddr], poll: &Poll) -> Result<Vec<Option<Listener>>, Error> {
-    let mut listeners = Vec::with_capacity(addrs.len());
-    for (i, addr) in addrs.iter().enumerate() {
-        let mut listener = Listener::bind(addr)?;
-        poll.registry()
-            .register(&mut listener, Token(FIRST_LISTENER + i), Interest::READABLE)
-            .context(|| format!("cannot watch {addr}"))?;
-        listeners.push(Some(listener));
+fn print_listener(raw: &RawListener, named: bool) {
+    if named {
+        eprintln!(
+            "forkline: listening on {} for server {}",
+            raw.listener.local_addr(),
+            raw.server
+        );
+    } else {
+        eprintln!("forkline: listening on {}", raw.listener.local_addr());
+    }
+}
+
+fn bind_all(servers: &[ServerSpec], poll: &Poll) -> Result<Slab<RawListener>, Error> {
+    let mut listeners = Slab::new();
+    for server in servers {
+        for addr in &server.listen {
+            bind_one(&mut listeners, addr, &server.name, poll)?;
+        }
     }
     Ok(listeners)
 }
 
+fn bind_one(
+    listeners: &mut Slab<RawListener>,
+    addr: &ListenAddr,
+    server: &str,
+    poll: &Poll,
+) -> Result<usize, Error> {
+    let mut listener = Listener::bind(addr)?;
+    let entry = listeners.vacant_entry();
+    poll.registry()
+        .register(
+            &mut listener,
+            Token(FIRST_LISTENER + entry.key()),
+            Interest::READABLE,
+        )
+        .context(|| format!("cannot watch {addr}"))?;
+    let key = entry.key();
+    entry.insert(RawListener {
+        listener,
+        addr: addr.clone(),
+        server: server.to_string(),
+    });
+    Ok(key)
+}
+
+/// What a SIGHUP touches: the file is read and checked whole; only if it
+/// checks out and every new listener binds does anything change.
+struct Reload<'a> {
+    proxy: &'a Proxy,
+    catalog: &'a mut Catalog,
+    listeners: &'a mut Slab<RawListener>,
+    sessions: &'a Sessions,
+    pool: &'a mut Pool,
+    http: &'a mut Frontend,
+    poll: &'a Poll,
+}
+
+impl Reload<'_> {
+    fn run(&mut self) {
+        let Some(source) = &self.proxy.config.source else {
+            info!("SIGHUP: nothing to re-read (forkline serves no --config file)");
+            return;
+        };
+        if self.proxy.shutdown.has_fired() {
+            info!("SIGHUP: shutting down already; the file is not re-read");
+            return;
+        }
+        let path = source.path.display();
+        let loaded = match file::load(&source.path, &source.overrides) {
+            Ok(loaded) => loaded,
+            Err(problems) => {
+                error!(
+                    "SIGHUP: {path} does not check out; the settings in force stay. {}",
+                    problems.to_string().replace('\n', "; ")
+                );
+                return;
+            }
+        };
+        if loaded.http != self.proxy.config.http || loaded.admin != self.proxy.config.admin {
+            warn!(
+                "SIGHUP: {path} changes the HTTP or admin listeners; that takes a restart \
+                 (the others are reloaded)"
+            );
+        }
+        let added = match self.bind_new(&loaded.servers) {
+            Ok(added) => added,
+            Err(e) => {
+                error!("SIGHUP: {e}; the settings in force stay");
+                return;
+            }
+        };
+        let changes = match self
+            .catalog
+            .replace(loaded.servers, &self.proxy.reaper, self.sessions)
+        {
+            Ok(changes) => changes,
+            Err(e) => {
+                error!("SIGHUP: cannot start a warm pool: {e}; the settings in force stay");
+                for key in added {
+                    self.close(key);
+                }
+                return;
+            }
+        };
+        // Each listener stays with its server, moves to the server that
+        // now lists its address, or closes. A port-0 address means a fresh
+        // port for each server that lists it, so it never moves.
+        let keys: Vec<usize> = self.listeners.iter().map(|(key, _)| key).collect();
+        for key in keys {
+            let raw = &self.listeners[key];
+            let lists = |s: &Server| s.spec.listen.contains(&raw.addr);
+            let owner = match self.catalog.find(&raw.server) {
+                Some(server) if lists(server) => None,
+                _ if is_fresh_port(&raw.addr) => Some(None),
+                _ => Some(
+                    self.catalog
+                        .iter()
+                        .find(|s| lists(s))
+                        .map(|s| s.spec.name.clone()),
+                ),
+            };
+            match owner {
+                None => {}
+                Some(Some(name)) => self.listeners[key].server = name,
+                Some(None) => self.close(key),
+            }
+        }
+        for &key in &added {
+            print_listener(&self.listeners[key], true);
+        }
+        self.pool.raise_max(self.catalog.max_sessions());
+        let max_body = self.catalog.iter().map(|s| s.spec.limits.max_message_bytes);
+        self.http.set_max_body(max_body.max().unwrap_or(0));
+        info!("SIGHUP: reloaded {path}: {changes}");
+    }
+
+    /// Binds the listeners the new file has and the running one lacks; on
+    /// any failure closes those it bound and says why.
+    fn bind_new(&mut self, servers: &[ServerSpec]) -> Result<Vec<usize>, Error> {
+        let mut added = Vec::new();
+        for server in servers {
+            for addr in &server.listen {
+                // Kept, or (a fixed address) moved from another server.
+                let have = |l: &RawListener| {
+                    &l.addr == addr && (l.server == server.name || !is_fresh_port(addr))
+                };
+                if self.listeners.iter().any(|(_, l)| have(l)) {
+                    continue;
+                }
+                match bind_one(self.listeners, addr, &server.name, self.poll) {
+                    Ok(key) => added.push(key),
+                    Err(e) => {
+                        for key in added {
+                            self.close(key);
+                        }
+                        return Err(e);
+                    }
+                }
+            }
+        }
+        Ok(added)
+    }
+
+    fn close(&mut self, key: usize) {
+        if let Some(mut raw) = self.listeners.try_remove(key) {
+            let _ = self.poll.registry().deregister(&mut raw.listener);
+            info!("closed {} (its server is gone)", raw.listener.local_addr());
+        }
+    }
+}
+
+/// `127.0.0.1:0`: a new port at every bind.
+fn is_fresh_port(addr: &ListenAddr) -> bool {
+    matches!(addr, ListenAddr::Tcp(a) if a.port() == 0)
+}
+
+/// What `/servers` and the per-server metrics show.
+fn server_views(
+    catalog: &Catalog,
+    listeners: &Slab<RawListener>,
+    sessions: &Sessions,
+) -> Vec<ServerView> {
+    catalog
+        .iter()
+        .map(|server| ServerView {
+            name: server.spec.name.clone(),
+            sessions: sessions.live_for(server.name()),
+            max_sessions: server.spec.limits.max_sessions,
+            max_sessions_per_client: server.spec.limits.max_sessions_per_client,
+            warm: server.warm_len(),
+            listeners: listeners
+                .iter()
+                .filter(|(_, l)| l.server == server.spec.name)
+                .map(|(_, l)| l.listener.local_addr().to_string())
+                .collect(),
+        })
+        .collect()
+}
+
 /// Returns whether this signal began the shutdown.
-fn on_signal(signal: i32, proxy: &Proxy, listeners: &mut [Option<Listener>], poll: &Poll) -> bool {
+fn on_signal(signal: i32, proxy: &Proxy, listeners: &mut Slab<RawListener>, poll: &Poll) -> bool {
     let name = if signal == SIGINT {
         "SIGINT"
     } else {
@@ -340,16 +574,11 @@ fn on_signal(signal: i32, proxy: &Proxy, listeners: &mut [Option<Listener>], pol
         proxy.hurry.fire();
         return false;
     }
-    info!(
-        "{name}: shutting down; in-flight requests get up to {:?}",
-        proxy.config.limits.shutdown_grace
-    );
+    info!("{name}: shutting down; in-flight requests get their server's shutdown grace");
     // Closing the listeners first: new connections are refused by the
     // kernel from now on, and Unix socket files disappear.
-    for slot in listeners.iter_mut() {
-        if let Some(mut listener) = slot.take() {
-            let _ = poll.registry().deregister(&mut listener);
-        }
+    for (_, mut raw) in std::mem::take(listeners) {
+        let _ = poll.registry().deregister(&mut raw.listener);
     }
     proxy.shutdown.fire();
     true
@@ -365,6 +594,8 @@ enum Drained {
 struct Admission<'a> {
     sessions: &'a Sessions,
     proxy: &'a Arc<Proxy>,
+    /// The server the listener's connections are sessions of.
+    server: &'a Arc<Server>,
     pool: &'a mut Pool,
     reserve: &'a mut Reserve,
     throttle: &'a mut Throttle,
@@ -442,21 +673,27 @@ impl Admission<'_> {
             client,
             peer,
         } = accepted;
-        let slot = match self.sessions.try_admit(client, peer.clone(), transport) {
-            Ok(slot) => slot,
-            Err(refusal) => {
-                info!(
-                    "refused peer={peer} reason={} ({refusal})",
-                    refusal.reason()
-                );
-                self.proxy.metrics.refused(refusal.reason());
-                refuse(&stream, &refusal);
-                return;
-            }
-        };
+        let slot =
+            match self
+                .sessions
+                .try_admit(&self.server.quota, client, peer.clone(), transport)
+            {
+                Ok(slot) => slot,
+                Err(refusal) => {
+                    info!(
+                        "refused peer={peer} reason={} ({refusal})",
+                        refusal.reason()
+                    );
+                    self.proxy.metrics.refused(refusal.reason());
+                    refuse(&stream, &refusal);
+                    return;
+                }
+            };
         self.proxy.metrics.session_started(transport);
         let job_proxy = Arc::clone(self.proxy);
-        let job = Box::new(move || run_session(slot, stream, &peer, transport, &job_proxy));
+        let server = Arc::clone(self.server);
+        let job =
+            Box::new(move || run_session(slot, stream, &peer, transport, &job_proxy, &server));
         if self.pool.execute(job).is_err() {
             // Unreachable while admission caps sessions at the pool's size;
             // the job (and with it the slot and the stream) is dropped.
@@ -473,9 +710,16 @@ fn refuse(stream: &Stream, refusal: &Refusal) {
     stream.shutdown();
 }
 
-fn run_session(slot: Slot, stream: Stream, peer: &str, transport: &'static str, proxy: &Proxy) {
+fn run_session(
+    slot: Slot,
+    stream: Stream,
+    peer: &str,
+    transport: &'static str,
+    proxy: &Proxy,
+    server: &Server,
+) {
     let activity = slot.activity();
-    let mut shared = shared(proxy);
+    let mut shared = shared(proxy, server);
     shared.control.end_requested = Some(&activity.end_requested);
     let client = ClientSide::Stream(StreamClient {
         read: stream.as_fd(),
@@ -491,7 +735,7 @@ fn run_session(slot: Slot, stream: Stream, peer: &str, transport: &'static str, 
         &shared,
         client,
         |pid| slot.set_child_pid(pid),
-        taps(proxy, &slot, transport),
+        taps(proxy, server, &slot, transport),
     );
     slot.forget_client_fd();
     // The slot goes last: once it is free, the acceptor may admit the next
@@ -504,22 +748,48 @@ fn run_session(slot: Slot, stream: Stream, peer: &str, transport: &'static str, 
 struct HttpAdmission<'a> {
     sessions: &'a Sessions,
     proxy: &'a Arc<Proxy>,
+    catalog: &'a Catalog,
     pool: &'a mut Pool,
     fd_limit: u64,
 }
 
 impl Admit for HttpAdmission<'_> {
+    fn route(&self, server: Option<&str>) -> Route {
+        let found = match server {
+            Some(name) => self.catalog.find(name),
+            None => self.catalog.only(),
+        };
+        match found {
+            Some(server) => Route::Found {
+                name: Arc::clone(&server.quota.server),
+                max_message_bytes: server.spec.limits.max_message_bytes,
+            },
+            None => Route::Unknown {
+                known: self.catalog.names(),
+            },
+        }
+    }
+
     fn admit(
         &mut self,
+        server: &str,
         client: ClientKey,
         peer: String,
         principal: Option<&str>,
         transport: &'static str,
         notify: Notify,
     ) -> Result<(SessionId, ChannelPeer), Refusal> {
+        let Some(server) = self.catalog.find(server) else {
+            // A reload removed it between routing and admission, which the
+            // loop's order rules out; refused as if full.
+            return Err(Refusal::MaxSessions {
+                limit: 0,
+                server: Some(server.into()),
+            });
+        };
         let slot = self
             .sessions
-            .try_admit(client, peer.clone(), transport)
+            .try_admit(&server.quota, client, peer.clone(), transport)
             .inspect_err(|refusal| self.proxy.metrics.refused(refusal.reason()))?;
         self.proxy.metrics.session_started(transport);
         if principal.is_some() {
@@ -537,8 +807,10 @@ impl Admit for HttpAdmission<'_> {
             }
         };
         let job_proxy = Arc::clone(self.proxy);
-        let job =
-            Box::new(move || run_channel_session(slot, channels, &peer, transport, &job_proxy));
+        let server = Arc::clone(server);
+        let job = Box::new(move || {
+            run_channel_session(slot, channels, &peer, transport, &job_proxy, &server);
+        });
         if self.pool.execute(job).is_err() {
             error!("no worker could take a session; HTTP session dropped");
         }
@@ -552,9 +824,10 @@ fn run_channel_session(
     peer: &str,
     transport: &'static str,
     proxy: &Proxy,
+    server: &Server,
 ) {
     let activity = slot.activity();
-    let mut shared = shared(proxy);
+    let mut shared = shared(proxy, server);
     // The front end ends the channel's input; this names the reason.
     shared.control.end_requested = Some(&activity.end_requested);
     session::run(
@@ -563,29 +836,34 @@ fn run_channel_session(
         &shared,
         ClientSide::Channels(channels),
         |pid| slot.set_child_pid(pid),
-        taps(proxy, &slot, transport),
+        taps(proxy, server, &slot, transport),
     );
     drop(slot);
 }
 
 /// What watches the session: its tape with `--record`, and with `--admin`
 /// its metrics (which pass everything on to the tape).
-fn taps(proxy: &Proxy, slot: &Slot, transport: &'static str) -> Option<Box<dyn Tap + Send>> {
+fn taps(
+    proxy: &Proxy,
+    server: &Server,
+    slot: &Slot,
+    transport: &'static str,
+) -> Option<Box<dyn Tap + Send>> {
     let tape = proxy
         .config
         .record
         .as_ref()
-        .map(|recorder| recorder.tape(slot.id(), transport));
+        .map(|recorder| recorder.tape(slot.id(), transport, Some(server.name())));
     if proxy.config.admin.is_none() {
         return tape;
     }
     Some(proxy.metrics.tap(slot.activity(), tape))
 }
 
-fn shared(proxy: &Proxy) -> Shared<'_> {
+fn shared<'a>(proxy: &'a Proxy, server: &'a Server) -> Shared<'a> {
     Shared {
-        command: &proxy.config.command,
-        limits: &proxy.config.limits,
+        command: &server.spec.command,
+        limits: &server.spec.limits,
         control: Control {
             shutdown: &proxy.shutdown,
             hurry: &proxy.hurry,
@@ -593,7 +871,7 @@ fn shared(proxy: &Proxy) -> Shared<'_> {
         },
         stderr: &proxy.stderr,
         reaper: &proxy.reaper,
-        warm: proxy.warm.get(),
+        warm: server.warm.as_ref(),
     }
 }
 

@@ -4,3 +4,4 @@
 pub mod acceptor;
 pub mod fd_limit;
 pub mod listener;
+pub mod servers;

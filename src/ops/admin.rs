@@ -42,10 +42,25 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// The largest request body: none of these requests needs one.
 const MAX_BODY: usize = 1024;
 
+/// One server as `/servers` shows it.
+#[derive(Debug, Clone)]
+pub struct ServerView {
+    pub name: String,
+    pub sessions: usize,
+    pub max_sessions: usize,
+    pub max_sessions_per_client: usize,
+    /// Children waiting in its warm pool.
+    pub warm: usize,
+    /// Its raw-socket listeners.
+    pub listeners: Vec<String>,
+}
+
 /// What a request may read and act on, lent by the acceptor for one event.
 pub struct Context<'a> {
     pub metrics: &'a Metrics,
     pub sessions: &'a Sessions,
+    /// The servers new sessions may be admitted to.
+    pub servers: &'a [ServerView],
     /// Shutdown has begun.
     pub draining: bool,
     pub fd_limit: u64,
@@ -284,7 +299,24 @@ fn route(req: &Request, peer: SocketAddr, ctx: &mut Context<'_>) -> Response {
             let list: Vec<serde_json::Value> = entries.iter().map(|e| describe(e, now)).collect();
             json_response(200, &serde_json::Value::Array(list))
         }
-        "/healthz" | "/metrics" | "/sessions" => not_allowed("GET, HEAD"),
+        "/servers" if get => {
+            let list: Vec<serde_json::Value> = ctx
+                .servers
+                .iter()
+                .map(|s| {
+                    json!({
+                        "name": s.name,
+                        "sessions": s.sessions,
+                        "max_sessions": s.max_sessions,
+                        "max_sessions_per_client": s.max_sessions_per_client,
+                        "warm_children": s.warm,
+                        "listeners": s.listeners,
+                    })
+                })
+                .collect();
+            json_response(200, &serde_json::Value::Array(list))
+        }
+        "/healthz" | "/metrics" | "/sessions" | "/servers" => not_allowed("GET, HEAD"),
         _ => match path.strip_prefix("/sessions/").map(parse_id) {
             Some(Some(id)) => match method {
                 "GET" | "HEAD" => {
@@ -300,7 +332,7 @@ fn route(req: &Request, peer: SocketAddr, ctx: &mut Context<'_>) -> Response {
             Some(None) => Response::text(404, "no such session id (ids look like s42)\n"),
             None => Response::text(
                 404,
-                "not found; the admin endpoint serves /healthz, /metrics, /sessions and /sessions/ID\n",
+                "not found; the admin endpoint serves /healthz, /metrics, /servers, /sessions and /sessions/ID\n",
             ),
         },
     }
@@ -349,6 +381,11 @@ fn gauges(ctx: &Context<'_>) -> Gauges {
         .collect();
     Gauges {
         active,
+        per_server: ctx
+            .servers
+            .iter()
+            .map(|s| (s.name.clone(), s.sessions))
+            .collect(),
         warm_pool: ctx.warm_pool,
         fd_limit: ctx.fd_limit,
         fds_open: fd_limit::open_fds(),
@@ -370,6 +407,7 @@ fn describe(e: &Entry, now: Instant) -> serde_json::Value {
     };
     json!({
         "id": e.id.to_string(),
+        "server": &*e.server,
         "transport": e.transport,
         "peer": e.peer,
         "principal": e.principal,

@@ -203,6 +203,9 @@ fn dir_index(direction: Direction) -> usize {
 pub struct Gauges {
     /// Live sessions per transport (labels of [`TRANSPORTS`]).
     pub active: Vec<(&'static str, usize)>,
+    /// Live sessions per server, by name (letters, digits, `.`, `_`, `-`:
+    /// safe as a label value).
+    pub per_server: Vec<(String, usize)>,
     pub warm_pool: usize,
     pub fd_limit: u64,
     pub fds_open: usize,
@@ -283,6 +286,18 @@ impl Metrics {
             let _ = writeln!(
                 o,
                 "forkline_sessions_active{{transport=\"{transport}\"}} {n}"
+            );
+        }
+        header(
+            o,
+            "forkline_server_sessions_active",
+            "gauge",
+            "Live sessions per server.",
+        );
+        for (server, n) in &gauges.per_server {
+            let _ = writeln!(
+                o,
+                "forkline_server_sessions_active{{server=\"{server}\"}} {n}"
             );
         }
         header(

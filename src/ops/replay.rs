@@ -276,9 +276,13 @@ impl Transcript {
                         .join(" "),
                     _ => text("command"),
                 };
+                let server = match start.get("server") {
+                    Some(Value::String(name)) => format!("  server {name}"),
+                    _ => String::new(),
+                };
                 writeln!(
                     out,
-                    "session {}  {}  peer {}  pid {}  started {}",
+                    "session {}  {}{server}  peer {}  pid {}  started {}",
                     text("session"),
                     text("transport"),
                     text("peer"),

@@ -90,14 +90,21 @@ impl Recorder {
         &self.dir
     }
 
-    /// A tape for session `id`; its file is created when the session
-    /// starts. `transport` is `tcp`, `unix`, `http`, `http+sse` or `stdio`.
-    pub fn tape(&self, id: SessionId, transport: &'static str) -> Box<dyn Tap + Send> {
+    /// A tape for session `id` of `server` (`serve`'s server name; `None`
+    /// for `stdio`); its file is created when the session starts.
+    /// `transport` is `tcp`, `unix`, `http`, `http+sse` or `stdio`.
+    pub fn tape(
+        &self,
+        id: SessionId,
+        transport: &'static str,
+        server: Option<&str>,
+    ) -> Box<dyn Tap + Send> {
         Box::new(Tape {
             dir: self.dir.clone(),
             run: self.run.clone(),
             id,
             transport,
+            server: server.map(str::to_string),
             state: State::NotStarted,
         })
     }
@@ -117,6 +124,7 @@ struct Tape {
     run: String,
     id: SessionId,
     transport: &'static str,
+    server: Option<String>,
     state: State,
 }
 
@@ -158,13 +166,17 @@ impl Tap for Tape {
                 return;
             }
         };
-        let mut command = vec![start.command.program.display().to_string()];
-        command.extend(start.command.args.iter().cloned());
+        let command = start.command.shown();
         // By hand rather than through a map, so `type` comes first and a
         // person reading the file sees the fields in a sensible order.
+        let server = self
+            .server
+            .as_ref()
+            .map(|name| format!(",\"server\":{}", json!(name)))
+            .unwrap_or_default();
         let record = format!(
             "{{\"type\":\"start\",\"time\":{},\"session\":{},\"tape\":{},\"peer\":{},\
-             \"transport\":{},\"command\":{},\"pid\":{}}}\n",
+             \"transport\":{}{server},\"command\":{},\"pid\":{}}}\n",
             json!(Timestamp(start.wall).to_string()),
             json!(self.id.to_string()),
             json!(name),
@@ -353,11 +365,8 @@ mod tests {
     fn a_tape_holds_start_messages_as_they_went_and_end() {
         let dir = temp_dir("whole");
         let recorder = Recorder::open(&dir.join("nested")).expect("recorder");
-        let command = ChildCommand {
-            program: "srv".into(),
-            args: vec!["a b".into()],
-        };
-        let mut tape = recorder.tape(SessionId(4), "tcp");
+        let command = ChildCommand::new("srv", vec!["a b".into()]);
+        let mut tape = recorder.tape(SessionId(4), "tcp", Some("default"));
         tape.start(&Start {
             id: SessionId(4),
             peer: "127.0.0.1:9",
@@ -395,6 +404,7 @@ mod tests {
         let start: serde_json::Value = serde_json::from_str(lines[0]).unwrap();
         assert_eq!(start["type"], "start");
         assert_eq!(start["command"], json!(["srv", "a b"]));
+        assert_eq!(start["server"], "default");
         assert_eq!(start["pid"], 77);
         assert!(start["tape"].as_str().unwrap().ends_with("-s4"));
         assert!(lines[1].contains(r#","dir":"in","msg":{"id":1, "method":"x"}}"#));

@@ -167,6 +167,13 @@ impl Pool {
         self.start_worker(job)
     }
 
+    /// Raises the ceiling (a reload added servers). It never comes down:
+    /// the sessions of a server a reload removed still hold their workers
+    /// while they finish, and threads are started only when needed anyway.
+    pub fn raise_max(&mut self, max: usize) {
+        self.max = self.max.max(max);
+    }
+
     /// Starts `worker-N` with `job` as its first job.
     fn start_worker(&mut self, job: Job) -> Result<(), Job> {
         let id = self.next_id;

@@ -256,10 +256,7 @@ mod tests {
     impl Proxy {
         fn new(script: &str) -> Proxy {
             Proxy {
-                command: ChildCommand {
-                    program: "/bin/sh".into(),
-                    args: vec!["-c".into(), script.into()],
-                },
+                command: ChildCommand::new("/bin/sh", vec!["-c".into(), script.into()]),
                 limits: Limits {
                     shutdown_grace: Duration::from_secs(2),
                     ..Limits::default()

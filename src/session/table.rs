@@ -15,8 +15,6 @@ use std::time::Instant;
 
 use slab::Slab;
 
-use crate::config::Limits;
-
 /// Who a client is, for the per-client limit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ClientKey {
@@ -46,22 +44,35 @@ impl fmt::Display for SessionId {
     }
 }
 
+/// The limits one server's sessions are admitted under. Counts are kept
+/// by server name, so a server whose settings a reload changed goes on
+/// counting the sessions it already has.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Quota {
+    pub server: Arc<str>,
+    pub max_sessions: usize,
+    pub max_per_client: usize,
+    /// The server came from a `--config` file: refusals name it and its
+    /// keys rather than the flags.
+    pub named: bool,
+}
+
 /// Why a connection was turned away.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Refusal {
+    /// `server` is set for a server of a `--config` file.
     MaxSessions {
         limit: usize,
+        server: Option<Arc<str>>,
     },
     MaxSessionsPerClient {
         limit: usize,
         client: ClientKey,
+        server: Option<Arc<str>>,
     },
     /// The descriptor limit (`fds`) allows only `sessions` sessions, or
     /// (`sessions` = 0) `accept` itself ran out of descriptors.
-    Descriptors {
-        fds: u64,
-        sessions: usize,
-    },
+    Descriptors { fds: u64, sessions: usize },
 }
 
 impl Refusal {
@@ -78,15 +89,37 @@ impl Refusal {
 impl fmt::Display for Refusal {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Refusal::MaxSessions { limit } => {
+            Refusal::MaxSessions {
+                limit,
+                server: None,
+            } => {
                 write!(
                     f,
                     "session refused: --max-sessions reached ({limit} of {limit} sessions live)"
                 )
             }
-            Refusal::MaxSessionsPerClient { limit, client } => write!(
+            Refusal::MaxSessions {
+                limit,
+                server: Some(name),
+            } => write!(
+                f,
+                "session refused: server `{name}` reached its maxSessions ({limit} of {limit} sessions live)"
+            ),
+            Refusal::MaxSessionsPerClient {
+                limit,
+                client,
+                server: None,
+            } => write!(
                 f,
                 "session refused: --max-sessions-per-client reached ({limit} of {limit} sessions live for {client})"
+            ),
+            Refusal::MaxSessionsPerClient {
+                limit,
+                client,
+                server: Some(name),
+            } => write!(
+                f,
+                "session refused: server `{name}` reached its maxSessionsPerClient ({limit} of {limit} sessions live for {client})"
             ),
             Refusal::Descriptors { fds, sessions: 0 } => write!(
                 f,
@@ -123,6 +156,8 @@ pub struct Activity {
 #[derive(Debug, Clone)]
 pub struct Entry {
     pub id: SessionId,
+    /// The server it is a session of.
+    pub server: Arc<str>,
     pub client: ClientKey,
     pub peer: String,
     /// The HTTP principal (bearer token name), when there is one.
@@ -151,7 +186,8 @@ pub enum EndRequest {
 #[derive(Debug)]
 struct Table {
     entries: Slab<Entry>,
-    per_client: HashMap<ClientKey, usize>,
+    per_server: HashMap<Arc<str>, usize>,
+    per_client: HashMap<(Arc<str>, ClientKey), usize>,
     next_id: u64,
 }
 
@@ -163,8 +199,6 @@ pub struct Sessions {
 
 struct Shared {
     table: Mutex<Table>,
-    max_sessions: usize,
-    max_per_client: usize,
     /// Sessions the descriptor limit allows, and that limit.
     fd_capacity: usize,
     fd_limit: u64,
@@ -173,24 +207,22 @@ struct Shared {
 }
 
 impl Sessions {
-    /// A table for `limits`; `fds` is the descriptor limit in force and
-    /// `fd_capacity` the sessions it allows.
+    /// An empty table; `fds` is the descriptor limit in force and
+    /// `fd_capacity` the sessions it allows, over every server.
     pub fn new(
-        limits: &Limits,
         fds: u64,
         fd_capacity: usize,
         on_release: impl Fn() + Send + Sync + 'static,
     ) -> Sessions {
         let table = Table {
-            entries: Slab::with_capacity(limits.max_sessions.min(1024)),
+            entries: Slab::new(),
+            per_server: HashMap::new(),
             per_client: HashMap::new(),
             next_id: 1,
         };
         Sessions {
             inner: Arc::new(Shared {
                 table: Mutex::new(table),
-                max_sessions: limits.max_sessions,
-                max_per_client: limits.max_sessions_per_client,
                 fd_capacity,
                 fd_limit: fds,
                 on_release: Box::new(on_release),
@@ -204,18 +236,22 @@ impl Sessions {
         self.inner.table.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Admits a session for `client`, or says which limit refuses it.
-    /// Never blocks beyond the table lock.
+    /// Admits a session of `quota`'s server for `client`, or says which
+    /// limit refuses it. Never blocks beyond the table lock.
     pub fn try_admit(
         &self,
+        quota: &Quota,
         client: ClientKey,
         peer: String,
         transport: &'static str,
     ) -> Result<Slot, Refusal> {
+        let named = quota.named.then(|| Arc::clone(&quota.server));
         let mut table = self.lock();
-        if table.entries.len() >= self.inner.max_sessions {
+        let live = table.per_server.get(&quota.server).copied().unwrap_or(0);
+        if live >= quota.max_sessions {
             return Err(Refusal::MaxSessions {
-                limit: self.inner.max_sessions,
+                limit: quota.max_sessions,
+                server: named,
             });
         }
         if table.entries.len() >= self.inner.fd_capacity {
@@ -224,18 +260,22 @@ impl Sessions {
                 sessions: self.inner.fd_capacity,
             });
         }
-        let count = table.per_client.entry(client).or_insert(0);
-        if *count >= self.inner.max_per_client {
+        let client_key = (Arc::clone(&quota.server), client);
+        let count = table.per_client.get(&client_key).copied().unwrap_or(0);
+        if count >= quota.max_per_client {
             return Err(Refusal::MaxSessionsPerClient {
-                limit: self.inner.max_per_client,
+                limit: quota.max_per_client,
                 client,
+                server: named,
             });
         }
-        *count += 1;
+        table.per_client.insert(client_key, count + 1);
+        table.per_server.insert(Arc::clone(&quota.server), live + 1);
         let id = SessionId(table.next_id);
         table.next_id += 1;
         let key = table.entries.insert(Entry {
             id,
+            server: Arc::clone(&quota.server),
             client,
             peer,
             principal: None,
@@ -259,6 +299,11 @@ impl Sessions {
 
     pub fn len(&self) -> usize {
         self.lock().entries.len()
+    }
+
+    /// Live sessions of one server.
+    pub fn live_for(&self, server: &str) -> usize {
+        self.lock().per_server.get(server).copied().unwrap_or(0)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -299,10 +344,17 @@ impl Sessions {
             // The id check guards against a reused key ever being freed twice.
             if table.entries.get(key).is_some_and(|e| e.id == id) {
                 let entry = table.entries.remove(key);
-                if let Some(count) = table.per_client.get_mut(&entry.client) {
+                let client_key = (Arc::clone(&entry.server), entry.client);
+                if let Some(count) = table.per_client.get_mut(&client_key) {
                     *count -= 1;
                     if *count == 0 {
-                        table.per_client.remove(&entry.client);
+                        table.per_client.remove(&client_key);
+                    }
+                }
+                if let Some(count) = table.per_server.get_mut(&entry.server) {
+                    *count -= 1;
+                    if *count == 0 {
+                        table.per_server.remove(&entry.server);
                     }
                 }
             }
@@ -387,11 +439,16 @@ mod tests {
     use super::*;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
-    fn limits(max: usize, per_client: usize) -> Limits {
-        Limits {
+    fn quota(max: usize, per_client: usize) -> Quota {
+        named("default", max, per_client, false)
+    }
+
+    fn named(server: &str, max: usize, per_client: usize, named: bool) -> Quota {
+        Quota {
+            server: server.into(),
             max_sessions: max,
-            max_sessions_per_client: per_client,
-            ..Limits::default()
+            max_per_client: per_client,
+            named,
         }
     }
 
@@ -403,21 +460,29 @@ mod tests {
     fn enforces_the_total_limit_and_frees_on_drop() {
         let released = Arc::new(AtomicUsize::new(0));
         let counter = Arc::clone(&released);
-        let sessions = Sessions::new(&limits(2, 10), 1024, 1000, move || {
+        let q = quota(2, 10);
+        let sessions = Sessions::new(1024, 1000, move || {
             counter.fetch_add(1, Ordering::SeqCst);
         });
-        let a = sessions.try_admit(ip(1), "a".into(), "tcp").expect("first");
+        let a = sessions
+            .try_admit(&q, ip(1), "a".into(), "tcp")
+            .expect("first");
         let b = sessions
-            .try_admit(ip(2), "b".into(), "tcp")
+            .try_admit(&q, ip(2), "b".into(), "tcp")
             .expect("second");
         assert_eq!(
-            sessions.try_admit(ip(3), "c".into(), "tcp").unwrap_err(),
-            Refusal::MaxSessions { limit: 2 }
+            sessions
+                .try_admit(&q, ip(3), "c".into(), "tcp")
+                .unwrap_err(),
+            Refusal::MaxSessions {
+                limit: 2,
+                server: None
+            }
         );
         drop(a);
         assert_eq!(released.load(Ordering::SeqCst), 1);
         let c = sessions
-            .try_admit(ip(3), "c".into(), "tcp")
+            .try_admit(&q, ip(3), "c".into(), "tcp")
             .expect("room again");
         assert_ne!(c.id(), b.id());
         assert_eq!(sessions.len(), 2);
@@ -425,34 +490,42 @@ mod tests {
 
     #[test]
     fn enforces_the_per_client_limit_per_key() {
-        let sessions = Sessions::new(&limits(10, 1), 1024, 1000, || {});
+        let q = quota(10, 1);
+        let sessions = Sessions::new(1024, 1000, || {});
         let _a = sessions
-            .try_admit(ip(1), "a".into(), "tcp")
+            .try_admit(&q, ip(1), "a".into(), "tcp")
             .expect("first for .1");
-        let refusal = sessions.try_admit(ip(1), "a2".into(), "tcp").unwrap_err();
+        let refusal = sessions
+            .try_admit(&q, ip(1), "a2".into(), "tcp")
+            .unwrap_err();
         assert_eq!(refusal.reason(), "max_sessions_per_client");
         assert!(refusal.to_string().contains("127.0.0.1"), "{refusal}");
         let _b = sessions
-            .try_admit(ip(2), "b".into(), "tcp")
+            .try_admit(&q, ip(2), "b".into(), "tcp")
             .expect(".2 has its own budget");
         let _u = sessions
-            .try_admit(ClientKey::Uid(1000), "u".into(), "unix")
+            .try_admit(&q, ClientKey::Uid(1000), "u".into(), "unix")
             .expect("uids too");
         assert!(
             sessions
-                .try_admit(ClientKey::Uid(1000), "u2".into(), "unix")
+                .try_admit(&q, ClientKey::Uid(1000), "u2".into(), "unix")
                 .is_err()
         );
     }
 
     #[test]
     fn the_descriptor_limit_refuses_like_any_other_limit() {
-        let sessions = Sessions::new(&limits(100, 100), 64, 2, || {});
-        let _a = sessions.try_admit(ip(1), "a".into(), "tcp").expect("first");
+        let q = quota(100, 100);
+        let sessions = Sessions::new(64, 2, || {});
+        let _a = sessions
+            .try_admit(&q, ip(1), "a".into(), "tcp")
+            .expect("first");
         let _b = sessions
-            .try_admit(ip(2), "b".into(), "tcp")
+            .try_admit(&q, ip(2), "b".into(), "tcp")
             .expect("second");
-        let refusal = sessions.try_admit(ip(3), "c".into(), "tcp").unwrap_err();
+        let refusal = sessions
+            .try_admit(&q, ip(3), "c".into(), "tcp")
+            .unwrap_err();
         assert_eq!(refusal.reason(), "fd_limit");
         let text = refusal.to_string();
         assert!(
@@ -463,23 +536,54 @@ mod tests {
 
     #[test]
     fn ids_are_never_reused_even_when_keys_are() {
-        let sessions = Sessions::new(&limits(1, 1), 1024, 1000, || {});
+        let q = quota(1, 1);
+        let sessions = Sessions::new(1024, 1000, || {});
         let first = sessions
-            .try_admit(ip(1), "a".into(), "tcp")
+            .try_admit(&q, ip(1), "a".into(), "tcp")
             .expect("admit")
             .id();
         let second = sessions
-            .try_admit(ip(1), "a".into(), "tcp")
+            .try_admit(&q, ip(1), "a".into(), "tcp")
             .expect("admit again")
             .id();
         assert!(second > first);
     }
 
     #[test]
+    fn each_server_has_its_own_limits() {
+        let sessions = Sessions::new(1024, 1000, || {});
+        let a = named("a", 1, 1, true);
+        let b = named("b", 2, 1, true);
+        let _a1 = sessions
+            .try_admit(&a, ip(1), "p".into(), "http")
+            .expect("a");
+        let refusal = sessions
+            .try_admit(&a, ip(2), "p".into(), "http")
+            .unwrap_err();
+        assert_eq!(
+            refusal.to_string(),
+            "session refused: server `a` reached its maxSessions (1 of 1 sessions live)"
+        );
+        let _b1 = sessions
+            .try_admit(&b, ip(1), "p".into(), "http")
+            .expect("b counts apart, per client too");
+        let refusal = sessions
+            .try_admit(&b, ip(1), "p".into(), "http")
+            .unwrap_err();
+        assert_eq!(refusal.reason(), "max_sessions_per_client");
+        assert!(refusal.to_string().contains("server `b`"), "{refusal}");
+        assert_eq!((sessions.live_for("a"), sessions.live_for("b")), (1, 1));
+        drop(_a1);
+        assert_eq!(sessions.live_for("a"), 0);
+        assert_eq!(sessions.snapshot()[0].server.as_ref(), "b");
+    }
+
+    #[test]
     fn snapshot_shows_the_child_pid() {
-        let sessions = Sessions::new(&limits(4, 4), 1024, 1000, || {});
+        let q = quota(4, 4);
+        let sessions = Sessions::new(1024, 1000, || {});
         let slot = sessions
-            .try_admit(ip(1), "127.0.0.1:5".into(), "tcp")
+            .try_admit(&q, ip(1), "127.0.0.1:5".into(), "tcp")
             .expect("admit");
         slot.set_child_pid(4242);
         let entries = sessions.snapshot();
@@ -493,8 +597,11 @@ mod tests {
         use std::io::Read;
         use std::os::fd::AsRawFd;
         use std::os::unix::net::UnixStream;
-        let sessions = Sessions::new(&limits(4, 4), 1024, 1000, || {});
-        let slot = sessions.try_admit(ip(1), "p".into(), "tcp").expect("admit");
+        let q = quota(4, 4);
+        let sessions = Sessions::new(1024, 1000, || {});
+        let slot = sessions
+            .try_admit(&q, ip(1), "p".into(), "tcp")
+            .expect("admit");
         let (mut ours, _theirs) = UnixStream::pair().expect("socketpair");
         slot.set_client_fd(ours.as_raw_fd());
         assert_eq!(sessions.request_end(slot.id()), EndRequest::Stream);

@@ -969,6 +969,8 @@ pub fn stateless_post(body: &Value) -> Request {
 #[derive(Clone, Debug)]
 pub struct McpSession {
     pub addr: SocketAddr,
+    /// Its endpoint: `/mcp`, or `/servers/NAME/mcp`.
+    pub path: String,
     pub id: String,
     pub version: String,
     pub extra: Vec<(String, String)>,
@@ -984,7 +986,19 @@ impl McpSession {
 
     /// `initialize` at `version` with `extra` headers on every request.
     pub fn open_with(addr: SocketAddr, version: &str, extra: &[(&str, &str)]) -> McpSession {
-        let mut req = mcp_post_json(&initialize_body(json!(0), version));
+        McpSession::open_at(addr, "/mcp", version, extra)
+    }
+
+    /// `open_with` at the endpoint `path` (`/servers/NAME/mcp`).
+    pub fn open_at(
+        addr: SocketAddr,
+        path: &str,
+        version: &str,
+        extra: &[(&str, &str)],
+    ) -> McpSession {
+        let mut req = Request::post(path)
+            .header("Accept", ACCEPT_JSON)
+            .json(&initialize_body(json!(0), version));
         for (n, v) in extra {
             req = req.header(n, v);
         }
@@ -997,6 +1011,7 @@ impl McpSession {
         let init = response.json();
         let session = McpSession {
             addr,
+            path: path.to_string(),
             id,
             version: version.to_string(),
             extra: extra
@@ -1024,12 +1039,14 @@ impl McpSession {
 
     /// `POST /mcp` of `body` (Accept both), not sent yet.
     pub fn post_req(&self, body: &Value) -> Request {
-        self.with_headers(mcp_post(body))
+        let req = Request::post(&self.path).header("Accept", ACCEPT_BOTH);
+        self.with_headers(req.json(body))
     }
 
     /// `POST /mcp` of `body` (Accept JSON only), not sent yet.
     pub fn post_json_req(&self, body: &Value) -> Request {
-        self.with_headers(mcp_post_json(body))
+        let req = Request::post(&self.path).header("Accept", ACCEPT_JSON);
+        self.with_headers(req.json(body))
     }
 
     /// POSTs `body` (Accept both) on a fresh connection.
@@ -1064,7 +1081,7 @@ impl McpSession {
 
     /// `GET /mcp` request for the session's stream, not sent yet.
     pub fn get_req(&self) -> Request {
-        self.with_headers(Request::get("/mcp").header("Accept", ACCEPT_SSE))
+        self.with_headers(Request::get(&self.path).header("Accept", ACCEPT_SSE))
     }
 
     /// Opens the session's GET stream and checks its head.
@@ -1097,7 +1114,7 @@ impl McpSession {
 
     /// `DELETE /mcp` for this session.
     pub fn delete(&self) -> Response {
-        request(self.addr, &self.with_headers(Request::delete("/mcp")))
+        request(self.addr, &self.with_headers(Request::delete(&self.path)))
     }
 
     /// Polls until a request in this session answers 404.
