@@ -10,7 +10,8 @@
 //! the child), also after HAProxy is restarted mid-run; a draining node
 //! takes no new sessions and answers what it has in flight; a killed
 //! node's sessions get 404 and the others go on; stateless-era requests of
-//! one principal always reach one node; a node's own 503 (a busy session)
+//! one principal always reach one node; a `--config` file's
+//! `/servers/NAME/...` sessions route alike; a node's own 503 (a busy session)
 //! passes the balancer unchanged; and a node answers 404 for a session id
 //! naming another node, whatever else the request says.
 //!
@@ -56,6 +57,12 @@ struct Node {
 
 impl Node {
     fn start(id: &'static str, args: &[&str], child: &[String]) -> Node {
+        Node::start_with(id, args, child, 2)
+    }
+
+    /// `child` empty: no command (a `--config` file names the servers);
+    /// `listeners`: the listening lines to wait for.
+    fn start_with(id: &'static str, args: &[&str], child: &[String], listeners: usize) -> Node {
         // Through the balancer every session's peer is the balancer, so
         // the per-client limit is the node's own limit (README).
         let mut all = vec![
@@ -69,9 +76,11 @@ impl Node {
             "64",
         ];
         all.extend_from_slice(args);
-        all.push("--");
-        all.extend(child.iter().map(String::as_str));
-        let forkline = Forkline::serve_configured(&all, 2, |command| {
+        if !child.is_empty() {
+            all.push("--");
+            all.extend(child.iter().map(String::as_str));
+        }
+        let forkline = Forkline::serve_configured(&all, listeners, |command| {
             command.env("FORKLINE_TEST_NODE", id);
         });
         let admin = forkline
@@ -81,7 +90,15 @@ impl Node {
             .unwrap_or_else(|| panic!("no admin listener in {:?}", forkline.listening))
             .parse()
             .expect("admin address parses");
-        let http = http_addr(&forkline);
+        // `http://ADDR/mcp`, or `http://ADDR/servers/NAME/mcp` per server.
+        let http = forkline
+            .listening
+            .iter()
+            .find_map(|l| l.strip_prefix("http://"))
+            .and_then(|l| l.split('/').next())
+            .unwrap_or_else(|| panic!("no http listener in {:?}", forkline.listening))
+            .parse()
+            .expect("http address parses");
         Node {
             id,
             forkline,
@@ -297,10 +314,15 @@ struct Cluster {
 impl Cluster {
     /// `None` (after a notice, never under CI) without HAProxy.
     fn start(args: &[&str], child: &[String]) -> Option<Cluster> {
+        Cluster::start_with(args, child, 2)
+    }
+
+    /// `listeners`: each node's listening lines (see `Node::start_with`).
+    fn start_with(args: &[&str], child: &[String], listeners: usize) -> Option<Cluster> {
         let haproxy = haproxy_binary()?;
         let nodes: Vec<Node> = NODES
             .iter()
-            .map(|id| Node::start(id, args, child))
+            .map(|id| Node::start_with(id, args, child, listeners))
             .collect();
         let lb = Haproxy::start(&haproxy, &nodes);
         Some(Cluster { lb, nodes, haproxy })
@@ -811,6 +833,68 @@ fn a_nodes_own_503_passes_the_balancer_unchanged() {
     assert_eq!(response.status, 503, "{response}");
     assert_eq!(response.header("Retry-After"), Some("1"), "{response}");
     assert_eq!(response.json()["error"]["code"], -32001, "{response}");
+}
+
+#[test]
+fn a_config_files_servers_are_routed_by_session_id_on_both_transports() {
+    let dir = TempDir::new("scaleout-config");
+    let file = dir.path.join("servers.json");
+    let words = cluster_child();
+    let entry = json!({"command": words[0], "args": words[1..]});
+    let config = json!({"mcpServers": {"alpha": entry, "beta": entry}});
+    std::fs::write(&file, config.to_string()).expect("config file");
+    let file = file.to_str().expect("utf8 path").to_string();
+    // Two `http://ADDR/servers/NAME/mcp` lines and the admin line each.
+    let Some(cluster) = Cluster::start_with(&["--config", &file], &[], 3) else {
+        return;
+    };
+    let mut nodes = BTreeSet::new();
+    for server in ["alpha", "beta"] {
+        for _ in 0..6 {
+            let path = format!("/servers/{server}/mcp");
+            let session = McpSession::open_at(cluster.addr(), &path, "2025-06-18", &[]);
+            assert_on_its_node(&session);
+            nodes.insert(node_of(&session.id).to_string());
+        }
+    }
+    assert_eq!(
+        nodes.len(),
+        NODES.len(),
+        "sessions did not spread: {nodes:?}"
+    );
+
+    // HTTP+SSE at a named path: `?sessionId=` carries the node.
+    let mut sse = HttpConn::connect(cluster.addr())
+        .open(&Request::get("/servers/beta/sse").header("Accept", ACCEPT_SSE));
+    sse.head.assert_status(200);
+    let endpoint = sse.next_event().data.unwrap_or_default();
+    let id = endpoint
+        .strip_prefix("/servers/beta/messages?sessionId=")
+        .unwrap_or_else(|| panic!("endpoint {endpoint:?}"))
+        .to_string();
+    let post = |body: &Value| {
+        let posted = request(
+            cluster.addr(),
+            &Request::post(&endpoint)
+                .header("Accept", ACCEPT_BOTH)
+                .json(body),
+        );
+        assert_eq!(posted.status, 202, "{posted}");
+    };
+    post(&initialize_body(json!(1), "2024-11-05"));
+    sse.next_message();
+    post(&rpc_notification("notifications/initialized", json!({})));
+    post(&rpc_request(
+        json!(7),
+        "tools/call",
+        json!({"name": "whoami", "arguments": {}}),
+    ));
+    let (_, answer) = sse.next_message();
+    let text = answer["result"]["content"][0]["text"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{answer}"));
+    let me: Value = serde_json::from_str(text).expect("whoami JSON");
+    assert_eq!(me["test_node"], node_of(&id), "{answer}");
 }
 
 // ---- the stateless era ----------------------------------------------------------
