@@ -56,13 +56,9 @@ struct Node {
 }
 
 impl Node {
-    fn start(id: &'static str, args: &[&str], child: &[String]) -> Node {
-        Node::start_with(id, args, child, 2)
-    }
-
     /// `child` empty: no command (a `--config` file names the servers);
     /// `listeners`: the listening lines to wait for.
-    fn start_with(id: &'static str, args: &[&str], child: &[String], listeners: usize) -> Node {
+    fn start(id: &'static str, args: &[&str], child: &[String], listeners: usize) -> Node {
         // Through the balancer every session's peer is the balancer, so
         // the per-client limit is the node's own limit (README).
         let mut all = vec![
@@ -322,7 +318,7 @@ impl Cluster {
         let haproxy = haproxy_binary()?;
         let nodes: Vec<Node> = NODES
             .iter()
-            .map(|id| Node::start_with(id, args, child, listeners))
+            .map(|id| Node::start(id, args, child, listeners))
             .collect();
         let lb = Haproxy::start(&haproxy, &nodes);
         Some(Cluster { lb, nodes, haproxy })
