@@ -9,7 +9,10 @@
 # some rows (keys: direct, socat, forkline, twin, forkline-http,
 # forkline-http-json, supergateway, mcp-proxy), `--burst-cap N` for the cap
 # of the max-live-sessions phase.
-# Then benches/prespawn.py: session set-up with and without --prespawn.
+# Then benches/prespawn.py: session set-up with and without --prespawn, and
+# benches/scaleout.py: sessions/s and requests/s through HAProxy
+# (deploy/haproxy.cfg) with one, two and three nodes, next to one node
+# without it (skipped with a notice when haproxy is not installed).
 # A full run takes about 7 minutes on 2 cores, of which the max-live-sessions
 # and recovery phases (6,500 sessions; 40 s windows) take about 2.
 set -euo pipefail
@@ -22,3 +25,6 @@ cargo bench --bench proxy -- "$@"
 # Session set-up with and without the warm pool (--prespawn), on a child
 # that boots in 300 ms; about 25 s.
 python3 benches/prespawn.py target/release/forkline
+# Through HAProxy on the committed recipe with 1, 2, 3 nodes and direct to
+# one node, 3 rounds; about 2 minutes.
+python3 benches/scaleout.py target/release/forkline

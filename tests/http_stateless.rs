@@ -11,36 +11,6 @@ use common::http::*;
 use common::*;
 use serde_json::{Value, json};
 
-const MODERN: &str = "2026-07-28";
-
-/// A stateless-era request: `_meta` says who the client is.
-fn modern(id: Value, method: &str, mut params: Value) -> Value {
-    params["_meta"] = json!({
-        "io.modelcontextprotocol/protocolVersion": MODERN,
-        "io.modelcontextprotocol/clientInfo": {"name": "raw-test", "version": "1"},
-        "io.modelcontextprotocol/clientCapabilities": {},
-    });
-    rpc_request(id, method, params)
-}
-
-/// `POST /mcp` with every header the era requires, taken from the body.
-fn stateless_post(body: &Value) -> Request {
-    let mut req = Request::post("/mcp")
-        .header("Accept", ACCEPT_BOTH)
-        .header("MCP-Protocol-Version", MODERN)
-        .json(body);
-    if let Some(method) = body["method"].as_str() {
-        req = req.header("Mcp-Method", method);
-    }
-    let name = body["params"]["name"]
-        .as_str()
-        .or(body["params"]["uri"].as_str());
-    if let Some(name) = name {
-        req = req.header("Mcp-Name", name);
-    }
-    req
-}
-
 fn call(addr: SocketAddr, body: &Value) -> Value {
     let response = request(addr, &stateless_post(body));
     response.assert_status(200);

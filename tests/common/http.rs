@@ -926,6 +926,41 @@ pub fn is_session_id(id: &str) -> bool {
 /// A random-looking session id no server minted.
 pub const UNKNOWN_SESSION: &str = "0123456789abcdef0123456789abcdef";
 
+// ---- the stateless era ----------------------------------------------------------
+
+/// The stateless era's first version (MCP 2026-07-28).
+pub const MODERN: &str = "2026-07-28";
+
+/// A stateless-era request: `params._meta` says who the client is (what
+/// the handshake used to).
+pub fn modern(id: Value, method: &str, mut params: Value) -> Value {
+    params["_meta"] = json!({
+        "io.modelcontextprotocol/protocolVersion": MODERN,
+        "io.modelcontextprotocol/clientInfo": {"name": "raw-test", "version": "1"},
+        "io.modelcontextprotocol/clientCapabilities": {},
+    });
+    rpc_request(id, method, params)
+}
+
+/// `POST /mcp` with every header the era requires (`MCP-Protocol-Version`,
+/// `Mcp-Method`, `Mcp-Name`), taken from the body; not sent yet.
+pub fn stateless_post(body: &Value) -> Request {
+    let mut req = Request::post("/mcp")
+        .header("Accept", ACCEPT_BOTH)
+        .header("MCP-Protocol-Version", MODERN)
+        .json(body);
+    if let Some(method) = body["method"].as_str() {
+        req = req.header("Mcp-Method", method);
+    }
+    let name = body["params"]["name"]
+        .as_str()
+        .or(body["params"]["uri"].as_str());
+    if let Some(name) = name {
+        req = req.header("Mcp-Name", name);
+    }
+    req
+}
+
 // ---- a Streamable HTTP session ------------------------------------------------
 
 /// A handshake-era session: its id, the version it sends in
