@@ -132,6 +132,9 @@ impl Settings {
     }
 }
 
+/// Where the hand-kept part of docs/benchmarks.md begins.
+const KEPT_MARKER: &str = "<!-- kept: benches/proxy.rs rewrites the file above this line only -->";
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let quick = args.iter().any(|a| a == "--quick")
@@ -200,9 +203,20 @@ fn main() {
     if quick && !args.iter().any(|a| a == "--quick") {
         command.push_str(" --quick");
     }
-    let doc = report::render(&rows, &settings, &machine, &command, started.elapsed());
+    let mut doc = report::render(&rows, &settings, &machine, &command, started.elapsed());
     println!("{doc}");
     if let Some(out) = out {
+        // The sections other runs added (an `--only` run, prespawn.py,
+        // reload.py, scaleout.py) stay: everything from the marker on.
+        if let Ok(old) = std::fs::read_to_string(&out) {
+            if let Some(at) = old.find(KEPT_MARKER) {
+                if !doc.ends_with('\n') {
+                    doc.push('\n');
+                }
+                doc.push('\n');
+                doc.push_str(&old[at..]);
+            }
+        }
         if let Some(dir) = out.parent() {
             let _ = std::fs::create_dir_all(dir);
         }
