@@ -330,6 +330,11 @@ fn a_server_request_of_an_adapted_child_travels_as_an_input_required_result() {
     assert_eq!(answer["id"], 2, "{answer}");
     assert_eq!(answer["result"]["method"], "fake/ask-roots", "{answer}");
     assert_eq!(answer["result"]["roots"], roots, "{answer}");
+    // The child's stderr reaches the log on its own thread: once a later
+    // request's trace line is there, every earlier one is (one pipe, in
+    // order), so the count below is final.
+    call(addr, &modern(json!(3), "ping", json!({})));
+    forkline.wait_for_log("fake: received ping");
     assert_eq!(
         forkline
             .stderr_text()
