@@ -33,12 +33,33 @@ fn wait_children(forkline: &Forkline, n: usize) -> HashSet<u32> {
     live
 }
 
+/// Waits until every child in `pids` is in the pool, not just started: the
+/// pool logs `warm child … started pid=P` under its lock as it queues P,
+/// so once the line is out, a session's `take` finds P.
+fn wait_queued(forkline: &Forkline, pids: &HashSet<u32>) {
+    for pid in pids {
+        let line_end = format!(" started pid={pid}");
+        let queued = poll_until(PATIENCE, || {
+            forkline
+                .stderr_lines()
+                .iter()
+                .any(|l| l.ends_with(&line_end))
+        });
+        assert!(
+            queued,
+            "warm child {pid} never queued; log:\n{}",
+            forkline.stderr_text()
+        );
+    }
+}
+
 #[test]
 fn a_session_takes_a_warm_child_and_the_pool_refills() {
     let forkline = Forkline::serve_tcp(&["--prespawn", "2"], &fake_server(&[]));
     let mut guard = StrayGuard::new();
     let warm = wait_children(&forkline, 2);
     warm.iter().for_each(|&pid| guard.watch(pid));
+    wait_queued(&forkline, &warm);
 
     let mut client = forkline.connect();
     let env = client.fake_env(1);
@@ -75,6 +96,7 @@ fn a_warm_child_that_dies_while_waiting_is_replaced_and_logged() {
     });
     replaced.iter().for_each(|&pid| guard.watch(pid));
     assert!(ok, "no replacement for {victim}: {replaced:?}");
+    wait_queued(&forkline, &replaced);
     // And the replacement serves a session.
     let mut client = forkline.connect();
     let env = client.fake_env(1);
@@ -98,7 +120,8 @@ fn the_pool_counts_against_max_sessions() {
     let mut a = forkline.connect();
     let mut b = forkline.connect();
     guard.watch(a.fake_env(1).pid);
-    guard.watch(b.fake_env(2).pid);
+    let b_pid = b.fake_env(2).pid;
+    guard.watch(b_pid);
     // Two sessions, no room left: no warm child beyond them.
     wait_children(&forkline, 2);
     let mut third = forkline.connect();
@@ -107,7 +130,10 @@ fn the_pool_counts_against_max_sessions() {
     // A session ends: the room goes back to the pool.
     drop(a);
     forkline.wait_for_log("[s1] session closed");
-    wait_children(&forkline, 2);
+    let mut waiting = wait_children(&forkline, 2);
+    waiting.remove(&b_pid);
+    waiting.iter().for_each(|&pid| guard.watch(pid));
+    wait_queued(&forkline, &waiting);
     let mut c = forkline.connect();
     let env = c.fake_env(3);
     guard.watch(env.pid);
