@@ -88,7 +88,7 @@ impl Served {
         poll_until(PATIENCE, || {
             verdict = self.forkline.stderr_lines()[before..]
                 .iter()
-                .find(|l| l.contains("SIGHUP: "))
+                .find(|l| l.contains("SIGHUP: reloaded") || l.contains("does not check out"))
                 .cloned();
             verdict.is_some()
         });
