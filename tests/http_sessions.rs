@@ -599,6 +599,10 @@ fn during_the_shutdown_grace_a_new_session_gets_503() {
 fn a_session_whose_child_stops_reading_refuses_more_with_503_not_memory() {
     let forkline = serve_http(&[], &fake_server(&["--initialize"]));
     let session = McpSession::open(http_addr(&forkline));
+    // A child that reads no more never sees end of input when forkline is
+    // killed at the end of the test: it is ended by its pid.
+    let mut guard = StrayGuard::new();
+    guard.watch(session.child_pid());
     let reply = session.call(json!(1), "fake/stop-reading", json!({}));
     assert_eq!(reply["id"], 1, "{reply}");
     // The child reads nothing more: its socket, the worker's 32 KiB and
