@@ -477,6 +477,9 @@ fn handshake_sessions_and_stateless_clients_share_one_forkline() {
 #[test]
 fn a_principals_child_comes_from_the_warm_pool_when_there_is_one() {
     let forkline = serve_http(&["--prespawn", "1"], &fake_server(&["--initialize"]));
+    // The pool logs this under its lock as it queues the child: from then
+    // on a new principal takes it.
+    forkline.wait_for_log("warm child warm-1 started pid=");
     let env = fake_env(http_addr(&forkline), None);
     let name = env["session_id"].as_str().unwrap_or_default();
     assert!(
