@@ -275,7 +275,7 @@ fn the_older_sse_transport_and_the_stateless_era_reach_the_named_server() {
 #[test]
 fn each_server_has_its_own_limits_and_raw_socket_listeners() {
     let mut alpha = fake_entry("alpha");
-    alpha["forkline"] = json!({"maxSessions": 2, "tcp": "127.0.0.1:0"});
+    alpha["forkline"] = json!({"maxSessions": 2, "tcp": "127.0.0.1:0", "maxMessageBytes": "1KiB"});
     let mut beta = fake_entry("beta");
     beta["forkline"] = json!({"maxSessions": 3});
     let config = json!({"mcpServers": {"alpha": alpha, "beta": beta}});
@@ -310,6 +310,31 @@ fn each_server_has_its_own_limits_and_raw_socket_listeners() {
     for session in &betas {
         assert_eq!(who(session), "beta");
     }
+
+    // alpha's message limit is its own: a 2 KiB body is over it (413, before
+    // any admission) and a 2 KiB line over its TCP listener gets -32003,
+    // while beta reads the same body (and refuses it only as full: 503).
+    let big = |path: &str| {
+        let mut body = initialize_body(json!(0), "2025-06-18");
+        body["params"]["clientInfo"]["name"] = json!("x".repeat(2048));
+        request(
+            served.addr(),
+            &Request::post(path)
+                .header("Accept", ACCEPT_JSON)
+                .json(&body),
+        )
+    };
+    let over = big("/servers/alpha/mcp");
+    over.assert_status(413);
+    assert!(
+        over.text()
+            .contains("server alpha's maxMessageBytes (1024)"),
+        "{over}"
+    );
+    big("/servers/beta/mcp").assert_status(503);
+    let pad = "y".repeat(2048);
+    raw.request(json!(9), "fake/env", json!({ "pad": pad }));
+    assert_error(&raw.recv(), -32003, &json!(9));
 
     // Room comes back when a session ends.
     first.delete().assert_status(200);

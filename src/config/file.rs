@@ -750,7 +750,7 @@ enum Entry {
 }
 
 /// Letters, digits, `.`, `_`, `-`: a URL path segment as it stands.
-pub fn is_server_name(name: &str) -> bool {
+fn is_server_name(name: &str) -> bool {
     (1..=64).contains(&name.len())
         && name != "."
         && name != ".."

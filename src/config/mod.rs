@@ -216,18 +216,6 @@ pub struct ServeConfig {
     pub node_id: crate::http::node::NodeId,
 }
 
-impl ServeConfig {
-    /// The most any one message may be, over every server: what the HTTP
-    /// front end reads before it knows a request's server.
-    pub fn max_message_bytes(servers: &[ServerSpec]) -> usize {
-        servers
-            .iter()
-            .map(|s| s.limits.max_message_bytes)
-            .max()
-            .unwrap_or(Limits::default().max_message_bytes)
-    }
-}
-
 /// Everything `stdio` needs.
 #[derive(Debug, Clone)]
 pub struct StdioConfig {

@@ -552,7 +552,6 @@ impl Frontend {
             );
             return self.respond(registry, key, r);
         };
-        let named = named.map(str::to_string);
         let origin = req.header("origin");
         if !self.access.origin_allowed(origin) {
             let r = Response::rpc_error(
@@ -601,16 +600,16 @@ impl Frontend {
                 return self.respond(registry, key, r);
             }
         };
-        let (server, max_message_bytes) = match admit.route(named.as_deref()) {
+        let (server, max_message_bytes) = match admit.route(named) {
             Route::Found {
                 name,
                 max_message_bytes,
             } => (name, max_message_bytes),
-            Route::Unknown { known } => match self.retired_server(&req, named.as_deref()) {
+            Route::Unknown { known } => match self.retired_server(&req, named) {
                 // A reload removed its server; its live sessions finish.
                 Some(server) => (server, self.max_body),
                 None => {
-                    let r = unknown_server(named.as_deref(), &known);
+                    let r = unknown_server(named, &known);
                     return self.respond(registry, key, r);
                 }
             },
@@ -627,7 +626,7 @@ impl Frontend {
         }
         let at = Mount {
             server,
-            prefix: named.map(|name| format!("/servers/{name}")),
+            named: named.is_some(),
         };
         let method_ok = match endpoint {
             Endpoint::Mcp => matches!(req.method.as_str(), "GET" | "POST" | "DELETE"),
@@ -1084,11 +1083,11 @@ impl Frontend {
         };
         let session = &mut self.sessions[live].session;
         session.attach_legacy(key);
-        let endpoint = format!(
-            "{}/messages?sessionId={}",
-            at.prefix.as_deref().unwrap_or_default(),
-            session.id
-        );
+        let endpoint = if at.named {
+            format!("/servers/{}/messages?sessionId={}", at.server, session.id)
+        } else {
+            format!("/messages?sessionId={}", session.id)
+        };
         let mut bytes = Vec::new();
         let close = self.conns.get(key).is_some_and(|c| c.close_after);
         self.with_cors(key, Response::event_stream())
@@ -1583,12 +1582,12 @@ impl Frontend {
     }
 }
 
-/// The server a request is for, and the path prefix it came by (for the
+/// The server a request is for, and whether its path named it (for the
 /// legacy transport's `endpoint` event, which names the POST path).
 struct Mount {
     server: Arc<str>,
-    /// `/servers/NAME`, or `None` for `/mcp`, `/sse` and `/messages`.
-    prefix: Option<String>,
+    /// It came by `/servers/NAME/…`, not `/mcp`, `/sse` or `/messages`.
+    named: bool,
 }
 
 /// `/mcp` → (None, Mcp); `/servers/NAME/mcp` → (Some(NAME), Mcp); the

@@ -106,12 +106,6 @@ pub fn serve(config: ServeConfig) -> Result<(), Error> {
     });
     let named = proxy.config.source.is_some();
     let prespawn: usize = proxy.config.servers.iter().map(|s| s.prespawn).sum();
-    let max_sessions = proxy
-        .config
-        .servers
-        .iter()
-        .map(|s| s.limits.max_sessions)
-        .fold(0, usize::saturating_add);
     // Each warm child holds a session's descriptors but the client's.
     let capacity =
         fd_limit::session_capacity(fd_limit, fd_limit::open_fds()).saturating_sub(prespawn);
@@ -135,6 +129,7 @@ pub fn serve(config: ServeConfig) -> Result<(), Error> {
             return Err(e);
         }
     };
+    let max_sessions = catalog.max_sessions();
     let mut reserve = Reserve::new();
     // Bound last: once a socket exists, everything serving it is in place,
     // so a client (or a test) that sees the socket file can rely on that.
@@ -144,7 +139,7 @@ pub fn serve(config: ServeConfig) -> Result<(), Error> {
             poll.registry(),
             Arc::clone(&waker),
             proxy.config.access.clone(),
-            ServeConfig::max_message_bytes(&proxy.config.servers),
+            catalog.max_message_bytes(),
             max_sessions,
             proxy.config.node_id.clone(),
         )?;
@@ -474,28 +469,24 @@ impl Reload<'_> {
         for key in keys {
             let raw = &self.listeners[key];
             let lists = |s: &Server| s.spec.listen.contains(&raw.addr);
-            let owner = match self.catalog.find(&raw.server) {
-                Some(server) if lists(server) => None,
-                _ if is_fresh_port(&raw.addr) => Some(None),
-                _ => Some(
-                    self.catalog
-                        .iter()
-                        .find(|s| lists(s))
-                        .map(|s| s.spec.name.clone()),
-                ),
+            if self.catalog.find(&raw.server).is_some_and(|s| lists(s)) {
+                continue;
+            }
+            let mover = if is_fresh_port(&raw.addr) {
+                None
+            } else {
+                self.catalog.iter().find(|s| lists(s))
             };
-            match owner {
-                None => {}
-                Some(Some(name)) => self.listeners[key].server = name,
-                Some(None) => self.close(key),
+            match mover.map(|s| s.spec.name.clone()) {
+                Some(name) => self.listeners[key].server = name,
+                None => self.close(key),
             }
         }
         for &key in &added {
             print_listener(&self.listeners[key], true);
         }
         self.pool.raise_max(self.catalog.max_sessions());
-        let max_body = self.catalog.iter().map(|s| s.spec.limits.max_message_bytes);
-        self.http.set_max_body(max_body.max().unwrap_or(0));
+        self.http.set_max_body(self.catalog.max_message_bytes());
         info!("SIGHUP: reloaded {path}: {changes}");
     }
 

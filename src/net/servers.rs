@@ -144,9 +144,14 @@ impl Catalog {
             .fold(0, usize::saturating_add)
     }
 
-    /// Warm children the servers keep, together.
-    pub fn prespawn(&self) -> usize {
-        self.servers.iter().map(|s| s.spec.prespawn).sum()
+    /// The largest message any server takes: what the HTTP front end
+    /// reads before it knows a request's server.
+    pub fn max_message_bytes(&self) -> usize {
+        self.servers
+            .iter()
+            .map(|s| s.spec.limits.max_message_bytes)
+            .max()
+            .unwrap_or(0)
     }
 
     /// A session ended: a warm pool may have room again.
