@@ -471,7 +471,10 @@ fn sighup_adds_changes_and_removes_servers_while_their_sessions_go_on() {
         .expect("admin listener")
         .parse()
         .expect("admin address");
-    // gamma keeps a warm child of its own.
+    // gamma keeps a warm child of its own, named after it.
+    served
+        .forkline
+        .wait_for_log("warm child warm-gamma-1 started pid=");
     let mut servers = Value::Null;
     poll_until(PATIENCE, || {
         servers = request(admin, &Request::get("/servers")).json();

@@ -10,8 +10,9 @@
 //! child it could not hand out.
 //!
 //! A warm child starts before its session exists, so its environment
-//! cannot name it: `FORKLINE_SESSION_ID` is `warm-N` (N counts warm
-//! children from 1) and `FORKLINE_PEER` is empty. The log line of the
+//! cannot name it: `FORKLINE_SESSION_ID` is `warm-N` (`warm-SERVER-N` for
+//! a server of a `--config` file, where each server keeps its own pool; N
+//! counts the pool's children from 1) and `FORKLINE_PEER` is empty. The log line of the
 //! session that takes it names both, so the two can be joined.
 
 use std::collections::VecDeque;
@@ -52,8 +53,10 @@ pub struct WarmPool {
 
 impl WarmPool {
     /// Starts the thread that keeps `size` children warm (fewer while
-    /// `live()` sessions leave less room under `max_sessions`).
+    /// `live()` sessions leave less room under `max_sessions`). Children
+    /// are named `prefix` followed by their count.
     pub fn start(
+        prefix: String,
         size: usize,
         max_sessions: usize,
         command: ChildCommand,
@@ -73,6 +76,7 @@ impl WarmPool {
             command,
             reaper,
             live: Box::new(live),
+            prefix,
             started: 0,
         };
         let thread = std::thread::Builder::new()
@@ -146,6 +150,8 @@ struct Keeper {
     command: ChildCommand,
     reaper: Reaper,
     live: Box<dyn Fn() -> usize + Send>,
+    /// `warm-`, or `warm-SERVER-` when several servers each keep a pool.
+    prefix: String,
     started: u64,
 }
 
@@ -210,7 +216,7 @@ impl Keeper {
                 return false;
             }
             self.started += 1;
-            let name = format!("warm-{}", self.started);
+            let name = format!("{}{}", self.prefix, self.started);
             let env = [
                 ("FORKLINE_SESSION_ID", name.as_str()),
                 ("FORKLINE_PEER", ""),

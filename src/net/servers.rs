@@ -41,7 +41,13 @@ impl Server {
         let warm = if spec.prespawn > 0 {
             let live = sessions.clone();
             let name = Arc::clone(&quota.server);
+            let prefix = if named {
+                format!("warm-{}-", spec.name)
+            } else {
+                "warm-".into()
+            };
             Some(WarmPool::start(
+                prefix,
                 spec.prespawn,
                 spec.limits.max_sessions,
                 spec.command.clone(),
