@@ -3,7 +3,7 @@
 //! Value parsers reject bad input at parse time, so clap's own error names
 //! the flag and exits 2; nothing downstream re-validates.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::parser::ValueSource;
@@ -179,11 +179,27 @@ pub struct ServeArgs {
     pub given: Vec<String>,
 }
 
+// `--config FILE` is taken too, spelled as `serve` takes the same file:
+// a user who has just typed `serve --config servers.json` types it again.
 #[derive(Debug, Args)]
+#[command(override_usage = "forkline check [--config] FILE")]
 pub struct CheckArgs {
     /// A file for `serve --config`
-    #[arg(value_name = "FILE")]
-    pub file: PathBuf,
+    #[arg(value_name = "FILE", required_unless_present = "config")]
+    file: Option<PathBuf>,
+    /// The same file, given as `serve` takes it
+    #[arg(long, value_name = "FILE", conflicts_with = "file")]
+    config: Option<PathBuf>,
+}
+
+impl CheckArgs {
+    pub fn file(&self) -> &Path {
+        // clap makes one of the two present.
+        self.file
+            .as_deref()
+            .or(self.config.as_deref())
+            .unwrap_or(Path::new(""))
+    }
 }
 
 #[derive(Debug, Args)]

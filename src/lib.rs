@@ -45,7 +45,7 @@ pub fn run(cli: Cli) -> Result<i32, Error> {
         }
         Command::Check(args) => {
             let stdout = std::io::stdout();
-            commands::check::run(&args.file, &mut stdout.lock()).map_err(|source| Error::Io {
+            commands::check::run(args.file(), &mut stdout.lock()).map_err(|source| Error::Io {
                 what: "cannot write the verdict".into(),
                 source,
             })

@@ -182,3 +182,59 @@ fn the_readme_example_checks_out_line_by_line() {
     });
     assert_eq!(output.status.code(), Some(2), "{}", stdout(&output));
 }
+
+/// `forkline check` with `args`, and forkline's own directory on PATH.
+fn check_with(args: &[&str]) -> Output {
+    let bin_dir = Path::new(forkline_bin()).parent().expect("bin dir");
+    Command::new(forkline_bin())
+        .arg("check")
+        .args(args)
+        .env("PATH", bin_dir)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run forkline check")
+}
+
+#[test]
+fn the_file_may_be_given_as_serve_takes_it_with_config() {
+    let dir = TempDir::new("check-config");
+    let good = dir.path.join("good.json");
+    std::fs::write(
+        &good,
+        r#"{"mcpServers": {"echo": {"command": "forkline", "args": ["echo-server"]}}}"#,
+    )
+    .expect("write the file");
+    let bad = dir.path.join("bad.json");
+    std::fs::write(&bad, r#"{"mcpServers": {"fs": {}}}"#).expect("write the file");
+    for file in [&good, &bad] {
+        let file = file.to_str().expect("a UTF-8 path");
+        let positional = check_with(&[file]);
+        let with_flag = check_with(&["--config", file]);
+        assert_eq!(stdout(&with_flag), stdout(&positional), "{file}");
+        assert_eq!(with_flag.status.code(), positional.status.code(), "{file}");
+    }
+    assert_eq!(
+        check_with(&[good.to_str().expect("UTF-8")]).status.code(),
+        Some(0)
+    );
+    assert_eq!(
+        check_with(&[bad.to_str().expect("UTF-8")]).status.code(),
+        Some(2)
+    );
+    // Neither, or both: a usage error that names what is wanted.
+    let neither = check_with(&[]);
+    assert_eq!(neither.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&neither.stderr).contains("<FILE>"),
+        "{}",
+        String::from_utf8_lossy(&neither.stderr)
+    );
+    let good = good.to_str().expect("UTF-8");
+    let both = check_with(&[good, "--config", good]);
+    assert_eq!(both.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&both.stderr).contains("cannot be used with"),
+        "{}",
+        String::from_utf8_lossy(&both.stderr)
+    );
+}
