@@ -542,3 +542,42 @@ fn a_file_that_does_not_check_out_stops_serve_with_its_problems() {
         "a file and a command conflict"
     );
 }
+
+#[test]
+fn a_reload_that_lowers_max_message_bytes_leaves_live_http_sessions_their_own_limit() {
+    let mut alpha = fake_entry("alpha");
+    alpha["forkline"] = json!({"maxMessageBytes": "64KiB"});
+    let config = json!({"mcpServers": {"alpha": alpha, "beta": fake_entry("beta")}});
+    let served = Served::start(&config, &["--http", "127.0.0.1:0"], 2);
+    let old = served.session("alpha");
+
+    let mut lowered = fake_entry("alpha");
+    lowered["forkline"] = json!({"maxMessageBytes": "1KiB"});
+    let verdict = served
+        .reload(&json!({"mcpServers": {"alpha": lowered, "beta": fake_entry("beta")}}).to_string());
+    assert!(verdict.contains("changed alpha"), "{verdict}");
+
+    // 4 KiB: over alpha's new limit, well under the one `old` started with.
+    let padded = |id: &str| {
+        rpc_request(
+            json!(id),
+            "fake/env",
+            json!({"vars": ["WHO"], "pad": "p".repeat(4096)}),
+        )
+    };
+    let answer = old.post_json(&padded("old"));
+    answer.assert_status(200);
+    assert_eq!(answer.json()["result"]["vars"]["WHO"], "alpha", "{answer}");
+
+    let new = served.session("alpha");
+    let refused = new.post_json(&padded("new"));
+    refused.assert_status(413);
+    assert!(
+        refused
+            .text()
+            .contains("server alpha's maxMessageBytes (1024)"),
+        "{refused}"
+    );
+    // The new session is fine under its own limit.
+    assert_eq!(who(&new), "alpha");
+}

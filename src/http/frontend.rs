@@ -145,6 +145,9 @@ struct Live<S> {
     session: S,
     /// The server it is a session of: requests for another find it not.
     server: Arc<str>,
+    /// Its server's `maxMessageBytes` when it started: a reload changes
+    /// new sessions' settings, not this one's.
+    max_message_bytes: usize,
     table_id: SessionId,
     queued: Arc<AtomicBool>,
     /// Its output waits for a connection to drain.
@@ -293,9 +296,12 @@ impl Frontend {
         })
     }
 
-    /// The largest request body taken (a reload changed the servers).
+    /// The largest request body taken (a reload changed the servers):
+    /// `max_body`, or more while a live session started under a larger
+    /// limit (until the next reload after it ends).
     pub fn set_max_body(&mut self, max_body: usize) {
-        self.max_body = max_body;
+        let live = self.sessions.iter().map(|(_, l)| l.max_message_bytes).max();
+        self.max_body = live.map_or(max_body, |l| l.max(max_body));
     }
 
     /// Counts the refusals the front end makes itself (too many
@@ -600,7 +606,7 @@ impl Frontend {
                 return self.respond(registry, key, r);
             }
         };
-        let (server, max_message_bytes) = match admit.route(named) {
+        let (server, server_limit) = match admit.route(named) {
             Route::Found {
                 name,
                 max_message_bytes,
@@ -614,6 +620,12 @@ impl Frontend {
                 }
             },
         };
+        // A live session keeps the limit it started with, whatever a reload
+        // has made of its server's since (its worker holds it to that one).
+        let max_message_bytes = self
+            .named_session(&req)
+            .filter(|live| live.server == server)
+            .map_or(server_limit, |live| live.max_message_bytes);
         if req.body.len() > max_message_bytes {
             let r = Response::rpc_error(
                 413,
@@ -626,6 +638,7 @@ impl Frontend {
         }
         let at = Mount {
             server,
+            max_message_bytes: server_limit,
             named: named.is_some(),
         };
         let method_ok = match endpoint {
@@ -949,6 +962,7 @@ impl Frontend {
         let inserted = self.children.insert(Live {
             session: StatelessChild::start(principal_key, channel, first),
             server: Arc::clone(&at.server),
+            max_message_bytes: at.max_message_bytes,
             table_id,
             queued,
             stalled: false,
@@ -1205,6 +1219,7 @@ impl Frontend {
         let inserted = self.sessions.insert(Live {
             session: HttpSession::new(id, principal, channel, transport, protocol),
             server: Arc::clone(&at.server),
+            max_message_bytes: at.max_message_bytes,
             table_id,
             queued,
             stalled: false,
@@ -1213,14 +1228,19 @@ impl Frontend {
         Ok(slot)
     }
 
+    /// The live session `req` names by its id, if any (whoever's it is).
+    fn named_session(&self, req: &Request) -> Option<&Live<HttpSession>> {
+        let id = req
+            .header("mcp-session-id")
+            .or_else(|| req.query_param("sessionId"))?;
+        self.sessions.get(*self.by_id.get(id)?)
+    }
+
     /// The server of the live session `req` names, when no server of the
     /// catalog matches its path any more (a reload removed it, or left
     /// several where `/mcp` had one): its sessions go on until they end.
     fn retired_server(&self, req: &Request, named: Option<&str>) -> Option<Arc<str>> {
-        let id = req
-            .header("mcp-session-id")
-            .or_else(|| req.query_param("sessionId"))?;
-        let live = self.sessions.get(*self.by_id.get(id)?)?;
+        let live = self.named_session(req)?;
         named
             .is_none_or(|name| *live.server == *name)
             .then(|| Arc::clone(&live.server))
@@ -1586,6 +1606,8 @@ impl Frontend {
 /// legacy transport's `endpoint` event, which names the POST path).
 struct Mount {
     server: Arc<str>,
+    /// The limit for a session or child started here.
+    max_message_bytes: usize,
     /// It came by `/servers/NAME/…`, not `/mcp`, `/sse` or `/messages`.
     named: bool,
 }
