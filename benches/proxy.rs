@@ -603,6 +603,8 @@ struct LatencyRound {
     switches: Option<u64>,
     /// The p50 of each round added, to show the spread between rounds.
     round_p50s: Vec<f64>,
+    /// The context switches per call of each round, likewise.
+    round_switches: Vec<f64>,
 }
 
 impl LatencyRound {
@@ -610,6 +612,10 @@ impl LatencyRound {
         let mut sorted = other.samples_us.clone();
         sorted.sort_by(f64::total_cmp);
         self.round_p50s.push(percentile(&sorted, 0.5));
+        if let Some(s) = other.switches {
+            self.round_switches
+                .push(s as f64 / other.samples_us.len().max(1) as f64);
+        }
         self.samples_us.extend(other.samples_us);
         if other.answered_as.is_some() {
             self.answered_as = other.answered_as;
@@ -632,6 +638,7 @@ impl LatencyRound {
         row.cpu_1 = Ok(self.cpu_s * 1e3 * 10_000.0 / (2.0 * n));
         row.switches_per_call = self.switches.map(|s| s as f64 / n).ok_or_else(String::new);
         row.round_p50s = self.round_p50s.clone();
+        row.round_switches = self.round_switches.clone();
         row.answered_as.clone_from(&self.answered_as);
     }
 }
@@ -680,6 +687,7 @@ fn latency(
         cpu_s: cpu1 - cpu0,
         switches: switches1.zip(switches0).map(|(b, a)| b.saturating_sub(a)),
         round_p50s: Vec::new(),
+        round_switches: Vec::new(),
     })
 }
 

@@ -41,6 +41,8 @@ pub struct Row {
     pub switches_per_call: Fig,
     /// The single-session p50 of each round, in order.
     pub round_p50s: Vec<f64>,
+    /// The single-session context switches per call of each round.
+    pub round_switches: Vec<f64>,
     pub throughput: Vec<(usize, Result<Throughput, String>)>,
     pub cpu_64: Fig,
     pub setup_echo_ms: Fig,
@@ -90,6 +92,7 @@ impl Row {
             cpu_1: none(),
             switches_per_call: none(),
             round_p50s: Vec::new(),
+            round_switches: Vec::new(),
             throughput: Vec::new(),
             cpu_64: none(),
             setup_echo_ms: none(),
@@ -1327,6 +1330,14 @@ pub fn render(
         if !row.round_p50s.is_empty() {
             let p: Vec<String> = row.round_p50s.iter().map(|v| format!("{v:.0}")).collect();
             spread.push(format!("RTT p50 µs {}", p.join(" / ")));
+        }
+        if !row.round_switches.is_empty() {
+            let c: Vec<String> = row
+                .round_switches
+                .iter()
+                .map(|v| format!("{v:.1}"))
+                .collect();
+            spread.push(format!("ctx switches/call {}", c.join(" / ")));
         }
         for (n, t) in &row.throughput {
             if let Ok(t) = t {
