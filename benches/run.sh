@@ -13,7 +13,7 @@
 # benches/scaleout.py: sessions/s and requests/s through HAProxy
 # (deploy/haproxy.cfg) with one, two and three nodes, next to one node
 # without it (skipped with a notice when haproxy is not installed).
-# A full run takes about 7 minutes on 2 cores, of which the max-live-sessions
+# A full run takes about 14 minutes on 2 cores, of which the max-live-sessions
 # and recovery phases (6,500 sessions; 40 s windows) take about 2.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."

@@ -704,7 +704,8 @@ fn issue_10_targets(
     let _ = writeln!(
         md,
         "| 1-session context switches per call ≤ the twin's | {} | {} |",
-        switches.map_or("—".into(), |(a, b)| format!("{a:.1} vs {b:.1}")),
+        // Two decimals: at one, 2.04 against 2.00 reads "2.0 vs 2.0: no".
+        switches.map_or("—".into(), |(a, b)| format!("{a:.2} vs {b:.2}")),
         verdict(switches.map(|(a, b)| a <= b))
     );
     let vs_twin = both(&f.p50_us, &twin_fig(|r| r.p50_us.clone()));
