@@ -14,7 +14,7 @@
 # (deploy/haproxy.cfg) with one, two and three nodes, next to one node
 # without it (skipped with a notice when haproxy is not installed).
 # A full run takes about 14 minutes on 2 cores, of which the max-live-sessions
-# and recovery phases (6,500 sessions; 40 s windows) take about 2.
+# and recovery phases (6,500 sessions; 40 s windows) take about 5.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
