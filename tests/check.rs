@@ -16,6 +16,13 @@ fn check(text: &str, configure: impl FnOnce(&mut Command)) -> (String, Output) {
     let dir = TempDir::new("check");
     let file = dir.path.join("servers.json");
     std::fs::write(&file, text).expect("write the file");
+    let file = file.display().to_string();
+    let output = check_with(&[&file], configure);
+    (file, output)
+}
+
+/// `forkline check ARGS…`; PATH also holds forkline's own directory.
+fn check_with(args: &[&str], configure: impl FnOnce(&mut Command)) -> Output {
     let bin_dir = Path::new(forkline_bin()).parent().expect("bin dir");
     let path = format!(
         "{}:{}",
@@ -25,12 +32,11 @@ fn check(text: &str, configure: impl FnOnce(&mut Command)) -> (String, Output) {
     let mut command = Command::new(forkline_bin());
     command
         .arg("check")
-        .arg(&file)
+        .args(args)
         .env("PATH", path)
         .stdin(Stdio::null());
     configure(&mut command);
-    let output = command.output().expect("run forkline check");
-    (file.display().to_string(), output)
+    command.output().expect("run forkline check")
 }
 
 fn stdout(output: &Output) -> String {
@@ -183,18 +189,6 @@ fn the_readme_example_checks_out_line_by_line() {
     assert_eq!(output.status.code(), Some(2), "{}", stdout(&output));
 }
 
-/// `forkline check` with `args`, and forkline's own directory on PATH.
-fn check_with(args: &[&str]) -> Output {
-    let bin_dir = Path::new(forkline_bin()).parent().expect("bin dir");
-    Command::new(forkline_bin())
-        .arg("check")
-        .args(args)
-        .env("PATH", bin_dir)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run forkline check")
-}
-
 #[test]
 fn the_file_may_be_given_as_serve_takes_it_with_config() {
     let dir = TempDir::new("check-config");
@@ -206,31 +200,24 @@ fn the_file_may_be_given_as_serve_takes_it_with_config() {
     .expect("write the file");
     let bad = dir.path.join("bad.json");
     std::fs::write(&bad, r#"{"mcpServers": {"fs": {}}}"#).expect("write the file");
-    for file in [&good, &bad] {
-        let file = file.to_str().expect("a UTF-8 path");
-        let positional = check_with(&[file]);
-        let with_flag = check_with(&["--config", file]);
+    let good = good.to_str().expect("a UTF-8 path");
+    let bad = bad.to_str().expect("a UTF-8 path");
+    for (file, code) in [(good, 0), (bad, 2)] {
+        let positional = check_with(&[file], |_| {});
+        assert_eq!(positional.status.code(), Some(code), "{file}");
+        let with_flag = check_with(&["--config", file], |_| {});
         assert_eq!(stdout(&with_flag), stdout(&positional), "{file}");
-        assert_eq!(with_flag.status.code(), positional.status.code(), "{file}");
+        assert_eq!(with_flag.status.code(), Some(code), "{file}");
     }
-    assert_eq!(
-        check_with(&[good.to_str().expect("UTF-8")]).status.code(),
-        Some(0)
-    );
-    assert_eq!(
-        check_with(&[bad.to_str().expect("UTF-8")]).status.code(),
-        Some(2)
-    );
     // Neither, or both: a usage error that names what is wanted.
-    let neither = check_with(&[]);
+    let neither = check_with(&[], |_| {});
     assert_eq!(neither.status.code(), Some(2));
     assert!(
         String::from_utf8_lossy(&neither.stderr).contains("<FILE>"),
         "{}",
         String::from_utf8_lossy(&neither.stderr)
     );
-    let good = good.to_str().expect("UTF-8");
-    let both = check_with(&[good, "--config", good]);
+    let both = check_with(&[good, "--config", good], |_| {});
     assert_eq!(both.status.code(), Some(2));
     assert!(
         String::from_utf8_lossy(&both.stderr).contains("cannot be used with"),

@@ -12,8 +12,9 @@
 //! A warm child starts before its session exists, so its environment
 //! cannot name it: `FORKLINE_SESSION_ID` is `warm-N` (`warm-SERVER-N` for
 //! a server of a `--config` file, where each server keeps its own pool; N
-//! counts the pool's children from 1) and `FORKLINE_PEER` is empty. The log line of the
-//! session that takes it names both, so the two can be joined.
+//! counts the pool's children from 1) and `FORKLINE_PEER` is empty. The
+//! log line of the session that takes it names both, so the two can be
+//! joined.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
