@@ -146,6 +146,14 @@ pub struct Relay<'a> {
 /// Indices into the poll set; `NONE` marks an unused slot.
 const NONE: usize = usize::MAX;
 
+/// Who is where in a turn's poll set: `slots[CHILD]` is the index of the
+/// child's entry, and so on.
+const CLIENT_READ: usize = 0;
+const CLIENT_WRITE: usize = 1;
+const CHILD: usize = 2;
+const SHUTDOWN: usize = 3;
+const HURRY: usize = 4;
+
 impl<'a> Relay<'a> {
     pub fn new(
         id: SessionId,
@@ -347,8 +355,8 @@ impl<'a> Relay<'a> {
         }
     }
 
-    /// Fills `fds` for this turn; returns where each party landed:
-    /// [client read, client write, child, shutdown, hurry].
+    /// Fills `fds` for this turn; returns where each party landed (its
+    /// entry's index at `slots[CHILD]` and so on).
     fn fill_poll_set(&self, fds: &mut [libc::pollfd; 5]) -> [usize; 5] {
         let mut slots = [NONE; 5];
         let mut n = 0;
@@ -374,31 +382,43 @@ impl<'a> Relay<'a> {
                 add(
                     fds,
                     &mut slots,
-                    0,
+                    CLIENT_READ,
                     stream.read.as_raw_fd(),
                     read_events | write_events,
                 );
-                slots[1] = slots[0];
+                slots[CLIENT_WRITE] = slots[CLIENT_READ];
             }
             ClientSide::Stream(stream) => {
                 // A pipe at end of file polls readable for good: ask only
                 // while we would read, or the loop would spin.
                 if read_events != 0 {
-                    add(fds, &mut slots, 0, stream.read.as_raw_fd(), read_events);
+                    add(
+                        fds,
+                        &mut slots,
+                        CLIENT_READ,
+                        stream.read.as_raw_fd(),
+                        read_events,
+                    );
                 }
                 // Watched even with nothing to write: a pipe whose reader
                 // is gone reports POLLERR.
-                add(fds, &mut slots, 1, stream.write.as_raw_fd(), write_events);
+                add(
+                    fds,
+                    &mut slots,
+                    CLIENT_WRITE,
+                    stream.write.as_raw_fd(),
+                    write_events,
+                );
             }
             ClientSide::Channels(channels) => {
                 add(
                     fds,
                     &mut slots,
-                    0,
+                    CLIENT_READ,
                     channels.doorbell.as_fd().as_raw_fd(),
                     libc::POLLIN,
                 );
-                slots[1] = slots[0];
+                slots[CLIENT_WRITE] = slots[CLIENT_READ];
             }
         }
         if let Some(child) = self.child {
@@ -410,14 +430,14 @@ impl<'a> Relay<'a> {
                 events |= libc::POLLOUT;
             }
             if events != 0 {
-                add(fds, &mut slots, 2, child.as_raw_fd(), events);
+                add(fds, &mut slots, CHILD, child.as_raw_fd(), events);
             }
         }
         if !self.shutdown_seen {
             add(
                 fds,
                 &mut slots,
-                3,
+                SHUTDOWN,
                 self.control.shutdown.alarm().as_fd().as_raw_fd(),
                 libc::POLLIN,
             );
@@ -426,7 +446,7 @@ impl<'a> Relay<'a> {
             add(
                 fds,
                 &mut slots,
-                4,
+                HURRY,
                 self.control.hurry.alarm().as_fd().as_raw_fd(),
                 libc::POLLIN,
             );
@@ -442,10 +462,10 @@ impl<'a> Relay<'a> {
                 fds[slots[slot]].revents
             }
         };
-        if revents(3) != 0 {
+        if revents(SHUTDOWN) != 0 {
             self.on_shutdown();
         }
-        if revents(4) != 0 {
+        if revents(HURRY) != 0 {
             self.hurry_seen = true;
             if let Some((reason, _)) = self.closing {
                 self.closing = Some((reason, Instant::now()));
@@ -453,14 +473,14 @@ impl<'a> Relay<'a> {
         }
         let hangup = libc::POLLERR | libc::POLLHUP;
         if let ClientSide::Channels(channels) = &self.client {
-            if revents(0) != 0 {
+            if revents(CLIENT_READ) != 0 {
                 channels.doorbell.clear();
             }
             // Cheap enough to look every turn, and a doorbell rung before
             // the last turn's look is not missed.
             self.receive_from_channels();
         } else {
-            let read = revents(0);
+            let read = revents(CLIENT_READ);
             if read & (libc::POLLIN | hangup) != 0 && self.want_client_input() {
                 self.read_client(chunk);
             } else if read & hangup != 0 {
@@ -468,13 +488,15 @@ impl<'a> Relay<'a> {
                 self.end_now(EndReason::ClientClosed);
                 return;
             }
-            if slots[1] != slots[0] && revents(1) & libc::POLLERR != 0 {
+            if slots[CLIENT_WRITE] != slots[CLIENT_READ]
+                && revents(CLIENT_WRITE) & libc::POLLERR != 0
+            {
                 debug!("[{}] client stopped reading for good", self.core.id);
                 self.end_now(EndReason::ClientClosed);
                 return;
             }
         }
-        if revents(2) & (libc::POLLIN | hangup) != 0 && self.want_child_output() {
+        if revents(CHILD) & (libc::POLLIN | hangup) != 0 && self.want_child_output() {
             self.read_child(chunk);
         }
         self.flush_child();
