@@ -6,9 +6,9 @@
 #      run, writes docs/benchmarks.md.
 # Arguments go to the benchmark: `--quick` for a smoke run with small counts
 # (about a minute and a half; writes nothing), `--only forkline,socat` for
-# some rows (keys: direct, socat, forkline, twin, forkline-http,
-# forkline-http-json, supergateway, mcp-proxy), `--burst-cap N` for the cap
-# of the max-live-sessions phase.
+# some rows (keys: direct, socat, forkline, twin, twin-socketpair,
+# forkline-http, forkline-http-json, supergateway, mcp-proxy), `--burst-cap
+# N` for the cap of the max-live-sessions phase.
 # Then benches/prespawn.py: session set-up with and without --prespawn, and
 # benches/scaleout.py: sessions/s and requests/s through HAProxy
 # (deploy/haproxy.cfg) with one, two and three nodes, next to one node

@@ -240,7 +240,7 @@ pub fn footprint(row: &mut Row, paths: &Paths) {
             row.deps = crate_count(&paths.root.join("Cargo.toml"), &paths.root)
                 .map_or("?".into(), |n| format!("{n} crates"));
         }
-        Kind::Twin => {
+        Kind::Twin | Kind::TwinSocketPair => {
             row.binary_bytes = stripped_size(&paths.twin, &paths.work);
             row.binary = row.binary_bytes.map_or("not built".into(), mib);
             row.deps = crate_count(
@@ -620,6 +620,44 @@ fn burst_tables(md: &mut String, rows: &[Row], s: &Settings) {
             ),
         );
     }
+}
+
+/// forkline against the twin twice: as the twin is (its child on two
+/// pipes) and with its child on one socket pair as forkline's is, so the
+/// cost of the transport (the price of three descriptors per session) and
+/// the cost of the engine can be told apart.
+fn same_transport(md: &mut String, f: &Row, twin: Option<&Row>, paired: &Row, conc: &[usize]) {
+    let _ = writeln!(
+        md,
+        "\n### The child's transport\n\n\
+         forkline gives the child one socket pair for stdin and stdout (three descriptors \
+         per session); the twin, as `tokio::process` does, two pipes (five). The twin's \
+         `--child-socket-pair` row runs the same twin on forkline's transport.\n\n\
+         | figure | forkline ÷ twin (pipes) | forkline ÷ twin (socket pair) | twin (pipes) ÷ twin (socket pair) |\n\
+         |---|---:|---:|---:|"
+    );
+    let ratio = |a: &Fig, b: Option<&Fig>| {
+        b.and_then(|b| both(a, b))
+            .map_or("—".into(), |(a, b)| format!("{:.2}×", a / b))
+    };
+    let mut line = |name: String, get: &dyn Fn(&Row) -> Fig| {
+        let (fv, pv) = (get(f), get(paired));
+        let tv = twin.map(get);
+        let _ = writeln!(
+            md,
+            "| {name} | {} | {} | {} |",
+            ratio(&fv, tv.as_ref()),
+            ratio(&fv, Some(&pv)),
+            tv.as_ref().map_or("—".into(), |t| ratio(t, Some(&pv)))
+        );
+    };
+    line("RTT p50 (lower is better)".into(), &|r| r.p50_us.clone());
+    for &n in conc {
+        line(format!("req/s @{n} (higher is better)"), &|r| r.rps(n));
+    }
+    line("CPU per message @64 (lower is better)".into(), &|r| {
+        r.cpu_64.clone()
+    });
 }
 
 /// forkline against the targets of issue 10 (the new engine: one thread
@@ -1320,6 +1358,9 @@ pub fn render(
             verdict(f.binary_bytes.map(|b| b as f64 <= 1.5 * 1024.0 * 1024.0))
         );
         issue_10_targets(&mut md, f, socat, twin, s);
+        if let Some(paired) = find(Kind::TwinSocketPair) {
+            same_transport(&mut md, f, twin, paired, conc);
+        }
     }
 
     http_tables(&mut md, rows, s);
@@ -1409,7 +1450,12 @@ everything of its process tree. All traffic is loopback. The child is
   idle timeout, 300 s).
 - **async twin**: benches/async-twin, the same TCP session proxy written
   with tokio (multi-threaded runtime, `tokio::process`, a framed line
-  codec, the same validation, limits and flags).
+  codec, the same validation, limits and flags). Its child's stdin and
+  stdout are two pipes.
+- **async twin, child on a socket pair**: the same twin with
+  `--child-socket-pair`: the child's stdin and stdout on one Unix socket
+  pair, as forkline has them (and socat's `EXEC`), so the two engines can
+  be compared on one transport.
 - **forkline (HTTP)**: `forkline -q serve --http 127.0.0.1:0
   --max-sessions 1100 --max-sessions-per-client 1100 --shutdown-grace 1
   -- CHILD`, Streamable HTTP at `/mcp`, driven by the same client as

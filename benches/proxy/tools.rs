@@ -21,6 +21,9 @@ pub enum Kind {
     Socat,
     Forkline,
     Twin,
+    /// The twin with its child's stdin and stdout on one socket pair, as
+    /// forkline has them: the same transport, so only the engines differ.
+    TwinSocketPair,
     /// `forkline serve --http`, driven like the HTTP peers (SSE answers).
     ForklineHttp,
     /// The same, with POSTs that accept JSON answers only.
@@ -30,11 +33,12 @@ pub enum Kind {
 }
 
 impl Kind {
-    pub const ALL: [Kind; 8] = [
+    pub const ALL: [Kind; 9] = [
         Kind::Direct,
         Kind::Socat,
         Kind::Forkline,
         Kind::Twin,
+        Kind::TwinSocketPair,
         Kind::ForklineHttp,
         Kind::ForklineHttpJson,
         Kind::Supergateway,
@@ -48,6 +52,7 @@ impl Kind {
             Kind::Socat => "socat",
             Kind::Forkline => "forkline",
             Kind::Twin => "twin",
+            Kind::TwinSocketPair => "twin-socketpair",
             Kind::ForklineHttp => "forkline-http",
             Kind::ForklineHttpJson => "forkline-http-json",
             Kind::Supergateway => "supergateway",
@@ -62,6 +67,7 @@ impl Kind {
             Kind::Socat => "socat (TCP, fork)",
             Kind::Forkline => "**forkline** (TCP)",
             Kind::Twin => "async twin (tokio, TCP)",
+            Kind::TwinSocketPair => "async twin, child on a socket pair",
             Kind::ForklineHttp => "**forkline** (HTTP)",
             Kind::ForklineHttpJson => "**forkline** (HTTP, JSON answers)",
             Kind::Supergateway => "supergateway (HTTP)",
@@ -123,7 +129,7 @@ impl Paths {
         match kind {
             Kind::Direct | Kind::Forkline | Kind::ForklineHttp | Kind::ForklineHttpJson => None,
             Kind::Socat => which("socat").is_none().then(|| "socat not installed: run benches/setup.sh".into()),
-            Kind::Twin => (!self.twin.exists()).then(|| {
+            Kind::Twin | Kind::TwinSocketPair => (!self.twin.exists()).then(|| {
                 "twin not built: cargo build --release --manifest-path benches/async-twin/Cargo.toml".into()
             }),
             Kind::Supergateway if !self.supergateway.exists() => missing("supergateway"),
@@ -207,9 +213,18 @@ pub fn start_with_limit(
         Kind::Direct => return Err("the direct row has no proxy to start".into()),
         // The same limits and child for all, so only the proxy (or
         // forkline's listener) differs.
-        Kind::Forkline | Kind::Twin | Kind::ForklineHttp | Kind::ForklineHttpJson => {
+        Kind::Forkline
+        | Kind::Twin
+        | Kind::TwinSocketPair
+        | Kind::ForklineHttp
+        | Kind::ForklineHttpJson => {
             let mut a = match kind {
                 Kind::Twin => vec![paths.twin.display().to_string(), s("-q")],
+                Kind::TwinSocketPair => vec![
+                    paths.twin.display().to_string(),
+                    s("-q"),
+                    s("--child-socket-pair"),
+                ],
                 _ => vec![paths.forkline.display().to_string(), s("-q"), s("serve")],
             };
             let listener = if kind.is_forkline_http() {

@@ -14,6 +14,11 @@
 //! child's stderr goes to the log. On SIGTERM/SIGINT: stop accepting, let
 //! sessions answer what is in flight for `--shutdown-grace`, then end.
 //!
+//! `tokio::process` gives the child two pipes; `--child-socket-pair` gives
+//! it one socket pair for stdin and stdout instead, as forkline does (its
+//! three descriptors per session), so the benchmark can tell what the
+//! runtime costs from what the transport does.
+//!
 //! It prints `forkline-twin: listening on tcp://ADDR` on stderr once bound,
 //! as forkline does, so the benchmark finds the port.
 
@@ -22,6 +27,7 @@ mod message;
 
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
+use std::os::fd::OwnedFd;
 use std::os::unix::process::ExitStatusExt;
 use std::process::{ExitCode, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -33,9 +39,10 @@ use clap::{ArgAction, Parser};
 use futures_util::{SinkExt, StreamExt};
 use log::{debug, info, warn};
 use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::process::{Child, ChildStderr, ChildStdin, ChildStdout, Command};
+use tokio::process::{Child, ChildStderr, Command};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio::time::{Instant, sleep_until, timeout};
@@ -74,6 +81,10 @@ struct Args {
     /// Seconds a child gets to exit, and in-flight requests get at shutdown
     #[arg(long, value_name = "SECS", default_value_t = 5)]
     shutdown_grace: u64,
+    /// The child's stdin and stdout on one socket pair, as forkline has
+    /// them, instead of two pipes (the benchmark's transport comparison)
+    #[arg(long)]
+    child_socket_pair: bool,
     #[arg(short, long, action = ArgAction::Count)]
     verbose: u8,
     #[arg(short, long, action = ArgAction::Count, conflicts_with = "verbose")]
@@ -82,6 +93,12 @@ struct Args {
     #[arg(last = true, required = true, value_name = "COMMAND")]
     command: Vec<String>,
 }
+
+/// The child's stdin and stdout: two pipes, or the halves of one socket
+/// pair (`--child-socket-pair`). Boxed, so one session body serves both; a
+/// virtual call per read or write is nothing beside the system call.
+type ChildIn = Box<dyn AsyncWrite + Unpin + Send>;
+type ChildOut = Box<dyn AsyncRead + Unpin + Send>;
 
 /// What every session shares.
 struct Proxy {
@@ -302,12 +319,33 @@ async fn session(
         last_ms: AtomicU64::new(0),
     };
 
+    let socket_pair = match args
+        .child_socket_pair
+        .then(std::os::unix::net::UnixStream::pair)
+    {
+        None => None,
+        Some(Ok(pair)) => Some(pair),
+        Some(Err(e)) => {
+            warn!("[s{id}] cannot create the child's socket pair: {e}");
+            return;
+        }
+    };
+    let (child_stdin, child_stdout) = match &socket_pair {
+        None => (Stdio::piped(), Stdio::piped()),
+        Some((_, theirs)) => match (theirs.try_clone(), theirs.try_clone()) {
+            (Ok(a), Ok(b)) => (Stdio::from(OwnedFd::from(a)), Stdio::from(OwnedFd::from(b))),
+            _ => {
+                warn!("[s{id}] cannot duplicate the child's socket");
+                return;
+            }
+        },
+    };
     let spawned = Command::new(&args.command[0])
         .args(&args.command[1..])
         .env("FORKLINE_SESSION_ID", format!("s{id}"))
         .env("FORKLINE_PEER", peer.to_string())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
+        .stdin(child_stdin)
+        .stdout(child_stdout)
         .stderr(Stdio::piped())
         .process_group(0)
         .kill_on_drop(true)
@@ -321,10 +359,32 @@ async fn session(
     };
     let pid = child.id();
     info!("[s{id}] session started peer={peer} child_pid={pid:?}");
-    let (Some(stdin), Some(stdout), Some(stderr)) =
-        (child.stdin.take(), child.stdout.take(), child.stderr.take())
-    else {
-        unreachable!("all three are piped");
+    let (stdin, stdout, stderr): (ChildIn, ChildOut, _) = match (
+        socket_pair,
+        child.stdin.take(),
+        child.stdout.take(),
+        child.stderr.take(),
+    ) {
+        (None, Some(stdin), Some(stdout), Some(stderr)) => {
+            (Box::new(stdin), Box::new(stdout), stderr)
+        }
+        (Some((ours, theirs)), None, None, Some(stderr)) => {
+            drop(theirs);
+            let ours = ours
+                .set_nonblocking(true)
+                .and_then(|()| tokio::net::UnixStream::from_std(ours));
+            match ours {
+                Ok(ours) => {
+                    let (read, write) = ours.into_split();
+                    (Box::new(write), Box::new(read), stderr)
+                }
+                Err(e) => {
+                    warn!("[s{id}] cannot use the child's socket: {e}");
+                    return;
+                }
+            }
+        }
+        _ => unreachable!("stderr is piped, stdin and stdout as asked"),
     };
     let stderr_task = tokio::spawn(log_stderr(id, stderr));
     let (read_half, write_half) = stream.into_split();
@@ -410,7 +470,7 @@ async fn client_to_child(
     id: u64,
     max: usize,
     client_in: &mut FramedRead<OwnedReadHalf, JsonLines>,
-    child_in: &mut FramedWrite<ChildStdin, JsonLines>,
+    child_in: &mut FramedWrite<ChildIn, JsonLines>,
     to_client: &mpsc::Sender<Bytes>,
     pending: &Pending,
     activity: &Activity,
@@ -460,7 +520,7 @@ async fn client_to_child(
 async fn child_to_client(
     id: u64,
     max: usize,
-    child_out: &mut FramedRead<ChildStdout, JsonLines>,
+    child_out: &mut FramedRead<ChildOut, JsonLines>,
     to_client: &mpsc::Sender<Bytes>,
     pending: &Pending,
     activity: &Activity,
