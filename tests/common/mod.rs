@@ -94,27 +94,32 @@ impl Forkline {
         Self::start("serve", args, expected_listeners)
     }
 
-    /// `forkline serve --tcp 127.0.0.1:0 ARGS… -- CHILD…`.
+    /// `forkline serve --tcp 127.0.0.1:0 ARGS… -- CHILD…`, waiting for a
+    /// listening line for each listener asked for.
     pub fn serve_tcp(args: &[&str], child: &[String]) -> Forkline {
-        let mut all: Vec<&str> = vec!["--tcp", "127.0.0.1:0"];
-        all.extend_from_slice(args);
-        if !child.is_empty() {
-            all.push("--");
-            all.extend(child.iter().map(String::as_str));
-        }
-        Self::serve(&all, 1)
+        Self::serve_with_listener("--tcp", args, child)
     }
 
     /// `forkline serve --http 127.0.0.1:0 ARGS… -- CHILD…` (no `--` when
     /// `child` is empty: then the child is `forkline echo-server`).
     pub fn serve_http(args: &[&str], child: &[String]) -> Forkline {
-        let mut all: Vec<&str> = vec!["--http", "127.0.0.1:0"];
+        Self::serve_with_listener("--http", args, child)
+    }
+
+    fn serve_with_listener(listener: &str, args: &[&str], child: &[String]) -> Forkline {
+        let mut all: Vec<&str> = vec![listener, "127.0.0.1:0"];
         all.extend_from_slice(args);
+        // Each prints its line in turn: a test that reads the second one
+        // must not start after the first.
+        let listeners = all
+            .iter()
+            .filter(|a| ["--tcp", "--unix", "--http", "--admin"].contains(a))
+            .count();
         if !child.is_empty() {
             all.push("--");
             all.extend(child.iter().map(String::as_str));
         }
-        Self::serve(&all, 1)
+        Self::serve(&all, listeners)
     }
 
     /// `forkline serve ARGS…` with `configure` applied to the command
