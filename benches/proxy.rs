@@ -1,7 +1,8 @@
 //! `cargo bench --bench proxy`: forkline against its async twin and the
 //! tools people use today (issue 5), measured in one run, side by side;
 //! and how many sessions one proxy holds under its fd limit, and how it
-//! recovers after they all close (issue 10).
+//! recovers after they all close (issue 10); and what the relays' costs
+//! come to with a real MCP server (the Python SDK's) as the child.
 //!
 //! The driver starts every tool itself on a loopback port, waits until it
 //! listens, measures, then stops it and kills and reaps everything it left,
@@ -38,7 +39,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use client::{Session, Target, echo_call, open_initialized, open_with_stream};
-use report::{Fig, Row, Throughput};
+use report::{Fig, Row, SdkFigures, Throughput};
 use tools::{Kind, Paths, Running};
 
 /// Counts and durations of one run.
@@ -75,6 +76,12 @@ pub struct Settings {
     /// sampled for up to `recovery_window`, and reported at `recovery_mark`.
     pub recovery_window: Duration,
     pub recovery_mark: Duration,
+    /// The real-child phase: rounds, and per round the calls of the
+    /// latency run (after a tenth as many warm-up calls) and the sessions
+    /// of the throughput run (which lasts `duration`).
+    pub sdk_rounds: usize,
+    pub sdk_calls: usize,
+    pub sdk_sessions: usize,
 }
 
 impl Settings {
@@ -106,6 +113,9 @@ impl Settings {
             burst_answer_time: Duration::from_secs(30),
             recovery_window: Duration::from_secs(40),
             recovery_mark: Duration::from_secs(30),
+            sdk_rounds: 3,
+            sdk_calls: 500,
+            sdk_sessions: 16,
         }
     }
 
@@ -129,6 +139,9 @@ impl Settings {
             burst_answer_time: Duration::from_secs(10),
             recovery_window: Duration::from_secs(5),
             recovery_mark: Duration::from_secs(5),
+            sdk_rounds: 1,
+            sdk_calls: 50,
+            sdk_sessions: 16,
         }
     }
 }
@@ -302,7 +315,9 @@ struct Live {
 }
 
 /// Phase 1 (latency, throughput, set-up with the echo server) runs every
-/// tool side by side, in interleaved rounds; phase 2 (set-up with the
+/// tool side by side, in interleaved rounds, then again, in fewer rounds,
+/// with a real MCP server as the child (socat, forkline and the twins);
+/// phase 2 (set-up with the
 /// trivial child, memory, idle wake-ups) one tool at a time; phase 3 (issue
 /// 10: max live sessions, then recovery) one tool at a time, for forkline,
 /// the twin and socat only.
@@ -443,6 +458,11 @@ fn run_all(kinds: &[Kind], paths: &Paths, s: &Settings) -> Vec<Row> {
         }
     }
     tools::reap_orphans();
+
+    if let Some(child) = paths.sdk_child() {
+        phase_sdk(&mut rows, paths, &child, s);
+        tools::reap_orphans();
+    }
 
     for l in &live {
         let t = Instant::now();
@@ -593,6 +613,83 @@ fn percentile(sorted: &[f64], q: f64) -> f64 {
     sorted[rank.min(sorted.len() - 1)]
 }
 
+/// The real-child phase: socat, forkline and the twins restarted with a
+/// real MCP server as the child (the Python SDK's FastMCP), then in turn,
+/// round after round, a 1-session latency run and a throughput run, to
+/// show what the relay's cost comes to when the child does real work.
+fn phase_sdk(rows: &mut [Row], paths: &Paths, child: &[String], s: &Settings) {
+    let sdk = Settings {
+        warmup: (s.sdk_calls / 10).max(1),
+        latency_calls: s.sdk_calls,
+        ..s.clone()
+    };
+    let mut live = Vec::new();
+    for (i, row) in rows.iter_mut().enumerate() {
+        let kind = row.kind;
+        let wanted = matches!(
+            kind,
+            Kind::Socat | Kind::Forkline | Kind::Twin | Kind::TwinSocketPair
+        );
+        if !wanted || row.skipped.is_some() {
+            continue;
+        }
+        progress(
+            kind,
+            "starting with the Python SDK's echo server as the child",
+        );
+        match tools::start(kind, paths, child, &format!("{}-sdk", kind.key())) {
+            Ok(running) => live.push((i, running, LatencyRound::default(), Vec::new(), None)),
+            Err(e) => row
+                .notes
+                .push(format!("real-child phase: cannot start: {e}")),
+        }
+    }
+    for round in 1..=s.sdk_rounds {
+        for (i, running, latencies, rounds, error) in live.iter_mut() {
+            let kind = rows[*i].kind;
+            if error.is_some() {
+                continue;
+            }
+            progress(
+                kind,
+                &format!("real child: round {round} of {}", s.sdk_rounds),
+            );
+            let target = running.target.clone();
+            let measured = latency(&target, Some(running), &sdk).and_then(|l| {
+                settle(running, s);
+                throughput(&target, Some(running), s.sdk_sessions, &sdk).map(|t| (l, t))
+            });
+            match measured {
+                Ok((l, t)) => {
+                    latencies.add(l);
+                    rounds.push(t);
+                }
+                Err(e) => *error = Some(e),
+            }
+            settle(running, s);
+        }
+    }
+    for (i, mut running, latencies, rounds, error) in live {
+        let figures = match error {
+            Some(e) => SdkFigures {
+                p50_us: Err(e.clone()),
+                rps: Err(e.clone()),
+                cpu_ms_per_10k: Err(e),
+            },
+            None => {
+                let t = summarize(&rounds);
+                SdkFigures {
+                    p50_us: Ok(latencies.p50()),
+                    rps: t.as_ref().map(|t| t.rps).map_err(Clone::clone),
+                    cpu_ms_per_10k: t.map(|t| t.cpu_ms_per_10k),
+                }
+            }
+        };
+        rows[i].sdk = Some(figures);
+        finish(&mut rows[i], &mut running, "real child");
+    }
+}
+
 /// Context switches of the proxy's threads so far (none for the direct row).
 fn proxy_switches(running: Option<&Running>) -> Option<u64> {
     running.map(|r| {
@@ -637,6 +734,12 @@ impl LatencyRound {
             (None, b) => b,
             (Some(a), Some(b)) => Some(a + b),
         };
+    }
+
+    fn p50(&self) -> f64 {
+        let mut sorted = self.samples_us.clone();
+        sorted.sort_by(f64::total_cmp);
+        percentile(&sorted, 0.5)
     }
 
     fn report(&self, row: &mut Row) {

@@ -13,8 +13,9 @@
 # benches/scaleout.py: sessions/s and requests/s through HAProxy
 # (deploy/haproxy.cfg) with one, two and three nodes, next to one node
 # without it (skipped with a notice when haproxy is not installed).
-# A full run takes about 14 minutes on 2 cores, of which the max-live-sessions
-# and recovery phases (6,500 sessions; 40 s windows) take about 5.
+# A full run takes about 16 minutes on 2 cores, of which the max-live-sessions
+# and recovery phases (6,500 sessions; 40 s windows) take about 5 and the
+# phase with the Python SDK's server as the child about 2.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 

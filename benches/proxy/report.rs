@@ -76,10 +76,20 @@ pub struct Row {
     pub burst: Result<Burst, String>,
     /// Wall time of that phase, start to stop.
     pub burst_phase_s: Option<f64>,
+    /// With a real MCP server as the child (socat, forkline, the twins).
+    pub sdk: Option<SdkFigures>,
     pub binary: String,
     pub deps: String,
     pub binary_bytes: Option<u64>,
     pub notes: Vec<String>,
+}
+
+/// The real-child phase's figures of one tool.
+pub struct SdkFigures {
+    pub p50_us: Fig,
+    pub rps: Fig,
+    /// The proxy's CPU per 10,000 messages over the throughput runs.
+    pub cpu_ms_per_10k: Fig,
 }
 
 impl Row {
@@ -114,6 +124,7 @@ impl Row {
             wake_small: none(),
             burst: Err(String::new()),
             burst_phase_s: None,
+            sdk: None,
             binary: "—".into(),
             deps: "—".into(),
             binary_bytes: None,
@@ -658,6 +669,53 @@ fn same_transport(md: &mut String, f: &Row, twin: Option<&Row>, paired: &Row, co
     line("CPU per message @64 (lower is better)".into(), &|r| {
         r.cpu_64.clone()
     });
+}
+
+/// The real-child phase: the same tools with a real MCP server as the
+/// child, and their figures as multiples of forkline's.
+fn real_child(md: &mut String, rows: &[Row], f: &Row, s: &Settings) {
+    let Some(ours) = &f.sdk else {
+        return;
+    };
+    let _ = writeln!(
+        md,
+        "\n### With a real MCP server as the child\n\n\
+         The echo child answers in microseconds, so the figures above are mostly the relays' \
+         own cost. Here every tool was restarted with a real server as its child: the official \
+         Python SDK's FastMCP with one `echo` tool (benches/sdk_echo.py), in {} rounds, the \
+         tools in turn; per round a 1-session latency run ({} calls after {} warm-up calls) and \
+         {} sessions of closed-loop calls for {:.1} s.\n\n\
+         | tool | RTT p50 µs | req/s @{} | proxy CPU ms/10k msgs | p50 ÷ forkline's | req/s ÷ forkline's |\n\
+         |---|---:|---:|---:|---:|---:|",
+        s.sdk_rounds,
+        s.sdk_calls,
+        (s.sdk_calls / 10).max(1),
+        s.sdk_sessions,
+        s.duration.as_secs_f64(),
+        s.sdk_sessions,
+    );
+    let cell = |v: &Fig, digits: usize| match v {
+        Ok(v) => format!("{v:.digits$}"),
+        Err(e) if e.is_empty() => "—".into(),
+        Err(e) => format!("failed: {}", e.replace('|', "\\|")),
+    };
+    let ratio =
+        |a: &Fig, b: &Fig| both(a, b).map_or("—".into(), |(a, b)| format!("{:.2}×", a / b));
+    for row in rows {
+        let Some(sdk) = &row.sdk else { continue };
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} | {} | {} |",
+            row.kind.label(),
+            cell(&sdk.p50_us, 0),
+            sdk.rps
+                .as_ref()
+                .map_or_else(|e| cell(&Err(e.clone()), 0), |v| group(*v)),
+            cell(&sdk.cpu_ms_per_10k, 0),
+            ratio(&sdk.p50_us, &ours.p50_us),
+            ratio(&sdk.rps, &ours.rps),
+        );
+    }
 }
 
 /// forkline against the targets of issue 10 (the new engine: one thread
@@ -1361,6 +1419,7 @@ pub fn render(
         if let Some(paired) = find(Kind::TwinSocketPair) {
             same_transport(&mut md, f, twin, paired, conc);
         }
+        real_child(&mut md, rows, f, s);
     }
 
     http_tables(&mut md, rows, s);
@@ -1452,6 +1511,12 @@ everything of its process tree. All traffic is loopback. The child is
   with tokio (multi-threaded runtime, `tokio::process`, a framed line
   codec, the same validation, limits and flags). Its child's stdin and
   stdout are two pipes.
+- **with a real MCP server as the child**: socat, forkline and both twins
+  restarted with `benches/.peers/venv/bin/python benches/sdk_echo.py`
+  (the official Python SDK's FastMCP, one `echo` tool, from mcp-proxy's
+  venv) as the child; in fewer rounds, each a 1-session latency run and a
+  16-session throughput run. The child's own cost per message, not the
+  relay's, sets these figures.
 - **async twin, child on a socket pair**: the same twin with
   `--child-socket-pair`: the child's stdin and stdout on one Unix socket
   pair, as forkline has them (and socat's `EXEC`), so the two engines can

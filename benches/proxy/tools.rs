@@ -113,6 +113,15 @@ impl Paths {
         vec![self.forkline.display().to_string(), "echo-server".into()]
     }
 
+    /// A real MCP server (benches/sdk_echo.py on the official Python SDK,
+    /// from mcp-proxy's venv), if that venv is installed.
+    pub fn sdk_child(&self) -> Option<Vec<String>> {
+        let python = self.root.join("benches/.peers/venv/bin/python");
+        let script = self.root.join("benches/sdk_echo.py");
+        (python.exists() && script.exists())
+            .then(|| vec![python.display().to_string(), script.display().to_string()])
+    }
+
     /// The trivial C child where the child's own cost would hide the
     /// proxy's (set-up with a trivial child, idle-session memory); falls
     /// back to the echo server without a C compiler.
