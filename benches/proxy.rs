@@ -317,10 +317,9 @@ struct Live {
 /// Phase 1 (latency, throughput, set-up with the echo server) runs every
 /// tool side by side, in interleaved rounds, then again, in fewer rounds,
 /// with a real MCP server as the child (socat, forkline and the twins);
-/// phase 2 (set-up with the
-/// trivial child, memory, idle wake-ups) one tool at a time; phase 3 (issue
-/// 10: max live sessions, then recovery) one tool at a time, for forkline,
-/// the twin and socat only.
+/// phase 2 (set-up with the trivial child, memory, idle wake-ups) one tool
+/// at a time; phase 3 (issue 10: max live sessions, then recovery) one tool
+/// at a time, for forkline, the twin and socat only.
 fn run_all(kinds: &[Kind], paths: &Paths, s: &Settings) -> Vec<Row> {
     let mut rows: Vec<Row> = kinds.iter().map(|k| Row::new(*k)).collect();
     let mut live = Vec::new();
@@ -613,6 +612,15 @@ fn percentile(sorted: &[f64], q: f64) -> f64 {
     sorted[rank.min(sorted.len() - 1)]
 }
 
+/// One tool in the real-child phase, with what it has measured so far.
+struct SdkRun {
+    row: usize,
+    running: Running,
+    latency: LatencyRound,
+    throughput: Vec<ThroughputRound>,
+    error: Option<String>,
+}
+
 /// The real-child phase: socat, forkline and the twins restarted with a
 /// real MCP server as the child (the Python SDK's FastMCP), then in turn,
 /// round after round, a 1-session latency run and a throughput run, to
@@ -638,55 +646,59 @@ fn phase_sdk(rows: &mut [Row], paths: &Paths, child: &[String], s: &Settings) {
             "starting with the Python SDK's echo server as the child",
         );
         match tools::start(kind, paths, child, &format!("{}-sdk", kind.key())) {
-            Ok(running) => live.push((i, running, LatencyRound::default(), Vec::new(), None)),
+            Ok(running) => live.push(SdkRun {
+                row: i,
+                running,
+                latency: LatencyRound::default(),
+                throughput: Vec::new(),
+                error: None,
+            }),
             Err(e) => row
                 .notes
                 .push(format!("real-child phase: cannot start: {e}")),
         }
     }
     for round in 1..=s.sdk_rounds {
-        for (i, running, latencies, rounds, error) in live.iter_mut() {
-            let kind = rows[*i].kind;
-            if error.is_some() {
-                continue;
-            }
+        for run in live.iter_mut().filter(|r| r.error.is_none()) {
             progress(
-                kind,
+                rows[run.row].kind,
                 &format!("real child: round {round} of {}", s.sdk_rounds),
             );
-            let target = running.target.clone();
+            let target = run.running.target.clone();
+            let running = &run.running;
             let measured = latency(&target, Some(running), &sdk).and_then(|l| {
                 settle(running, s);
                 throughput(&target, Some(running), s.sdk_sessions, &sdk).map(|t| (l, t))
             });
             match measured {
                 Ok((l, t)) => {
-                    latencies.add(l);
-                    rounds.push(t);
+                    run.latency.add(l);
+                    run.throughput.push(t);
                 }
-                Err(e) => *error = Some(e),
+                Err(e) => run.error = Some(e),
             }
             settle(running, s);
         }
     }
-    for (i, mut running, latencies, rounds, error) in live {
-        let figures = match error {
+    for mut run in live {
+        let figures = match run.error {
             Some(e) => SdkFigures {
                 p50_us: Err(e.clone()),
                 rps: Err(e.clone()),
                 cpu_ms_per_10k: Err(e),
             },
             None => {
-                let t = summarize(&rounds);
+                let t = summarize(&run.throughput);
                 SdkFigures {
-                    p50_us: Ok(latencies.p50()),
+                    p50_us: Ok(run.latency.p50()),
                     rps: t.as_ref().map(|t| t.rps).map_err(Clone::clone),
                     cpu_ms_per_10k: t.map(|t| t.cpu_ms_per_10k),
                 }
             }
         };
-        rows[i].sdk = Some(figures);
-        finish(&mut rows[i], &mut running, "real child");
+        let row = &mut rows[run.row];
+        row.sdk = Some(figures);
+        finish(row, &mut run.running, "real child");
     }
 }
 
