@@ -647,19 +647,15 @@ fn same_transport(md: &mut String, f: &Row, twin: Option<&Row>, paired: &Row, co
          | figure | forkline ÷ twin (pipes) | forkline ÷ twin (socket pair) | twin (pipes) ÷ twin (socket pair) |\n\
          |---|---:|---:|---:|"
     );
-    let ratio = |a: &Fig, b: Option<&Fig>| {
-        b.and_then(|b| both(a, b))
-            .map_or("—".into(), |(a, b)| format!("{:.2}×", a / b))
-    };
     let mut line = |name: String, get: &dyn Fn(&Row) -> Fig| {
         let (fv, pv) = (get(f), get(paired));
-        let tv = twin.map(get);
+        let tv = twin.map_or(none(), get);
         let _ = writeln!(
             md,
             "| {name} | {} | {} | {} |",
-            ratio(&fv, tv.as_ref()),
-            ratio(&fv, Some(&pv)),
-            tv.as_ref().map_or("—".into(), |t| ratio(t, Some(&pv)))
+            ratio(&fv, &tv),
+            ratio(&fv, &pv),
+            ratio(&tv, &pv)
         );
     };
     line("RTT p50 (lower is better)".into(), &|r| r.p50_us.clone());
@@ -699,8 +695,6 @@ fn real_child(md: &mut String, rows: &[Row], f: &Row, s: &Settings) {
         Err(e) if e.is_empty() => "—".into(),
         Err(e) => format!("failed: {}", e.replace('|', "\\|")),
     };
-    let ratio =
-        |a: &Fig, b: &Fig| both(a, b).map_or("—".into(), |(a, b)| format!("{:.2}×", a / b));
     for row in rows {
         let Some(sdk) = &row.sdk else { continue };
         let _ = writeln!(
