@@ -8,8 +8,8 @@
 //! listens, measures, then stops it and kills and reaps everything it left,
 //! by PID. Rows: a direct pipe to the child (the driver's own floor),
 //! socat (the raw relay floor), forkline, the tokio twin
-//! (benches/async-twin; once as it is, once with its child on a socket pair
-//! as forkline's is), forkline's `serve --http` (issue 11; SSE answers,
+//! (benches/async-twin; once as it is, once with its child's stdin and
+//! stdout on one socket pair), forkline's `serve --http` (issue 11; SSE answers,
 //! and JSON answers), supergateway and mcp-proxy (both Streamable HTTP).
 //! Every loop is bounded in count and time. `--quick` (or
 //! FORKLINE_BENCH_QUICK=1) is a smoke run with small counts; `--only

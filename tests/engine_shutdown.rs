@@ -16,7 +16,7 @@
 
 mod common;
 
-use std::io::{ErrorKind, Write};
+use std::io::{BufRead, BufReader, ErrorKind, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
@@ -240,6 +240,83 @@ fn with_no_idle_timeout_the_childs_exit_ends_the_session_though_an_escaped_grand
         "the exit status is missing: {message}"
     );
     session_ended(&forkline, &mut client, &[env.pid], "child_exited");
+}
+
+#[test]
+fn answers_written_just_before_the_exit_arrive_though_an_escaped_grandchild_keeps_its_stdout() {
+    // A client that reads slowly keeps forkline's output full, so the
+    // child's last answers wait in its stdout pipe when it exits. The
+    // reaper's word of the exit reaches the worker then: those answers
+    // must still be read and delivered, and the pipe's lasting silence
+    // (the grandchild keeps it open) must then end the session.
+    // Big answers keep forkline's output full; the small ones after them
+    // fit in the pipe at once, so the child writes them and exits while
+    // forkline may still wait on the client. (The client's pace makes that
+    // order likely, not certain; the test passes in any order.)
+    const BIG: usize = 64;
+    const CALLS: usize = BIG + 16;
+    let padding = |n: usize| if n < BIG { 128 * 1024 } else { 100 };
+    // Over a Unix socket, whose buffers stay small: loopback TCP's
+    // autotuned megabytes would take every answer, and forkline would
+    // never hold any back.
+    let dir = TempDir::new("forkline-exit");
+    let path = dir.path.join("s.sock");
+    let child = fake_server(&["--grandchild-escapes"]);
+    let mut args = vec![
+        "--unix",
+        path.to_str().expect("utf-8 temp path"),
+        "--idle-timeout",
+        "0",
+        "--",
+    ];
+    args.extend(child.iter().map(String::as_str));
+    let forkline = Forkline::serve(&args, 1);
+    let mut guard = StrayGuard::new();
+    let stream = std::os::unix::net::UnixStream::connect(&path).expect("connect");
+    stream.set_read_timeout(Some(PATIENCE)).expect("timeout");
+    let mut reader = BufReader::new(stream.try_clone().expect("clone"));
+    let mut recv = move || -> Option<Value> {
+        let mut line = String::new();
+        match reader.read_line(&mut line) {
+            Ok(0) | Err(_) => None,
+            Ok(_) => Some(serde_json::from_str(&line).expect("JSON from forkline")),
+        }
+    };
+    let mut writer = stream.try_clone().expect("clone");
+    writeln!(writer, r#"{{"jsonrpc":"2.0","id":1,"method":"fake/env"}}"#).expect("send");
+    let env = FakeEnv::from_result(&recv().expect("fake/env answer")["result"]);
+    guard.watch_env(&env);
+
+    let mut burst = Vec::new();
+    for n in 0..CALLS {
+        let line = json!({"jsonrpc": "2.0", "id": 10 + n, "method": "tools/call",
+                          "params": {"padding": "x".repeat(padding(n))}});
+        burst.extend_from_slice(format!("{line}\n").as_bytes());
+    }
+    let exit = json!({"jsonrpc": "2.0", "id": 2, "method": "fake/exit", "params": {"code": 6}});
+    burst.extend_from_slice(format!("{exit}\n").as_bytes());
+    // From a thread: the answers back up while the requests still go.
+    let sender = std::thread::spawn(move || writer.write_all(&burst));
+    for n in 0..CALLS {
+        std::thread::sleep(Duration::from_millis(3));
+        let answer = recv().unwrap_or_else(|| panic!("answer {n} of {CALLS} never came"));
+        assert_eq!(answer["id"], json!(10 + n), "answer {n} of {CALLS}");
+        assert_eq!(
+            answer["result"]["params"]["padding"].as_str().map(str::len),
+            Some(padding(n)),
+            "answer {n} of {CALLS}"
+        );
+    }
+    let message = assert_error(&recv().expect("the -32002 answer"), -32002, &json!(2));
+    assert!(
+        mentions_exit_status(&message, 6),
+        "the exit status is missing: {message}"
+    );
+    assert!(recv().is_none(), "the session did not end");
+    sender.join().expect("sender").expect("the burst was sent");
+    assert_all_gone(&[env.pid], "the child");
+    assert_no_zombies(forkline.pid());
+    wait_for_log_word(&forkline, "reason=child_exited");
 }
 
 #[test]

@@ -4,13 +4,14 @@
 //! official TypeScript SDK's stdio server transport) and the MCP Inspector's
 //! CLI (the TypeScript SDK's stdio client).
 //!
-//! forkline hands a child one end of a Unix socket pair as both stdin and
-//! stdout, as inetd does, where most launchers give two pipes. libuv opens
-//! either as a pipe handle, but here fds 0 and 1 are one open file: the
-//! O_NONBLOCK Node sets on stdout is set on stdin too, and a shutdown(2)
-//! through either would end both directions. So these tests check that
-//! real servers read their requests, write answers bigger than the
-//! socket's buffer, and exit on EOF just as they do on pipes:
+//! forkline hands a child a pipe as stdout and one end of a Unix socket
+//! pair as both stdin and stderr, where most launchers give three pipes.
+//! libuv opens a socket as a pipe handle, but here fds 0 and 2 are one open
+//! file: the O_NONBLOCK Node sets on stderr is set on stdin too, and a
+//! shutdown(2) through either would end both directions. So these tests
+//! check that real servers read their requests, write answers bigger than
+//! the pipe's buffer, log to stderr, and exit on EOF just as they do on
+//! pipes:
 //! - the official Python SDK client (`tests/fixtures/sdk_client.py`, as in
 //!   `tests/interop_sdk.rs`) against server-everything through `forkline
 //!   stdio` (the command given without `--`) and through `forkline connect`
@@ -482,10 +483,10 @@ fn sdk_echoes_a_large_message_through_server_everything() {
 }
 
 /// The premise of this file, checked: the Node server forkline starts has
-/// one socket as both stdin and stdout (not two pipes), speaks MCP over it
-/// and exits 0 on its EOF.
+/// one socket as both stdin and stderr and a pipe as stdout, speaks MCP
+/// over them, has its stderr logged and exits 0 on its stdin's EOF.
 #[test]
-fn server_everything_runs_on_one_socket_as_stdin_and_stdout() {
+fn server_everything_runs_with_stdin_and_stderr_on_one_socket_and_stdout_on_a_pipe() {
     let Some(packages) = NodePackages::find() else {
         return;
     };
@@ -521,10 +522,14 @@ fn server_everything_runs_on_one_socket_as_stdin_and_stdout() {
             .display()
             .to_string()
     };
-    let (stdin, stdout) = (fd(0), fd(1));
+    let (stdin, stdout, stderr) = (fd(0), fd(1), fd(2));
     assert!(
-        stdin.starts_with("socket:") && stdin == stdout,
-        "server-everything's stdin ({stdin}) and stdout ({stdout}) should be one socket"
+        stdin.starts_with("socket:") && stdin == stderr,
+        "server-everything's stdin ({stdin}) and stderr ({stderr}) should be one socket"
+    );
+    assert!(
+        stdout.starts_with("pipe:"),
+        "server-everything's stdout ({stdout}) should be a pipe"
     );
     forkline.send(&json!({"jsonrpc": "2.0", "method": "notifications/initialized"}).to_string());
     forkline.request(
@@ -553,6 +558,10 @@ fn server_everything_runs_on_one_socket_as_stdin_and_stdout() {
     assert!(
         log.contains("child=\"exit status 0\""),
         "server-everything should exit 0 by itself on EOF of its socket; log:\n{log}"
+    );
+    assert!(
+        log.contains("[s1] child stderr: Starting default (STDIO) server"),
+        "server-everything's start-up line on stderr should be logged; log:\n{log}"
     );
     assert!(!pid_alive(server), "server-everything outlived forkline");
 }

@@ -634,16 +634,19 @@ fn burst_tables(md: &mut String, rows: &[Row], s: &Settings) {
 }
 
 /// forkline against the twin twice: as the twin is (its child on two
-/// pipes) and with its child on one socket pair as forkline's is, so the
-/// cost of the transport (the price of three descriptors per session) and
-/// the cost of the engine can be told apart.
+/// pipes) and with its child on one socket pair for stdin and stdout (as
+/// socat's is), so the cost of the transport and the cost of the engine
+/// can be told apart.
 fn same_transport(md: &mut String, f: &Row, twin: Option<&Row>, paired: &Row, conc: &[usize]) {
     let _ = writeln!(
         md,
         "\n### The child's transport\n\n\
-         forkline gives the child one socket pair for stdin and stdout (three descriptors \
-         per session); the twin, as `tokio::process` does, two pipes (five). The twin's \
-         `--child-socket-pair` row runs the same twin on forkline's transport.\n\n\
+         forkline gives the child a pipe for stdout and one socket pair for stdin and \
+         stderr (three descriptors per session); the twin, as `tokio::process` does, \
+         three pipes (five descriptors per session, measured above). The twin's \
+         `--child-socket-pair` row runs the same twin with stdin and stdout on one \
+         socket pair, as socat's `EXEC` has them: answers cross a Unix socket there \
+         and a pipe in forkline.\n\n\
          | figure | forkline ÷ twin (pipes) | forkline ÷ twin (socket pair) | twin (pipes) ÷ twin (socket pair) |\n\
          |---|---:|---:|---:|"
     );
@@ -1519,8 +1522,8 @@ everything of its process tree. All traffic is loopback. The child is
   relay's, sets these figures.
 - **async twin, child on a socket pair**: the same twin with
   `--child-socket-pair`: the child's stdin and stdout on one Unix socket
-  pair, as forkline has them (and socat's `EXEC`), so the two engines can
-  be compared on one transport.
+  pair, as socat's `EXEC` has them (and forkline had them before it moved
+  stdout to a pipe), so the cost of a Unix socket against a pipe shows.
 - **forkline (HTTP)**: `forkline -q serve --http 127.0.0.1:0
   --max-sessions 1100 --max-sessions-per-client 1100 --shutdown-grace 1
   -- CHILD`, Streamable HTTP at `/mcp`, driven by the same client as

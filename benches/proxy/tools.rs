@@ -22,7 +22,7 @@ pub enum Kind {
     Forkline,
     Twin,
     /// The twin with its child's stdin and stdout on one socket pair, as
-    /// forkline has them: the same transport, so only the engines differ.
+    /// socat has them: what a Unix socket costs against a pipe.
     TwinSocketPair,
     /// `forkline serve --http`, driven like the HTTP peers (SSE answers).
     ForklineHttp,

@@ -1,17 +1,21 @@
 //! Spawning and stopping a session's child and its process group.
 //!
-//! The child's stdin and stdout are one end of a socket pair, as inetd
-//! does it: one descriptor on our side instead of two pipes, and
-//! `shutdown(2)` gives both a clean end of input (`SHUT_WR`: the child
-//! sees EOF on stdin) and a way to wake our reader. Its stderr is a pipe
-//! that the stderr log drains. It runs in a process group of its own, so
-//! one `kill(-pgid)` reaches the grandchildren it may have started.
-//! Exits are learned and reaped by the [`Reaper`].
+//! The child's stdout is a pipe; its stdin and stderr are one end of a
+//! socket pair. Two descriptors on our side, as the two pipes and a
+//! stderr pipe would be three: the socket carries stdin one way and stderr
+//! the other, and `shutdown(2)` gives both a clean end of input (`SHUT_WR`:
+//! the child sees EOF on stdin) and a way to wake the session when the
+//! child exits (`SHUT_RD`, see the [`Reaper`]). The answers, which a
+//! session waits for, come over the pipe: a pipe hands a message over in
+//! about half the time a Unix socket takes (benches/pingpong.c). The
+//! child runs in a process group of its own, so one `kill(-pgid)` reaches
+//! the grandchildren it may have started. Exits are learned and reaped by
+//! the [`Reaper`].
 
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
-use std::process::{ChildStderr, Command, ExitStatus, Stdio};
+use std::process::{ChildStdout, Command, ExitStatus, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,6 +26,7 @@ use crate::child::reaper::{ExitWatch, Reaper};
 use crate::config::ChildCommand;
 use crate::error::Error;
 use crate::shutdown::Trigger;
+use crate::sys::poll::set_nonblocking;
 
 /// How long a child gets to die after SIGKILL before we stop waiting (a
 /// process in uninterruptible sleep); the reaper still reaps it later.
@@ -35,12 +40,14 @@ pub struct ChildProcess {
     stopped: Option<Exit>,
 }
 
-/// The child's I/O, handed to the session.
+/// The child's I/O, handed to the session. Both are non-blocking.
 #[derive(Debug)]
 pub struct ChildIo {
-    /// Our end of the child's stdin and stdout, non-blocking.
-    pub stdio: UnixStream,
-    pub stderr: ChildStderr,
+    /// Our end of the child's stdin (we write) and stderr (we read). The
+    /// session writes to it and the stderr log reads from it, hence shared.
+    pub socket: Arc<UnixStream>,
+    /// The read end of the child's stdout.
+    pub stdout: ChildStdout,
 }
 
 /// How a child ended, for logs and -32002 messages.
@@ -75,8 +82,8 @@ fn signal_name(sig: i32) -> String {
     }
 }
 
-/// Starts `command` in its own process group with its stdin and stdout on
-/// a socket pair and its stderr piped; the command's own `env`, then
+/// Starts `command` in its own process group with its stdin and stderr on
+/// a socket pair and its stdout piped; the command's own `env`, then
 /// `env`, are added to forkline's own environment. Blocks for the spawn only.
 pub fn spawn(
     reaper: &Reaper,
@@ -88,7 +95,7 @@ pub fn spawn(
         source,
     };
     // Both ends are close-on-exec; the child gets its end through dup2
-    // onto 0 and 1, which clears the flag on those copies only.
+    // onto 0 and 2, which clears the flag on those copies only.
     let (ours, theirs) = UnixStream::pair().map_err(spawn_error)?;
     let theirs = OwnedFd::from(theirs);
     let theirs_too = theirs.try_clone().map_err(spawn_error)?;
@@ -98,8 +105,8 @@ pub fn spawn(
         .envs(command.env.iter().map(|(k, v)| (k, v)))
         .envs(env.iter().copied())
         .stdin(Stdio::from(theirs))
-        .stdout(Stdio::from(theirs_too))
-        .stderr(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::from(theirs_too))
         .process_group(0);
     let (mut child, watch) = reaper.spawn(&mut cmd).map_err(spawn_error)?;
     // The command holds the child's end; it must be gone, or our reads
@@ -109,15 +116,16 @@ pub fn spawn(
         watch,
         stopped: None,
     };
-    let Some(stderr) = child.stderr.take() else {
+    let Some(stdout) = child.stdout.take() else {
         // Unreachable with Stdio::piped(); `process` kills it on drop.
-        return Err(spawn_error(std::io::Error::other("child stderr missing")));
+        return Err(spawn_error(std::io::Error::other("child stdout missing")));
     };
+    set_nonblocking(stdout.as_fd()).map_err(spawn_error)?;
     Ok((
         process,
         ChildIo {
-            stdio: ours,
-            stderr,
+            socket: Arc::new(ours),
+            stdout,
         },
     ))
 }
@@ -208,7 +216,7 @@ impl Drop for ChildProcess {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::{BufRead, BufReader, Write};
+    use std::io::{BufRead, BufReader, Read, Write};
     use std::net::Shutdown;
     use std::os::fd::AsRawFd;
 
@@ -224,11 +232,21 @@ mod tests {
         Trigger::new().expect("trigger")
     }
 
+    /// The child's stdout as a blocking reader, for tests that wait on it.
+    fn blocking_stdout(io: ChildIo) -> (Arc<UnixStream>, BufReader<ChildStdout>) {
+        let fd = io.stdout.as_raw_fd();
+        let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+        assert!(
+            flags >= 0 && unsafe { libc::fcntl(fd, libc::F_SETFL, flags & !libc::O_NONBLOCK) } == 0
+        );
+        (io.socket, BufReader::new(io.stdout))
+    }
+
     #[test]
     fn a_child_that_exits_on_eof_is_not_signalled() {
         let reaper = reaper();
         let (mut child, io) = spawn(&reaper, &sh("cat >/dev/null; exit 7"), &[]).expect("spawn");
-        io.stdio.shutdown(Shutdown::Write).expect("close stdin");
+        io.socket.shutdown(Shutdown::Write).expect("close stdin");
         let exit = child.stop(Duration::from_secs(10), &trigger(), &trigger());
         assert_eq!(exit.status.code(), Some(7));
         assert!(!exit.forced);
@@ -237,16 +255,27 @@ mod tests {
     }
 
     #[test]
-    fn stdin_and_stdout_share_one_socket() {
+    fn stdin_and_stderr_share_one_socket_and_stdout_is_a_pipe() {
         let reaper = reaper();
-        let (mut child, io) = spawn(&reaper, &sh("read l; echo \"got $l\""), &[]).expect("spawn");
-        io.stdio.set_nonblocking(false).expect("blocking");
-        (&io.stdio).write_all(b"hi\n").expect("write");
-        let mut line = String::new();
-        BufReader::new(&io.stdio)
-            .read_line(&mut line)
-            .expect("read");
-        assert_eq!(line, "got hi\n");
+        let (mut child, io) = spawn(
+            &reaper,
+            &sh("read l; echo \"err $l\" >&2; echo \"got $l\"; [ -p /dev/stdout ] && echo pipe"),
+            &[],
+        )
+        .expect("spawn");
+        let (socket, mut stdout) = blocking_stdout(io);
+        socket.set_nonblocking(false).expect("blocking");
+        (&*socket).write_all(b"hi\n").expect("write");
+        let mut out = String::new();
+        stdout
+            .read_to_string(&mut out)
+            .expect("read stdout to its end");
+        assert_eq!(out, "got hi\npipe\n");
+        let mut err = String::new();
+        BufReader::new(&*socket)
+            .read_line(&mut err)
+            .expect("read stderr");
+        assert_eq!(err, "err hi\n");
         let exit = child.stop(Duration::from_secs(10), &trigger(), &trigger());
         assert_eq!(exit.status.code(), Some(0));
         reaper.stop();
@@ -262,13 +291,11 @@ mod tests {
             &[],
         )
         .expect("spawn");
-        io.stdio.set_nonblocking(false).expect("blocking");
+        let (socket, mut stdout) = blocking_stdout(io);
         let mut line = String::new();
-        BufReader::new(&io.stdio)
-            .read_line(&mut line)
-            .expect("pid line");
+        stdout.read_line(&mut line).expect("pid line");
         let grandchild: i32 = line.trim().parse().expect("grandchild pid");
-        io.stdio.shutdown(Shutdown::Write).expect("close stdin");
+        socket.shutdown(Shutdown::Write).expect("close stdin");
         let exit = child.stop(Duration::from_millis(50), &trigger(), &trigger());
         assert!(exit.forced);
         assert_eq!(exit.to_string(), "killed by SIGKILL");
@@ -289,11 +316,15 @@ mod tests {
         // The grandchild leaves the group (setsid) and keeps our stdio.
         let (mut child, io) =
             spawn(&reaper, &sh("setsid sleep 1000 & echo $!; exit 0"), &[]).expect("spawn");
-        child.watch().wake_on_exit(Some(io.stdio.as_raw_fd()));
-        io.stdio.set_nonblocking(false).expect("blocking");
-        let mut out = String::new();
-        std::io::Read::read_to_string(&mut &io.stdio, &mut out).expect("read to eof");
-        let grandchild: i32 = out.trim().parse().expect("grandchild pid");
+        child.watch().wake_on_exit(Some(io.socket.as_raw_fd()));
+        let (socket, mut stdout) = blocking_stdout(io);
+        let mut line = String::new();
+        stdout.read_line(&mut line).expect("pid line");
+        let grandchild: i32 = line.trim().parse().expect("grandchild pid");
+        socket.set_nonblocking(false).expect("blocking");
+        let mut rest = Vec::new();
+        (&*socket).read_to_end(&mut rest).expect("read to eof");
+        assert!(rest.is_empty(), "stderr held {rest:?}");
         assert_eq!(
             child
                 .stop(Duration::from_secs(10), &trigger(), &trigger())
@@ -313,7 +344,7 @@ mod tests {
         hurry.fire();
         let (mut child, io) =
             spawn(&reaper, &sh("trap '' TERM; while :; do sleep 1; done"), &[]).expect("spawn");
-        io.stdio.shutdown(Shutdown::Write).expect("close stdin");
+        io.socket.shutdown(Shutdown::Write).expect("close stdin");
         let started = std::time::Instant::now();
         let exit = child.stop(Duration::from_secs(3600), &trigger(), &hurry);
         assert!(exit.forced);
@@ -327,7 +358,7 @@ mod tests {
         let shutdown = trigger();
         // Ignores end of input, dies of SIGTERM.
         let (mut child, io) = spawn(&reaper, &sh("while :; do sleep 1; done"), &[]).expect("spawn");
-        io.stdio.shutdown(Shutdown::Write).expect("close stdin");
+        io.socket.shutdown(Shutdown::Write).expect("close stdin");
         let started = std::time::Instant::now();
         std::thread::scope(|s| {
             s.spawn(|| {
@@ -351,7 +382,7 @@ mod tests {
         let shutdown = trigger();
         shutdown.fire();
         let (mut child, io) = spawn(&reaper, &sh("cat >/dev/null; exit 4"), &[]).expect("spawn");
-        io.stdio.shutdown(Shutdown::Write).expect("close stdin");
+        io.socket.shutdown(Shutdown::Write).expect("close stdin");
         let exit = child.stop(Duration::from_secs(10), &shutdown, &trigger());
         assert!(!exit.forced, "exited on its own at end of input");
         assert_eq!(exit.status.code(), Some(4));

@@ -2,28 +2,30 @@
 //! that log every child's stderr, line by line, tagged with its session.
 //!
 //! A drain thread per session would cost a stack per session for output
-//! that is idle nearly always. The thread owns every pipe it watches, so a
+//! that is idle nearly always. A child's stderr arrives on the socket its
+//! stdin leaves by (see `child::process`); the thread holds a share of
+//! every socket it watches and deregisters it before letting go, so a
 //! session that ends can never leave a registration behind that matches a
 //! recycled fd number. Requests arrive on a channel and a `Waker`; dropping
 //! the [`StderrLog`] stops and joins the thread.
 //!
 //! One thread serves every child, so no child may hold it. Each turn of
-//! the loop reads at most 16 KiB (`TURN_BYTES`) from each pipe; mio is
-//! edge-triggered, so a pipe that still had data when its budget ran out
+//! the loop reads at most 16 KiB (`TURN_BYTES`) from each stream; mio is
+//! edge-triggered, so a stream that still had data when its budget ran out
 //! stays on a ready list and is served again next turn, polling with a
 //! zero timeout meanwhile: round-robin, and a quiet child's line waits one
-//! turn however much another child writes. Every pipe is always read to
-//! the end — a child blocked on a full stderr pipe may stop answering its
+//! turn however much another child writes. Every stream is always read to
+//! the end — a child blocked on a full stderr stream may stop answering its
 //! client — but what one child may put in the log is rate-limited (100
 //! lines/s in bursts of 200: `LINES_PER_SEC`, `BURST_LINES`); the lines
 //! over the limit are counted, and the count is logged once a second and
-//! when the pipe ends. With no pipe ready and no count due, the poll has no timeout: an
+//! when the stream ends. With no stream ready and no count due, the poll has no timeout: an
 //! idle proxy is never woken.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::io::{self, Read};
-use std::os::fd::{AsFd, AsRawFd};
-use std::process::ChildStderr;
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixStream;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -34,7 +36,6 @@ use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
 
 use crate::session::table::SessionId;
-use crate::sys::poll::set_nonblocking;
 
 const WAKER: Token = Token(0);
 
@@ -44,15 +45,16 @@ const TARGET: &str = "forkline::child";
 /// Longest stderr line logged whole; the rest of a longer one is cut.
 const STDERR_LINE_BYTES: usize = 8 * 1024;
 
-/// Most bytes read from one pipe in one turn of the loop. A quarter of a
-/// default pipe (64 KiB): a few reads a turn keep up with any child, and a
-/// turn over a thousand flooding pipes still takes milliseconds.
+/// Most bytes read from one child in one turn of the loop: a few reads a
+/// turn keep up with any child, and a turn over a thousand flooding
+/// children still takes milliseconds.
 const TURN_BYTES: usize = 16 * 1024;
 
-/// Most bytes read from a pipe when its session releases it. The child is
-/// gone, so this is what it left in the pipe, which holds at most 1 MiB
-/// (Linux's default `pipe-max-size`); only an escaped grandchild still
-/// writing could have more, and it must not hold the thread.
+/// Most bytes read from a child's stderr when its session releases it. The
+/// child is gone, so this is what it left queued, which its socket's send
+/// buffer bounds (about 200 KiB by default, `net.core.wmem_default`); only
+/// an escaped grandchild still writing could have more, and it must not
+/// hold the thread.
 const FINAL_BYTES: usize = 1024 * 1024;
 
 /// Lines per second one child may log, sustained: more than any server
@@ -69,7 +71,7 @@ const BURST_LINES: u32 = 200;
 const REPORT_EVERY: Duration = Duration::from_secs(1);
 
 /// A handle to the `child-stderr` thread. Dropping it stops and joins the
-/// thread; pipes still watched then have their last lines logged.
+/// thread; streams still watched then have their last lines logged.
 pub struct StderrLog {
     requests: Sender<Request>,
     waker: Arc<Waker>,
@@ -80,7 +82,7 @@ enum Request {
     /// Log every line of this child's stderr until EOF or `Release`.
     Watch {
         session: SessionId,
-        pipe: ChildStderr,
+        stream: Arc<UnixStream>,
     },
     /// Log what is left of the session's stderr, then close it.
     Release { session: SessionId },
@@ -113,16 +115,16 @@ impl StderrLog {
         }
     }
 
-    /// Logs `pipe` line by line, tagged with `session`, until EOF or
-    /// [`StderrLog::release`]. Does not block: the pipe is handed to the
-    /// thread, which owns and closes it.
-    pub fn watch(&self, session: SessionId, pipe: ChildStderr) {
-        self.send(Request::Watch { session, pipe });
+    /// Logs what the child writes to `stream` (non-blocking) line by line,
+    /// tagged with `session`, until EOF or [`StderrLog::release`]. Does not
+    /// block: the thread keeps its share of the stream until then.
+    pub fn watch(&self, session: SessionId, stream: Arc<UnixStream>) {
+        self.send(Request::Watch { session, stream });
     }
 
     /// Logs what is left in the session's stderr (at most 1 MiB,
     /// `FINAL_BYTES`) and closes it: the child is gone, but an escaped
-    /// grandchild could hold the pipe open. Does not block; a session with no pipe watched
+    /// grandchild could hold the stream open. Does not block; a session with no stream watched
     /// (it already ended) is ignored.
     pub fn release(&self, session: SessionId) {
         self.send(Request::Release { session });
@@ -146,13 +148,13 @@ impl Drop for StderrLog {
 /// One child's stderr as the thread holds it.
 struct Watched {
     session: SessionId,
-    pipe: ChildStderr,
+    stream: Arc<UnixStream>,
     lines: Lines,
     /// On the ready list: it may have data that was not read yet.
     ready: bool,
 }
 
-/// How a pipe's turn ended.
+/// How a stream's turn ended.
 enum Turn {
     /// Read until `WouldBlock`: wait for its next event.
     Drained,
@@ -165,10 +167,10 @@ enum Turn {
 struct LogLoop {
     poll: Poll,
     inbox: Receiver<Request>,
-    pipes: HashMap<Token, Watched>,
+    streams: HashMap<Token, Watched>,
     by_session: HashMap<SessionId, Token>,
     /// Pipes to serve this turn, each at most once (`Watched::ready`).
-    /// Tokens are never reused, so one whose pipe is gone is just skipped.
+    /// Tokens are never reused, so one whose stream is gone is just skipped.
     ready: VecDeque<Token>,
     /// Pipes that may have a dropped-lines count due.
     reporting: HashSet<Token>,
@@ -181,7 +183,7 @@ impl LogLoop {
         LogLoop {
             poll,
             inbox,
-            pipes: HashMap::new(),
+            streams: HashMap::new(),
             by_session: HashMap::new(),
             ready: VecDeque::new(),
             reporting: HashSet::new(),
@@ -221,7 +223,7 @@ impl LogLoop {
         }
     }
 
-    /// Zero while a pipe is ready, until the next dropped-lines count is
+    /// Zero while a stream is ready, until the next dropped-lines count is
     /// due if one is pending, else none: nothing to do until an event.
     fn timeout(&self, now: Instant) -> Option<Duration> {
         if !self.ready.is_empty() {
@@ -229,13 +231,13 @@ impl LogLoop {
         }
         self.reporting
             .iter()
-            .filter_map(|token| self.pipes.get(token)?.lines.report_at())
+            .filter_map(|token| self.streams.get(token)?.lines.report_at())
             .min()
             .map(|at| at.saturating_duration_since(now))
     }
 
     fn mark_ready(&mut self, token: Token) {
-        if let Some(watched) = self.pipes.get_mut(&token) {
+        if let Some(watched) = self.streams.get_mut(&token) {
             if !watched.ready {
                 watched.ready = true;
                 self.ready.push_back(token);
@@ -245,25 +247,24 @@ impl LogLoop {
 
     fn handle(&mut self, request: Request) {
         match request {
-            Request::Watch { session, pipe } => {
+            Request::Watch { session, stream } => {
                 self.next += 1;
                 let token = Token(self.next);
-                let fd = pipe.as_raw_fd();
-                let registered = set_nonblocking(pipe.as_fd()).and_then(|()| {
+                let fd = stream.as_raw_fd();
+                let registered =
                     self.poll
                         .registry()
-                        .register(&mut SourceFd(&fd), token, Interest::READABLE)
-                });
+                        .register(&mut SourceFd(&fd), token, Interest::READABLE);
                 match registered {
                     Ok(()) => {
                         let watched = Watched {
                             session,
-                            pipe,
+                            stream,
                             lines: Lines::new(Instant::now()),
                             ready: false,
                         };
                         self.by_session.insert(session, token);
-                        self.pipes.insert(token, watched);
+                        self.streams.insert(token, watched);
                         // Whatever the child wrote before this is read on
                         // the first turn, without relying on an event.
                         self.mark_ready(token);
@@ -274,7 +275,7 @@ impl LogLoop {
             Request::Release { session } => {
                 if let Some(token) = self.by_session.get(&session).copied() {
                     let now = Instant::now();
-                    if let Some(watched) = self.pipes.get_mut(&token) {
+                    if let Some(watched) = self.streams.get_mut(&token) {
                         read_some(watched, &mut self.buf, FINAL_BYTES, now);
                     }
                     self.close(token, now);
@@ -283,13 +284,13 @@ impl LogLoop {
         }
     }
 
-    /// Gives every ready pipe one turn of at most [`TURN_BYTES`].
+    /// Gives every ready stream one turn of at most [`TURN_BYTES`].
     fn serve_ready(&mut self, now: Instant) {
         for _ in 0..self.ready.len() {
             let Some(token) = self.ready.pop_front() else {
                 break;
             };
-            let Some(watched) = self.pipes.get_mut(&token) else {
+            let Some(watched) = self.streams.get_mut(&token) else {
                 continue;
             };
             let turn = read_some(watched, &mut self.buf, TURN_BYTES, now);
@@ -306,9 +307,9 @@ impl LogLoop {
 
     /// Logs the dropped-lines counts that are due.
     fn report_due(&mut self, now: Instant) {
-        let pipes = &mut self.pipes;
+        let streams = &mut self.streams;
         self.reporting.retain(|token| {
-            let Some(watched) = pipes.get_mut(token) else {
+            let Some(watched) = streams.get_mut(token) else {
                 return false;
             };
             let session = watched.session;
@@ -320,35 +321,35 @@ impl LogLoop {
     }
 
     /// Logs the partial line and the dropped-lines count, and closes the
-    /// pipe.
+    /// stream.
     fn close(&mut self, token: Token, now: Instant) {
-        let Some(mut watched) = self.pipes.remove(&token) else {
+        let Some(mut watched) = self.streams.remove(&token) else {
             return;
         };
         self.by_session.remove(&watched.session);
         let session = watched.session;
         watched.lines.finish(now, &mut |entry| log(session, entry));
-        let fd = watched.pipe.as_raw_fd();
+        let fd = watched.stream.as_raw_fd();
         let _ = self.poll.registry().deregister(&mut SourceFd(&fd));
     }
 
-    /// At teardown: whatever the pipes still hold in their line buffers.
+    /// At teardown: whatever the streams still hold in their line buffers.
     fn close_all(&mut self) {
         let now = Instant::now();
-        let tokens: Vec<Token> = self.pipes.keys().copied().collect();
+        let tokens: Vec<Token> = self.streams.keys().copied().collect();
         for token in tokens {
             self.close(token, now);
         }
     }
 }
 
-/// Reads at most `budget` bytes from the pipe, logging its lines.
+/// Reads at most `budget` bytes from the stream, logging its lines.
 fn read_some(watched: &mut Watched, buf: &mut [u8], budget: usize, now: Instant) -> Turn {
     let session = watched.session;
     let mut left = budget;
     while left > 0 {
         let want = left.min(buf.len());
-        match watched.pipe.read(&mut buf[..want]) {
+        match (&*watched.stream).read(&mut buf[..want]) {
             Ok(0) => return Turn::Ended,
             Ok(n) => {
                 left -= n;
@@ -416,7 +417,7 @@ impl Lines {
         }
     }
 
-    /// Takes bytes read from the pipe at `now`; every complete line goes to
+    /// Takes bytes read from the stream at `now`; every complete line goes to
     /// `out` or, over the limit, to the count.
     fn feed(&mut self, mut bytes: &[u8], now: Instant, out: &mut impl FnMut(Entry<'_>)) {
         while let Some(at) = memchr::memchr(b'\n', bytes) {

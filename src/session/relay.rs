@@ -1,6 +1,6 @@
 //! The worker's loop: both directions of one session moved by one thread
-//! from one `poll(2)` over the client, the child's socket and the
-//! proxy-wide shutdown alarms.
+//! from one `poll(2)` over the client, the child's socket and stdout pipe,
+//! and the proxy-wide shutdown alarms.
 //!
 //! Why one thread: a session is mostly idle, and a thread per direction
 //! (the first two designs) cost two more stacks, two more wake-ups per
@@ -104,8 +104,15 @@ impl Control<'_> {
 
 /// The child end of the relay.
 pub enum ChildSide<'a> {
-    /// The child's stdin and stdout, one non-blocking socket.
-    Running(BorrowedFd<'a>),
+    /// The child's descriptors, both non-blocking.
+    Running {
+        /// The socket we write its stdin to. Its hang-up (`POLLRDHUP`: the
+        /// reaper's `shutdown(SHUT_RD)`, or the child gone) says the child
+        /// has exited, which its stdout may not: a grandchild can hold it.
+        socket: BorrowedFd<'a>,
+        /// The pipe we read its stdout from.
+        stdout: BorrowedFd<'a>,
+    },
     /// No child could be started: every request is answered with this.
     Missing(&'a str),
 }
@@ -130,17 +137,27 @@ struct Core<'a> {
 pub struct Relay<'a> {
     core: Core<'a>,
     client: ClientSide<'a>,
-    child: Option<BorrowedFd<'a>>,
+    child: Option<ChildFds<'a>>,
     from_client: LineSplitter,
     from_child: LineSplitter,
     client_eof: bool,
     child_eof: bool,
+    /// The child's socket hung up: it exited, so its stdout is read until
+    /// it is empty, and then counts as ended.
+    child_gone: bool,
     timing: Timing,
     control: Control<'a>,
     closing: Option<(EndReason, Instant)>,
     ended: Option<EndReason>,
     shutdown_seen: bool,
     hurry_seen: bool,
+}
+
+/// [`ChildSide::Running`]'s descriptors, as the loop keeps them.
+#[derive(Clone, Copy)]
+struct ChildFds<'a> {
+    socket: BorrowedFd<'a>,
+    stdout: BorrowedFd<'a>,
 }
 
 /// Indices into the poll set; `NONE` marks an unused slot.
@@ -150,9 +167,11 @@ const NONE: usize = usize::MAX;
 /// child's entry, and so on.
 const CLIENT_READ: usize = 0;
 const CLIENT_WRITE: usize = 1;
-const CHILD: usize = 2;
-const SHUTDOWN: usize = 3;
-const HURRY: usize = 4;
+const CHILD_SOCKET: usize = 2;
+const CHILD_STDOUT: usize = 3;
+const SHUTDOWN: usize = 4;
+const HURRY: usize = 5;
+const SLOTS: usize = 6;
 
 impl<'a> Relay<'a> {
     pub fn new(
@@ -169,7 +188,7 @@ impl<'a> Relay<'a> {
             grace: limits.shutdown_grace,
         };
         let (child, missing_child) = match child {
-            ChildSide::Running(fd) => (Some(fd), None),
+            ChildSide::Running { socket, stdout } => (Some(ChildFds { socket, stdout }), None),
             ChildSide::Missing(why) => (None, Some(why)),
         };
         Relay {
@@ -191,6 +210,7 @@ impl<'a> Relay<'a> {
             from_child: LineSplitter::new(max_message_bytes),
             client_eof: false,
             child_eof: false,
+            child_gone: false,
             timing,
             control,
             closing: None,
@@ -216,11 +236,15 @@ impl<'a> Relay<'a> {
                 fd: -1,
                 events: 0,
                 revents: 0,
-            }; 5];
+            }; SLOTS];
             let slots = self.fill_poll_set(&mut fds);
-            let timeout = self
-                .deadline()
-                .map(|d| d.saturating_duration_since(Instant::now()));
+            let timeout = if self.child_gone && self.want_child_output() {
+                // What the child left in its stdout is read at once.
+                Some(Duration::ZERO)
+            } else {
+                self.deadline()
+                    .map(|d| d.saturating_duration_since(Instant::now()))
+            };
             if let Some(tap) = self.core.tap.as_mut() {
                 tap.flush();
             }
@@ -236,9 +260,9 @@ impl<'a> Relay<'a> {
     /// Ends the relay part: the caller stops the child next. What is still
     /// queued for the child is written if it fits now.
     pub fn finish_input(&mut self) {
-        if let Some(fd) = self.child {
+        if let Some(child) = self.child {
             if !self.core.child_input_closed {
-                let _ = self.core.to_child.flush(fd, WriteKind::Socket);
+                let _ = self.core.to_child.flush(child.socket, WriteKind::Socket);
             }
         }
         self.core.to_child.clear();
@@ -356,15 +380,16 @@ impl<'a> Relay<'a> {
     }
 
     /// Fills `fds` for this turn; returns where each party landed (its
-    /// entry's index at `slots[CHILD]` and so on).
-    fn fill_poll_set(&self, fds: &mut [libc::pollfd; 5]) -> [usize; 5] {
-        let mut slots = [NONE; 5];
+    /// entry's index at `slots[CHILD_STDOUT]` and so on).
+    fn fill_poll_set(&self, fds: &mut [libc::pollfd; SLOTS]) -> [usize; SLOTS] {
+        let mut slots = [NONE; SLOTS];
         let mut n = 0;
-        let mut add = |fds: &mut [libc::pollfd; 5], slots: &mut [usize; 5], slot, fd, events| {
-            fds[n] = pollfd(fd, events);
-            slots[slot] = n;
-            n += 1;
-        };
+        let mut add =
+            |fds: &mut [libc::pollfd; SLOTS], slots: &mut [usize; SLOTS], slot, fd, events| {
+                fds[n] = pollfd(fd, events);
+                slots[slot] = n;
+                n += 1;
+            };
         let read_events = if self.want_client_input() {
             libc::POLLIN
         } else {
@@ -422,15 +447,30 @@ impl<'a> Relay<'a> {
             }
         }
         if let Some(child) = self.child {
-            let mut events = 0;
+            if !self.child_gone {
+                // Always watched for the hang-up that tells the child exited.
+                let mut events = libc::POLLRDHUP;
+                if !self.core.to_child.is_empty() && !self.core.child_input_closed {
+                    events |= libc::POLLOUT;
+                }
+                add(
+                    fds,
+                    &mut slots,
+                    CHILD_SOCKET,
+                    child.socket.as_raw_fd(),
+                    events,
+                );
+            }
             if self.want_child_output() {
-                events |= libc::POLLIN;
-            }
-            if !self.core.to_child.is_empty() && !self.core.child_input_closed {
-                events |= libc::POLLOUT;
-            }
-            if events != 0 {
-                add(fds, &mut slots, CHILD, child.as_raw_fd(), events);
+                // A pipe at end of file polls readable for good: asked
+                // only while we would read.
+                add(
+                    fds,
+                    &mut slots,
+                    CHILD_STDOUT,
+                    child.stdout.as_raw_fd(),
+                    libc::POLLIN,
+                );
             }
         }
         if !self.shutdown_seen {
@@ -454,7 +494,12 @@ impl<'a> Relay<'a> {
         slots
     }
 
-    fn handle(&mut self, fds: &[libc::pollfd; 5], slots: &[usize; 5], chunk: &mut ReadBuffer) {
+    fn handle(
+        &mut self,
+        fds: &[libc::pollfd; SLOTS],
+        slots: &[usize; SLOTS],
+        chunk: &mut ReadBuffer,
+    ) {
         let revents = |slot: usize| {
             if slots[slot] == NONE {
                 0
@@ -496,7 +541,12 @@ impl<'a> Relay<'a> {
                 return;
             }
         }
-        if revents(CHILD) & (libc::POLLIN | hangup) != 0 && self.want_child_output() {
+        if revents(CHILD_SOCKET) & (libc::POLLRDHUP | hangup) != 0 {
+            debug!("[{}] the server's socket hung up: it exited", self.core.id);
+            self.child_gone = true;
+        }
+        let child_output = revents(CHILD_STDOUT) & (libc::POLLIN | hangup) != 0;
+        if (child_output || self.child_gone) && self.want_child_output() {
             self.read_child(chunk);
         }
         self.flush_child();
@@ -587,38 +637,37 @@ impl<'a> Relay<'a> {
     }
 
     fn read_child(&mut self, chunk: &mut ReadBuffer) {
-        let Some(fd) = self.child else {
+        let Some(child) = self.child else {
             return;
         };
-        let result = chunk.read(fd);
-        if let Ok(Some(0)) | Err(_) = &result {
-            debug!("[{}] the server's output ended: {result:?}", self.core.id);
-        }
-        match result {
-            Ok(Some(0)) | Err(_) => {
+        let n = match chunk.read(child.stdout) {
+            Ok(Some(n)) if n > 0 => n,
+            // Once the child has exited, an empty pipe is its end: what
+            // still holds it open is a grandchild's copy.
+            Ok(None) if !self.child_gone => return,
+            ended => {
+                debug!("[{}] the server's output ended: {ended:?}", self.core.id);
                 let core = &mut self.core;
                 self.from_child.finish(|frame| core.child_frame(frame));
                 self.child_eof = true;
                 let reason = self.closing.map_or(EndReason::ChildExited, |(r, _)| r);
                 self.end_now(reason);
+                return;
             }
-            Ok(Some(n)) => {
-                let core = &mut self.core;
-                self.from_child
-                    .push(chunk.filled(n), |frame| core.child_frame(frame));
-            }
-            Ok(None) => {}
-        }
+        };
+        let core = &mut self.core;
+        self.from_child
+            .push(chunk.filled(n), |frame| core.child_frame(frame));
     }
 
     fn flush_child(&mut self) {
-        let Some(fd) = self.child else {
+        let Some(child) = self.child else {
             return;
         };
         if self.core.child_input_closed || self.core.to_child.is_empty() {
             return;
         }
-        if let Err(e) = self.core.to_child.flush(fd, WriteKind::Socket) {
+        if let Err(e) = self.core.to_child.flush(child.socket, WriteKind::Socket) {
             // The child is exiting; its end of file ends the session and
             // its unanswered requests get -32002.
             debug!("[{}] the server stopped reading: {e}", self.core.id);

@@ -62,15 +62,16 @@ pub struct Start<'a> {
 
 type BoxedTap = Box<dyn Tap + Send>;
 
-/// Our end of the child's stdio. Withdraws the reaper's wake-up before the
-/// socket closes, so the reaper never touches a recycled fd number.
+/// Our end of the child's stdin and stderr. Withdraws the reaper's wake-up
+/// before the session lets go of the socket (the stderr log may hold it a
+/// moment longer), so the reaper never touches a recycled fd number.
 struct ChildSocket {
-    stream: UnixStream,
+    stream: Arc<UnixStream>,
     watch: Arc<ExitWatch>,
 }
 
 impl ChildSocket {
-    fn new(stream: UnixStream, watch: Arc<ExitWatch>) -> ChildSocket {
+    fn new(stream: Arc<UnixStream>, watch: Arc<ExitWatch>) -> ChildSocket {
         watch.wake_on_exit(Some(stream.as_raw_fd()));
         ChildSocket { stream, watch }
     }
@@ -181,14 +182,17 @@ fn run_session(
             .map(|name| format!(" warm_child={name}"))
             .unwrap_or_default()
     );
-    shared.stderr.watch(id, io.stderr);
-    let socket = ChildSocket::new(io.stdio, Arc::clone(child.watch()));
+    shared.stderr.watch(id, Arc::clone(&io.socket));
+    let socket = ChildSocket::new(io.socket, Arc::clone(child.watch()));
 
     let mut relay = Relay::new(
         id,
         limits,
         client,
-        ChildSide::Running(socket.stream.as_fd()),
+        ChildSide::Running {
+            socket: socket.stream.as_fd(),
+            stdout: io.stdout.as_fd(),
+        },
         shared.control,
         tap,
     );

@@ -14,10 +14,10 @@
 //! child's stderr goes to the log. On SIGTERM/SIGINT: stop accepting, let
 //! sessions answer what is in flight for `--shutdown-grace`, then end.
 //!
-//! `tokio::process` gives the child two pipes; `--child-socket-pair` gives
-//! it one socket pair for stdin and stdout instead, as forkline does (its
-//! three descriptors per session), so the benchmark can tell what the
-//! runtime costs from what the transport does.
+//! `tokio::process` gives the child pipes; `--child-socket-pair` gives it
+//! one socket pair for stdin and stdout instead, as socat does (and
+//! forkline did before its child's stdout became a pipe), so the benchmark
+//! can tell what the runtime costs from what the transport does.
 //!
 //! It prints `forkline-twin: listening on tcp://ADDR` on stderr once bound,
 //! as forkline does, so the benchmark finds the port.
@@ -81,8 +81,8 @@ struct Args {
     /// Seconds a child gets to exit, and in-flight requests get at shutdown
     #[arg(long, value_name = "SECS", default_value_t = 5)]
     shutdown_grace: u64,
-    /// The child's stdin and stdout on one socket pair, as forkline has
-    /// them, instead of two pipes (the benchmark's transport comparison)
+    /// The child's stdin and stdout on one socket pair, as socat has them,
+    /// instead of two pipes (the benchmark's transport comparison)
     #[arg(long)]
     child_socket_pair: bool,
     #[arg(short, long, action = ArgAction::Count)]
