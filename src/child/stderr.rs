@@ -169,10 +169,10 @@ struct LogLoop {
     inbox: Receiver<Request>,
     streams: HashMap<Token, Watched>,
     by_session: HashMap<SessionId, Token>,
-    /// Pipes to serve this turn, each at most once (`Watched::ready`).
+    /// Streams to serve this turn, each at most once (`Watched::ready`).
     /// Tokens are never reused, so one whose stream is gone is just skipped.
     ready: VecDeque<Token>,
-    /// Pipes that may have a dropped-lines count due.
+    /// Streams that may have a dropped-lines count due.
     reporting: HashSet<Token>,
     buf: Box<[u8]>,
     next: usize,

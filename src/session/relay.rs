@@ -104,15 +104,7 @@ impl Control<'_> {
 
 /// The child end of the relay.
 pub enum ChildSide<'a> {
-    /// The child's descriptors, both non-blocking.
-    Running {
-        /// The socket we write its stdin to. Its hang-up (`POLLRDHUP`: the
-        /// reaper's `shutdown(SHUT_RD)`, or the child gone) says the child
-        /// has exited, which its stdout may not: a grandchild can hold it.
-        socket: BorrowedFd<'a>,
-        /// The pipe we read its stdout from.
-        stdout: BorrowedFd<'a>,
-    },
+    Running(ChildFds<'a>),
     /// No child could be started: every request is answered with this.
     Missing(&'a str),
 }
@@ -153,11 +145,15 @@ pub struct Relay<'a> {
     hurry_seen: bool,
 }
 
-/// [`ChildSide::Running`]'s descriptors, as the loop keeps them.
+/// A running child's descriptors, both non-blocking.
 #[derive(Clone, Copy)]
-struct ChildFds<'a> {
-    socket: BorrowedFd<'a>,
-    stdout: BorrowedFd<'a>,
+pub struct ChildFds<'a> {
+    /// The socket we write its stdin to. Its hang-up (`POLLRDHUP`: the
+    /// reaper's `shutdown(SHUT_RD)`, or the child gone) says the child has
+    /// exited, which its stdout may not: a grandchild can hold it.
+    pub socket: BorrowedFd<'a>,
+    /// The pipe we read its stdout from.
+    pub stdout: BorrowedFd<'a>,
 }
 
 /// Indices into the poll set; `NONE` marks an unused slot.
@@ -188,7 +184,7 @@ impl<'a> Relay<'a> {
             grace: limits.shutdown_grace,
         };
         let (child, missing_child) = match child {
-            ChildSide::Running { socket, stdout } => (Some(ChildFds { socket, stdout }), None),
+            ChildSide::Running(fds) => (Some(fds), None),
             ChildSide::Missing(why) => (None, Some(why)),
         };
         Relay {

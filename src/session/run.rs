@@ -22,7 +22,7 @@ use crate::child::warm::WarmPool;
 use crate::config::{ChildCommand, Limits};
 use crate::proto::message::code;
 use crate::session::client::ClientSide;
-use crate::session::relay::{ChildSide, Control, EndReason, Relay};
+use crate::session::relay::{ChildFds, ChildSide, Control, EndReason, Relay};
 use crate::session::rules::{Counters, Tap};
 use crate::session::table::SessionId;
 
@@ -189,10 +189,10 @@ fn run_session(
         id,
         limits,
         client,
-        ChildSide::Running {
+        ChildSide::Running(ChildFds {
             socket: socket.stream.as_fd(),
             stdout: io.stdout.as_fd(),
-        },
+        }),
         shared.control,
         tap,
     );
