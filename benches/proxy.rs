@@ -24,6 +24,8 @@
 mod burst;
 #[path = "proxy/client.rs"]
 mod client;
+#[path = "proxy/one_cpu.rs"]
+mod one_cpu;
 #[path = "proxy/procfs.rs"]
 mod procfs;
 #[path = "proxy/report.rs"]
@@ -456,6 +458,9 @@ fn run_all(kinds: &[Kind], paths: &Paths, s: &Settings) -> Vec<Row> {
             finish(&mut rows[l.row], &mut r, "echo-server");
         }
     }
+    tools::reap_orphans();
+
+    one_cpu::phase(&mut rows, paths, s);
     tools::reap_orphans();
 
     if let Some(child) = paths.sdk_child() {

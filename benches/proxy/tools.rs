@@ -213,6 +213,60 @@ pub fn start_with_limit(
     log_name: &str,
     max_sessions: usize,
 ) -> Result<Running, String> {
+    launch(kind, paths, child, log_name, max_sessions, None)
+}
+
+/// [`start`], with the tool and every process it starts held on `cpu`.
+pub fn start_on_cpu(
+    kind: Kind,
+    paths: &Paths,
+    child: &[String],
+    log_name: &str,
+    cpu: usize,
+) -> Result<Running, String> {
+    launch(kind, paths, child, log_name, SESSION_LIMIT, Some(cpu))
+}
+
+/// Holds the calling thread, and what it starts from now on, on `cpu`.
+pub fn pin_to_cpu(cpu: usize) -> std::io::Result<()> {
+    // SAFETY: an all-zero cpu_set_t is the empty set; `cpu` is checked
+    // against its size before CPU_SET; pid 0 is the calling thread.
+    // sched_setaffinity is async-signal-safe, so fine in `pre_exec`.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if cpu >= 8 * std::mem::size_of::<libc::cpu_set_t>() {
+            return Err(std::io::Error::from_raw_os_error(libc::EINVAL));
+        }
+        libc::CPU_SET(cpu, &mut set);
+        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// The highest-numbered CPU this process may run on.
+pub fn last_cpu() -> Option<usize> {
+    // SAFETY: a zeroed set is valid; sched_getaffinity fills it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+            return None;
+        }
+        (0..8 * std::mem::size_of::<libc::cpu_set_t>())
+            .rev()
+            .find(|&c| libc::CPU_ISSET(c, &set))
+    }
+}
+
+fn launch(
+    kind: Kind,
+    paths: &Paths,
+    child: &[String],
+    log_name: &str,
+    max_sessions: usize,
+    cpu: Option<usize>,
+) -> Result<Running, String> {
     let logs = paths.work.join("logs");
     std::fs::create_dir_all(&logs).map_err(|e| format!("cannot create {}: {e}", logs.display()))?;
     let log = logs.join(format!("{log_name}.log"));
@@ -305,12 +359,20 @@ pub fn start_with_limit(
     let mut file =
         File::create(&log).map_err(|e| format!("cannot create {}: {e}", log.display()))?;
     let _ = writeln!(file, "$ {}", argv.join(" "));
-    let mut process = Command::new(&argv[0])
+    let mut command = Command::new(&argv[0]);
+    command
         .args(&argv[1..])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
-        .process_group(0)
+        .process_group(0);
+    if let Some(cpu) = cpu {
+        // SAFETY: the closure only makes one async-signal-safe call.
+        unsafe {
+            command.pre_exec(move || pin_to_cpu(cpu));
+        }
+    }
+    let mut process = command
         .spawn()
         .map_err(|e| format!("cannot start {}: {e}", argv[0]))?;
     let pid = process.id() as i32;
