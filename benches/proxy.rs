@@ -1,8 +1,11 @@
 //! `cargo bench --bench proxy`: forkline against its async twin and the
 //! tools people use today (issue 5), measured in one run, side by side;
 //! and how many sessions one proxy holds under its fd limit, and how it
-//! recovers after they all close (issue 10); and what the relays' costs
-//! come to with a real MCP server (the Python SDK's) as the child.
+//! recovers after they all close (issue 10); the single-session round
+//! trip again with the driver, the tool and its child on one CPU, free of
+//! the scheduler's placement (benches/proxy/one_cpu.rs); and what the
+//! relays' costs come to with a real MCP server (the Python SDK's) as the
+//! child.
 //!
 //! The driver starts every tool itself on a loopback port, waits until it
 //! listens, measures, then stops it and kills and reaps everything it left,
