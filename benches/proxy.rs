@@ -352,9 +352,7 @@ fn run_all(kinds: &[Kind], paths: &Paths, s: &Settings) -> Vec<Row> {
                 }
             },
         };
-        let target = running
-            .as_ref()
-            .map_or_else(|| Target::Pipe(paths.echo_child()), |r| r.target.clone());
+        let target = echo_target(running.as_ref(), paths);
         live.push(Live {
             row: i,
             running,
@@ -570,6 +568,12 @@ fn phase_two(row: &mut Row, paths: &Paths, s: &Settings) {
             *fig = Err(String::new());
         }
     }
+}
+
+/// Where a phase with the echo child talks to a tool: its listener, or
+/// for the direct row (nothing running) the child on the driver's pipes.
+fn echo_target(running: Option<&Running>, paths: &Paths) -> Target {
+    running.map_or_else(|| Target::Pipe(paths.echo_child()), |r| r.target.clone())
 }
 
 /// Stops a tool and notes what it complained about or left behind.

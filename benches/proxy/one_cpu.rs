@@ -15,7 +15,9 @@ use std::thread;
 
 use crate::report::{Fig, Row};
 use crate::tools::{self, Kind, Paths, Running};
-use crate::{LatencyRound, Settings, client::Target, latency, percentile, progress, settle};
+use crate::{
+    LatencyRound, Settings, client::Target, echo_target, latency, percentile, progress, settle,
+};
 
 /// What the phase measured for one tool.
 #[derive(Debug, Clone)]
@@ -69,9 +71,7 @@ pub fn phase(rows: &mut [Row], paths: &Paths, s: &Settings) {
                 }
             }
         };
-        let target = running
-            .as_ref()
-            .map_or_else(|| Target::Pipe(paths.echo_child()), |r| r.target.clone());
+        let target = echo_target(running.as_ref(), paths);
         live.push(Pinned {
             row: i,
             running,
