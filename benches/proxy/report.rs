@@ -543,8 +543,6 @@ fn three(idle: &Level, peak: &Level, at: Option<&Level>, get: fn(&Level) -> Stri
     )
 }
 
-/// Issue 10's tables: the live sessions each proxy held under its fd
-/// limit, and (forkline, twin) how it recovered once they all closed.
 /// A figure with `digits` decimals; "—" when not measured, "n/a" when
 /// it failed.
 fn fig(f: &Fig, digits: usize) -> String {
@@ -599,6 +597,8 @@ fn one_cpu_table(md: &mut String, rows: &[Row]) {
     }
 }
 
+/// Issue 10's tables: the live sessions each proxy held under its fd
+/// limit, and (forkline, twin) how it recovered once they all closed.
 fn burst_tables(md: &mut String, rows: &[Row], s: &Settings) {
     let measured: Vec<(&Row, &Burst)> = rows
         .iter()
@@ -867,9 +867,9 @@ fn issue_10_targets(
     );
     let vs_twin = both(&f.p50_us, &twin_fig(|r| r.p50_us.clone()));
     let vs_socat = both(&f.p50_us, &socat.map_or(none(), |r| r.p50_us.clone()));
-    let p50_text = |o: Option<(f64, f64)>, name: &str| {
+    let p50_text = |o: Option<(f64, f64)>, name: &str, digits: usize| {
         o.map_or(format!("{name}: —"), |(a, b)| {
-            format!("{a:.0} µs vs {name} {b:.0} µs = {:.2}×", a / b)
+            format!("{a:.digits$} µs vs {name} {b:.digits$} µs = {:.2}×", a / b)
         })
     };
     let p50_verdict = |t: Option<(f64, f64)>, so: Option<(f64, f64)>| {
@@ -878,23 +878,18 @@ fn issue_10_targets(
     let _ = writeln!(
         md,
         "| p50 round trip ≤ 1.0× the twin's and ≤ 0.8× socat's, unpinned | {}; {} | {} |",
-        p50_text(vs_twin, "twin"),
-        p50_text(vs_socat, "socat"),
+        p50_text(vs_twin, "twin", 0),
+        p50_text(vs_socat, "socat", 0),
         p50_verdict(vs_twin, vs_socat)
     );
     let ours = one_cpu_p50(Some(f));
     let pinned_twin = both(&ours, &one_cpu_p50(twin));
     let pinned_socat = both(&ours, &one_cpu_p50(socat));
-    let p50_text_1 = |o: Option<(f64, f64)>, name: &str| {
-        o.map_or(format!("{name}: —"), |(a, b)| {
-            format!("{a:.1} µs vs {name} {b:.1} µs = {:.2}×", a / b)
-        })
-    };
     let _ = writeln!(
         md,
         "| p50 round trip ≤ 1.0× the twin's and ≤ 0.8× socat's, all on one CPU | {}; {} | {} |",
-        p50_text_1(pinned_twin, "twin"),
-        p50_text_1(pinned_socat, "socat"),
+        p50_text(pinned_twin, "twin", 1),
+        p50_text(pinned_socat, "socat", 1),
         p50_verdict(pinned_twin, pinned_socat)
     );
     for n in [64, 256] {
