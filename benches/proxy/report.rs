@@ -872,26 +872,23 @@ fn issue_10_targets(
             format!("{a:.digits$} µs vs {name} {b:.digits$} µs = {:.2}×", a / b)
         })
     };
-    let p50_verdict = |t: Option<(f64, f64)>, so: Option<(f64, f64)>| {
-        verdict(t.zip(so).map(|((a, t), (_, so))| a <= t && a <= 0.8 * so))
-    };
-    let _ = writeln!(
-        md,
-        "| p50 round trip ≤ 1.0× the twin's and ≤ 0.8× socat's, unpinned | {}; {} | {} |",
-        p50_text(vs_twin, "twin", 0),
-        p50_text(vs_socat, "socat", 0),
-        p50_verdict(vs_twin, vs_socat)
-    );
     let ours = one_cpu_p50(Some(f));
-    let pinned_twin = both(&ours, &one_cpu_p50(twin));
-    let pinned_socat = both(&ours, &one_cpu_p50(socat));
-    let _ = writeln!(
-        md,
-        "| p50 round trip ≤ 1.0× the twin's and ≤ 0.8× socat's, all on one CPU | {}; {} | {} |",
-        p50_text(pinned_twin, "twin", 1),
-        p50_text(pinned_socat, "socat", 1),
-        p50_verdict(pinned_twin, pinned_socat)
+    let pinned = (
+        both(&ours, &one_cpu_p50(twin)),
+        both(&ours, &one_cpu_p50(socat)),
     );
+    for (how, (t, so), digits) in [
+        ("unpinned", (vs_twin, vs_socat), 0),
+        ("all on one CPU", pinned, 1),
+    ] {
+        let _ = writeln!(
+            md,
+            "| p50 round trip ≤ 1.0× the twin's and ≤ 0.8× socat's, {how} | {}; {} | {} |",
+            p50_text(t, "twin", digits),
+            p50_text(so, "socat", digits),
+            verdict(t.zip(so).map(|((a, t), (_, so))| a <= t && a <= 0.8 * so))
+        );
+    }
     for n in [64, 256] {
         let (measured, ok) = rps_against(f, socat, twin, n, 1.1);
         let _ = writeln!(
