@@ -216,6 +216,8 @@ impl Drop for ChildProcess {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::child::reaper::OnExit;
+    use crate::sys::wake::Sleeper;
     use std::io::{BufRead, BufReader, Read, Write};
     use std::net::Shutdown;
     use std::os::fd::AsRawFd;
@@ -311,12 +313,16 @@ mod tests {
     }
 
     #[test]
-    fn an_exit_wakes_a_registered_reader_even_if_a_grandchild_holds_the_socket() {
+    fn an_exit_wakes_a_registered_reader_and_thread_even_if_a_grandchild_holds_the_socket() {
         let reaper = reaper();
         // The grandchild leaves the group (setsid) and keeps our stdio.
         let (mut child, io) =
             spawn(&reaper, &sh("setsid sleep 1000 & echo $!; exit 0"), &[]).expect("spawn");
-        child.watch().wake_on_exit(Some(io.socket.as_raw_fd()));
+        let sleeper = Sleeper::for_this_thread();
+        child.watch().wake_on_exit(Some(OnExit {
+            socket: io.socket.as_raw_fd(),
+            thread: sleeper.tid(),
+        }));
         let (socket, mut stdout) = blocking_stdout(io);
         let mut line = String::new();
         stdout.read_line(&mut line).expect("pid line");
@@ -325,6 +331,14 @@ mod tests {
         let mut rest = Vec::new();
         (&*socket).read_to_end(&mut rest).expect("read to eof");
         assert!(rest.is_empty(), "stderr held {rest:?}");
+        assert!(child.watch().has_exited());
+        // The reaper's signal came while this thread was reading, and was
+        // kept for its next wait, which it ends at once.
+        let started = std::time::Instant::now();
+        sleeper
+            .poll(&mut [], Some(Duration::from_secs(60)))
+            .expect("ppoll");
+        assert!(started.elapsed().as_secs() < 30, "the thread was woken");
         assert_eq!(
             child
                 .stop(Duration::from_secs(10), &trigger(), &trigger())

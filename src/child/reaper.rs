@@ -21,6 +21,7 @@ use std::collections::HashMap;
 use std::os::fd::RawFd;
 use std::os::unix::process::ExitStatusExt;
 use std::process::{Child, Command, ExitStatus};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 
@@ -31,6 +32,7 @@ use signal_hook::iterator::{Handle, Signals};
 
 use crate::shutdown::Never;
 use crate::sys::socket::shutdown_read_raw;
+use crate::sys::wake::{self, Tid};
 
 /// A handle to the reaper thread; clones share it. The owner that started
 /// it calls [`Reaper::stop`] once every session has ended.
@@ -49,6 +51,9 @@ struct Inner {
 #[derive(Debug)]
 pub struct ExitWatch {
     pid: u32,
+    /// Set once reaped, before anyone is woken: what a woken session
+    /// worker checks.
+    reaped: AtomicBool,
     state: Mutex<ExitState>,
     /// Dropped when the child has been reaped: wakes every `select!`.
     exited: Mutex<Option<Sender<Never>>>,
@@ -58,10 +63,26 @@ pub struct ExitWatch {
 #[derive(Debug, Default)]
 struct ExitState {
     status: Option<ExitStatus>,
-    /// A socket of the session's to `shutdown(SHUT_RD)` on exit, so its
-    /// reader sees end of file even if a grandchild that escaped the
-    /// group still holds the child's end.
-    wake: Option<RawFd>,
+    wake: Option<OnExit>,
+}
+
+/// Whom a session wants told when its child exits.
+#[derive(Debug, Clone, Copy)]
+pub struct OnExit {
+    /// A socket of the session's to `shutdown(SHUT_RD)`, so its reader
+    /// (the stderr log) sees end of file even if a grandchild that escaped
+    /// the group still holds the child's end.
+    pub socket: RawFd,
+    /// The session's worker, a [`Sleeper`](crate::sys::wake::Sleeper), to
+    /// wake from its poll.
+    pub thread: Tid,
+}
+
+impl OnExit {
+    fn notify(self) {
+        shutdown_read_raw(self.socket);
+        wake::wake(self.thread);
+    }
 }
 
 impl Reaper {
@@ -174,6 +195,7 @@ impl ExitWatch {
         let (exited, on_exit) = crossbeam_channel::bounded(0);
         ExitWatch {
             pid,
+            reaped: AtomicBool::new(false),
             state: Mutex::new(ExitState::default()),
             exited: Mutex::new(Some(exited)),
             on_exit,
@@ -189,18 +211,26 @@ impl ExitWatch {
         lock(&self.state).status
     }
 
+    /// True once the child has been reaped; cheap enough for every turn of
+    /// a session's loop.
+    pub fn has_exited(&self) -> bool {
+        self.reaped.load(Ordering::SeqCst)
+    }
+
     /// Disconnected once the child has been reaped: put it in a `select!`.
     pub fn receiver(&self) -> &Receiver<Never> {
         &self.on_exit
     }
 
-    /// Asks for `shutdown(fd, SHUT_RD)` when the child exits; `None`
-    /// withdraws it. The caller must withdraw before closing `fd`.
-    pub fn wake_on_exit(&self, fd: Option<RawFd>) {
+    /// Asks to be told when the child exits, at once if it already has;
+    /// `None` withdraws it. The caller must withdraw before closing the
+    /// socket or ending the thread it named: they are told under the lock
+    /// this takes, so never after.
+    pub fn wake_on_exit(&self, wake: Option<OnExit>) {
         let mut state = lock(&self.state);
-        state.wake = fd;
-        if let (Some(fd), Some(_)) = (fd, state.status) {
-            shutdown_read_raw(fd);
+        state.wake = wake;
+        if let (Some(wake), Some(_)) = (wake, state.status) {
+            wake.notify();
         }
     }
 
@@ -233,8 +263,9 @@ impl ExitWatch {
             }
         };
         state.status = Some(status);
-        if let Some(fd) = state.wake {
-            shutdown_read_raw(fd);
+        self.reaped.store(true, Ordering::SeqCst);
+        if let Some(wake) = state.wake {
+            wake.notify();
         }
         drop(state);
         lock(&self.exited).take();

@@ -1,6 +1,6 @@
 //! The worker's loop: both directions of one session moved by one thread
-//! from one `poll(2)` over the client, the child's socket and stdout pipe,
-//! and the proxy-wide shutdown alarms.
+//! from one `poll(2)` over the client and the child's stdout pipe (and the
+//! child's socket while there is input queued for it).
 //!
 //! Why one thread: a session is mostly idle, and a thread per direction
 //! (the first two designs) cost two more stacks, two more wake-ups per
@@ -11,7 +11,11 @@
 //! not read: that is the backpressure, and why memory per session stays
 //! bounded whatever the peers do. The loop sleeps in `poll(2)` with the
 //! next deadline (idle timeout or grace) as its timeout, so an idle
-//! session costs no wake-ups at all.
+//! session costs no wake-ups at all. What it waits for beyond its own
+//! descriptors — the shutdown broadcasts, its child's exit — is a flag
+//! checked every turn and a signal that ends the wait
+//! ([`crate::sys::wake`]): no entry in the poll set, whose cost the kernel
+//! pays per entry twice a round trip.
 
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -19,6 +23,7 @@ use std::time::{Duration, Instant};
 
 use log::{debug, trace, warn};
 
+use crate::child::reaper::ExitWatch;
 use crate::config::Limits;
 use crate::proto::framing::{Frame, LineSplitter};
 use crate::proto::message::{self, Id, Kind, Message, classify, code};
@@ -28,6 +33,7 @@ use crate::session::rules::{Counters, Direction, Rules, Tap, Verdict};
 use crate::session::table::SessionId;
 use crate::shutdown::Trigger;
 use crate::sys::poll::poll;
+use crate::sys::wake::Sleeper;
 
 /// One read's worth. Taken from the allocator for the turn and given back
 /// after it: a buffer on the worker's stack would stay resident for the
@@ -139,21 +145,23 @@ pub struct Relay<'a> {
     child_gone: bool,
     timing: Timing,
     control: Control<'a>,
+    sleeper: &'a Sleeper,
     closing: Option<(EndReason, Instant)>,
     ended: Option<EndReason>,
     shutdown_seen: bool,
     hurry_seen: bool,
 }
 
-/// A running child's descriptors, both non-blocking.
+/// A running child's descriptors, both non-blocking, and its exit.
 #[derive(Clone, Copy)]
 pub struct ChildFds<'a> {
-    /// The socket we write its stdin to. Its hang-up (`POLLRDHUP`: the
-    /// reaper's `shutdown(SHUT_RD)`, or the child gone) says the child has
-    /// exited, which its stdout may not: a grandchild can hold it.
+    /// The socket we write its stdin to.
     pub socket: BorrowedFd<'a>,
     /// The pipe we read its stdout from.
     pub stdout: BorrowedFd<'a>,
+    /// Says the child has exited, which its stdout may not: a grandchild
+    /// can hold it. The reaper wakes this session's [`Sleeper`] too.
+    pub exit: &'a ExitWatch,
 }
 
 /// Indices into the poll set; `NONE` marks an unused slot.
@@ -165,9 +173,7 @@ const CLIENT_READ: usize = 0;
 const CLIENT_WRITE: usize = 1;
 const CHILD_SOCKET: usize = 2;
 const CHILD_STDOUT: usize = 3;
-const SHUTDOWN: usize = 4;
-const HURRY: usize = 5;
-const SLOTS: usize = 6;
+const SLOTS: usize = 4;
 
 impl<'a> Relay<'a> {
     pub fn new(
@@ -176,6 +182,7 @@ impl<'a> Relay<'a> {
         client: ClientSide<'a>,
         child: ChildSide<'a>,
         control: Control<'a>,
+        sleeper: &'a Sleeper,
         tap: Option<Box<dyn Tap + Send>>,
     ) -> Relay<'a> {
         let max_message_bytes = limits.max_message_bytes;
@@ -209,6 +216,7 @@ impl<'a> Relay<'a> {
             child_gone: false,
             timing,
             control,
+            sleeper,
             closing: None,
             ended: None,
             shutdown_seen: false,
@@ -224,7 +232,13 @@ impl<'a> Relay<'a> {
     }
 
     fn relay(&mut self) -> EndReason {
+        // Registered before the first look at the flags, so a broadcast
+        // either is seen by that look or signals this thread.
+        let control = self.control;
+        let _shutdown = control.shutdown.wake_on_fire(self.sleeper.tid());
+        let _hurry = control.hurry.wake_on_fire(self.sleeper.tid());
         loop {
+            self.observe_broadcasts();
             if let Some(reason) = self.end_reason() {
                 return reason;
             }
@@ -244,7 +258,7 @@ impl<'a> Relay<'a> {
             if let Some(tap) = self.core.tap.as_mut() {
                 tap.flush();
             }
-            if let Err(e) = poll(&mut fds, timeout) {
+            if let Err(e) = self.sleeper.poll(&mut fds, timeout) {
                 warn!("[{}] poll failed: {e}; ending the session", self.core.id);
                 return self.end_now(EndReason::ClientClosed);
             }
@@ -443,18 +457,13 @@ impl<'a> Relay<'a> {
             }
         }
         if let Some(child) = self.child {
-            if !self.child_gone {
-                // Always watched for the hang-up that tells the child exited.
-                let mut events = libc::POLLRDHUP;
-                if !self.core.to_child.is_empty() && !self.core.child_input_closed {
-                    events |= libc::POLLOUT;
-                }
+            if !self.child_gone && !self.core.to_child.is_empty() && !self.core.child_input_closed {
                 add(
                     fds,
                     &mut slots,
                     CHILD_SOCKET,
                     child.socket.as_raw_fd(),
-                    events,
+                    libc::POLLOUT,
                 );
             }
             if self.want_child_output() {
@@ -469,25 +478,27 @@ impl<'a> Relay<'a> {
                 );
             }
         }
-        if !self.shutdown_seen {
-            add(
-                fds,
-                &mut slots,
-                SHUTDOWN,
-                self.control.shutdown.alarm().as_fd().as_raw_fd(),
-                libc::POLLIN,
-            );
-        }
-        if self.closing.is_some() && !self.hurry_seen {
-            add(
-                fds,
-                &mut slots,
-                HURRY,
-                self.control.hurry.alarm().as_fd().as_raw_fd(),
-                libc::POLLIN,
-            );
-        }
         slots
+    }
+
+    /// Acts on what the wake-up signal stands for: a shutdown broadcast,
+    /// the hurry after it, the child's exit. One atomic load each.
+    fn observe_broadcasts(&mut self) {
+        if !self.shutdown_seen && self.control.shutdown.has_fired() {
+            self.on_shutdown();
+        }
+        if self.closing.is_some() && !self.hurry_seen && self.control.hurry.has_fired() {
+            self.hurry_seen = true;
+            if let Some((reason, _)) = self.closing {
+                self.closing = Some((reason, Instant::now()));
+            }
+        }
+        if let Some(child) = self.child {
+            if !self.child_gone && child.exit.has_exited() {
+                debug!("[{}] the server exited", self.core.id);
+                self.child_gone = true;
+            }
+        }
     }
 
     fn handle(
@@ -503,15 +514,6 @@ impl<'a> Relay<'a> {
                 fds[slots[slot]].revents
             }
         };
-        if revents(SHUTDOWN) != 0 {
-            self.on_shutdown();
-        }
-        if revents(HURRY) != 0 {
-            self.hurry_seen = true;
-            if let Some((reason, _)) = self.closing {
-                self.closing = Some((reason, Instant::now()));
-            }
-        }
         let hangup = libc::POLLERR | libc::POLLHUP;
         if let ClientSide::Channels(channels) = &self.client {
             if revents(CLIENT_READ) != 0 {
@@ -536,10 +538,6 @@ impl<'a> Relay<'a> {
                 self.end_now(EndReason::ClientClosed);
                 return;
             }
-        }
-        if revents(CHILD_SOCKET) & (libc::POLLRDHUP | hangup) != 0 {
-            debug!("[{}] the server's socket hung up: it exited", self.core.id);
-            self.child_gone = true;
         }
         let child_output = revents(CHILD_STDOUT) & (libc::POLLIN | hangup) != 0;
         if (child_output || self.child_gone) && self.want_child_output() {

@@ -16,7 +16,7 @@ use std::time::{Instant, SystemTime};
 use log::{info, warn};
 
 use crate::child::process::{self, Exit};
-use crate::child::reaper::{ExitWatch, Reaper};
+use crate::child::reaper::{ExitWatch, OnExit, Reaper};
 use crate::child::stderr::StderrLog;
 use crate::child::warm::WarmPool;
 use crate::config::{ChildCommand, Limits};
@@ -25,6 +25,7 @@ use crate::session::client::ClientSide;
 use crate::session::relay::{ChildFds, ChildSide, Control, EndReason, Relay};
 use crate::session::rules::{Counters, Tap};
 use crate::session::table::SessionId;
+use crate::sys::wake::{Sleeper, Tid};
 
 /// What every session of one proxy shares.
 pub struct Shared<'a> {
@@ -64,15 +65,19 @@ type BoxedTap = Box<dyn Tap + Send>;
 
 /// Our end of the child's stdin and stderr. Withdraws the reaper's wake-up
 /// before the session lets go of the socket (the stderr log may hold it a
-/// moment longer), so the reaper never touches a recycled fd number.
+/// moment longer) or of its thread, so the reaper never touches a recycled
+/// fd number or a thread that has moved on.
 struct ChildSocket {
     stream: Arc<UnixStream>,
     watch: Arc<ExitWatch>,
 }
 
 impl ChildSocket {
-    fn new(stream: Arc<UnixStream>, watch: Arc<ExitWatch>) -> ChildSocket {
-        watch.wake_on_exit(Some(stream.as_raw_fd()));
+    fn new(stream: Arc<UnixStream>, watch: Arc<ExitWatch>, worker: Tid) -> ChildSocket {
+        watch.wake_on_exit(Some(OnExit {
+            socket: stream.as_raw_fd(),
+            thread: worker,
+        }));
         ChildSocket { stream, watch }
     }
 }
@@ -148,6 +153,8 @@ fn run_session(
         Some(warm) => Ok((warm.child, warm.io)),
         None => process::spawn(shared.reaper, shared.command, &env),
     };
+    // Only now: a child spawned by a sleeper would inherit its mask.
+    let sleeper = Sleeper::for_this_thread();
     let (mut child, io) = match spawned {
         Ok(spawned) => spawned,
         Err(e) => {
@@ -160,6 +167,7 @@ fn run_session(
                 client,
                 ChildSide::Missing(&why),
                 shared.control,
+                &sleeper,
                 tap,
             );
             let reason = relay.run();
@@ -183,7 +191,7 @@ fn run_session(
             .unwrap_or_default()
     );
     shared.stderr.watch(id, Arc::clone(&io.socket));
-    let socket = ChildSocket::new(io.socket, Arc::clone(child.watch()));
+    let socket = ChildSocket::new(io.socket, Arc::clone(child.watch()), sleeper.tid());
 
     let mut relay = Relay::new(
         id,
@@ -192,8 +200,10 @@ fn run_session(
         ChildSide::Running(ChildFds {
             socket: socket.stream.as_fd(),
             stdout: io.stdout.as_fd(),
+            exit: &socket.watch,
         }),
         shared.control,
+        &sleeper,
         tap,
     );
     let reason = relay.run();
@@ -421,6 +431,56 @@ mod tests {
             session.join().expect("session thread");
         });
         proxy.reaper.stop();
+    }
+
+    #[test]
+    fn children_start_with_no_signal_blocked_though_their_thread_ran_a_session_before() {
+        // The worker blocks its wake-up signal while it relays; a child
+        // that inherited the mask would never see that signal (std does
+        // not reset it), nor would its own children.
+        let dir = std::env::temp_dir().join(format!("forkline-sigmask-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let masks: Vec<String> = (0..2)
+            .map(|i| {
+                let file = dir.join(format!("mask-{i}"));
+                // No shell in between: a shell may reset the mask itself.
+                let mut proxy = Proxy::new("");
+                proxy.command = ChildCommand::new(
+                    "cp",
+                    vec!["/proc/self/status".into(), file.display().to_string()],
+                );
+                let (ours, theirs) = UnixStream::pair().expect("socketpair");
+                ours.set_nonblocking(true).expect("non-blocking");
+                theirs.shutdown(Shutdown::Write).expect("half-close");
+                let client = ClientSide::Stream(StreamClient {
+                    read: ours.as_fd(),
+                    write: ours.as_fd(),
+                    write_kind: WriteKind::Socket,
+                });
+                // On this thread, one session after the other.
+                let summary = run(
+                    SessionId(10 + i),
+                    "test",
+                    &proxy.shared(),
+                    client,
+                    |_| {},
+                    None,
+                );
+                assert_eq!(summary.exit.map(|e| e.status.code()), Some(Some(0)));
+                proxy.reaper.stop();
+                let status = std::fs::read_to_string(&file).expect("the child wrote its status");
+                let mask = status.lines().find(|l| l.starts_with("SigBlk:"));
+                mask.unwrap_or("SigBlk: missing").to_string()
+            })
+            .collect();
+        let _ = std::fs::remove_dir_all(&dir);
+        for mask in masks {
+            assert_eq!(
+                mask.split_whitespace().nth(1),
+                Some("0000000000000000"),
+                "{mask}"
+            );
+        }
     }
 
     #[test]
