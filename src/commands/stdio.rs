@@ -21,6 +21,7 @@ use crate::child::stderr::StderrLog;
 use crate::config::StdioConfig;
 use crate::error::{Context, Error};
 use crate::session::client::{ClientSide, StreamClient};
+use crate::session::clock::Clock;
 use crate::session::outbox::WriteKind;
 use crate::session::relay::Control;
 use crate::session::run::{self as session, Shared, Summary};
@@ -33,6 +34,7 @@ pub fn run(config: &StdioConfig) -> Result<i32, Error> {
     let hurry = Trigger::new().context(|| "cannot create the shutdown trigger".into())?;
     let stderr = StderrLog::start().context(|| "cannot start the stderr log thread".into())?;
     let reaper = Reaper::start().context(|| "cannot start the child reaper".into())?;
+    let clock = Clock::start().context(|| "cannot start the session clock".into())?;
     let mut signals =
         Signals::new([SIGTERM, SIGINT]).context(|| "cannot install signal handlers".into())?;
     let signals_handle = signals.handle();
@@ -62,6 +64,7 @@ pub fn run(config: &StdioConfig) -> Result<i32, Error> {
             control: Control {
                 shutdown: &shutdown,
                 hurry: &hurry,
+                clock: &clock,
                 end_requested: None,
             },
             stderr: &stderr,

@@ -35,6 +35,7 @@ use crate::proto::message::{Message, code};
 use crate::session::client::{
     ChannelClient, ChannelPeer, ClientSide, Notify, StreamClient, notifying_pair,
 };
+use crate::session::clock::Clock;
 use crate::session::outbox::WriteKind;
 use crate::session::pool::Pool;
 use crate::session::relay::Control;
@@ -70,6 +71,7 @@ struct Proxy {
     config: ServeConfig,
     stderr: StderrLog,
     reaper: Reaper,
+    clock: Clock,
     shutdown: Trigger,
     hurry: Trigger,
     metrics: Arc<Metrics>,
@@ -99,6 +101,7 @@ pub fn serve(config: ServeConfig) -> Result<(), Error> {
     let proxy = Arc::new(Proxy {
         stderr: StderrLog::start().context(|| "cannot start the stderr log thread".into())?,
         reaper: Reaper::start().context(|| "cannot start the child reaper".into())?,
+        clock: Clock::start().context(|| "cannot start the session clock".into())?,
         shutdown: Trigger::new().context(|| "cannot create the shutdown trigger".into())?,
         hurry: Trigger::new().context(|| "cannot create the shutdown trigger".into())?,
         metrics: Arc::new(Metrics::new()),
@@ -858,6 +861,7 @@ fn shared<'a>(proxy: &'a Proxy, server: &'a Server) -> Shared<'a> {
         control: Control {
             shutdown: &proxy.shutdown,
             hurry: &proxy.hurry,
+            clock: &proxy.clock,
             end_requested: None,
         },
         stderr: &proxy.stderr,

@@ -1,8 +1,9 @@
 //! One session: the worker loop that relays it, its rules, its client side
-//! (a byte stream or channels), the table of live sessions and the pool of
-//! worker threads.
+//! (a byte stream or channels), the clock that wakes it at its deadlines,
+//! the table of live sessions and the pool of worker threads.
 
 pub mod client;
+pub mod clock;
 pub mod outbox;
 pub mod pool;
 pub mod relay;

@@ -28,6 +28,7 @@ use crate::config::Limits;
 use crate::proto::framing::{Frame, LineSplitter};
 use crate::proto::message::{self, Id, Kind, Message, classify, code};
 use crate::session::client::{self, ClientSide, ClientSink, Flushed, Received};
+use crate::session::clock::Clock;
 use crate::session::outbox::{Outbox, WriteKind};
 use crate::session::rules::{Counters, Direction, Rules, Tap, Verdict};
 use crate::session::table::SessionId;
@@ -86,6 +87,8 @@ pub struct Control<'a> {
     pub shutdown: &'a Trigger,
     /// Skip what is left of the grace.
     pub hurry: &'a Trigger,
+    /// Wakes the worker at its deadlines, so its poll needs no timeout.
+    pub clock: &'a Clock,
     /// This one session was asked to end (`DELETE /sessions/ID`). The flag
     /// only names the reason: whoever sets it also ends the client's input
     /// (`shutdown(SHUT_RD)` of its socket, or the channel peer's
@@ -127,6 +130,9 @@ struct Core<'a> {
     /// The child cannot take input any more (it is exiting).
     child_input_closed: bool,
     missing_child: Option<&'a str>,
+    /// When this turn began: one reading of the clock per turn, taken as
+    /// the wait ends, serves the deadlines and the activity stamps.
+    now: Instant,
     last_activity: Instant,
     garbage_lines: u32,
 }
@@ -204,6 +210,7 @@ impl<'a> Relay<'a> {
                 to_child: Outbox::default(),
                 child_input_closed: false,
                 missing_child,
+                now: Instant::now(),
                 last_activity: Instant::now(),
                 garbage_lines: 0,
             },
@@ -237,6 +244,8 @@ impl<'a> Relay<'a> {
         let control = self.control;
         let _shutdown = control.shutdown.wake_on_fire(self.sleeper.tid());
         let _hurry = control.hurry.wake_on_fire(self.sleeper.tid());
+        let mut timer = control.clock.timer(self.sleeper.tid());
+        self.core.now = Instant::now();
         loop {
             self.observe_broadcasts();
             if let Some(reason) = self.end_reason() {
@@ -252,8 +261,8 @@ impl<'a> Relay<'a> {
                 // What the child left in its stdout is read at once.
                 Some(Duration::ZERO)
             } else {
-                self.deadline()
-                    .map(|d| d.saturating_duration_since(Instant::now()))
+                timer.ensure(self.deadline(), self.core.now);
+                None
             };
             if let Some(tap) = self.core.tap.as_mut() {
                 tap.flush();
@@ -262,6 +271,7 @@ impl<'a> Relay<'a> {
                 warn!("[{}] poll failed: {e}; ending the session", self.core.id);
                 return self.end_now(EndReason::ClientClosed);
             }
+            self.core.now = Instant::now();
             let mut chunk = ReadBuffer::new();
             self.handle(&fds, &slots, &mut chunk);
         }
@@ -328,7 +338,7 @@ impl<'a> Relay<'a> {
             return self.ended;
         }
         if let Some((reason, deadline)) = self.closing {
-            if self.core.rules.pending() == 0 || Instant::now() >= deadline {
+            if self.core.rules.pending() == 0 || self.core.now >= deadline {
                 return Some(reason);
             }
             return None;
@@ -338,7 +348,7 @@ impl<'a> Relay<'a> {
             .idle_timeout
             .and_then(|t| self.core.last_activity.checked_add(t));
         match idle_deadline {
-            Some(d) if Instant::now() >= d => Some(EndReason::IdleTimeout),
+            Some(d) if self.core.now >= d => Some(EndReason::IdleTimeout),
             _ => None,
         }
     }
@@ -356,9 +366,10 @@ impl<'a> Relay<'a> {
     /// Starts the wind-down: `reason` unless one is already set, and the
     /// earlier of the current deadline and `within` from now.
     fn close(&mut self, reason: EndReason, within: Duration) {
-        let until = Instant::now()
+        let now = self.core.now;
+        let until = now
             .checked_add(within)
-            .unwrap_or_else(|| Instant::now() + Duration::from_secs(86_400));
+            .unwrap_or_else(|| now + Duration::from_secs(86_400));
         self.closing = Some(match self.closing {
             Some((r, d)) => (
                 if reason == EndReason::Shutdown {
@@ -490,7 +501,7 @@ impl<'a> Relay<'a> {
         if self.closing.is_some() && !self.hurry_seen && self.control.hurry.has_fired() {
             self.hurry_seen = true;
             if let Some((reason, _)) = self.closing {
-                self.closing = Some((reason, Instant::now()));
+                self.closing = Some((reason, self.core.now));
             }
         }
         if let Some(child) = self.child {
@@ -673,7 +684,7 @@ impl<'a> Relay<'a> {
 
 impl Core<'_> {
     fn touch(&mut self) {
-        self.last_activity = Instant::now();
+        self.last_activity = self.now;
     }
 
     fn tap(&mut self, direction: Direction, line: &[u8]) {

@@ -251,6 +251,7 @@ fn run_session(
 mod tests {
     use super::*;
     use crate::session::client::{StreamClient, channel_pair};
+    use crate::session::clock::Clock;
     use crate::session::outbox::WriteKind;
     use crate::session::rules::Direction;
     use crate::shutdown::Trigger;
@@ -263,6 +264,7 @@ mod tests {
         limits: Limits,
         shutdown: Trigger,
         hurry: Trigger,
+        clock: Clock,
         stderr: StderrLog,
         reaper: Reaper,
     }
@@ -277,6 +279,7 @@ mod tests {
                 },
                 shutdown: Trigger::new().expect("trigger"),
                 hurry: Trigger::new().expect("trigger"),
+                clock: Clock::start().expect("clock"),
                 stderr: StderrLog::start().expect("stderr log"),
                 reaper: Reaper::start().expect("reaper"),
             }
@@ -289,6 +292,7 @@ mod tests {
                 control: Control {
                     shutdown: &self.shutdown,
                     hurry: &self.hurry,
+                    clock: &self.clock,
                     end_requested: None,
                 },
                 stderr: &self.stderr,
