@@ -9,13 +9,14 @@
 //! hand-off, and a whole read's worth of lines goes out in one write. When
 //! a destination has more than its high-water mark pending, its source is
 //! not read: that is the backpressure, and why memory per session stays
-//! bounded whatever the peers do. The loop sleeps in `poll(2)` with the
-//! next deadline (idle timeout or grace) as its timeout, so an idle
-//! session costs no wake-ups at all. What it waits for beyond its own
-//! descriptors — the shutdown broadcasts, its child's exit — is a flag
-//! checked every turn and a signal that ends the wait
-//! ([`crate::sys::wake`]): no entry in the poll set, whose cost the kernel
-//! pays per entry twice a round trip.
+//! bounded whatever the peers do. The loop sleeps in `poll(2)` with no
+//! timeout: the session clock wakes it at its next deadline (idle timeout
+//! or grace), so an idle session costs no wake-ups but that one, and a
+//! busy one arms no kernel timer per wait. What it waits for beyond its
+//! own descriptors — the shutdown broadcasts, its child's exit, the clock
+//! — is a flag or a time checked every turn and a signal that ends the
+//! wait ([`crate::sys::wake`]): no entry in the poll set, whose cost the
+//! kernel pays per entry twice a round trip.
 
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};

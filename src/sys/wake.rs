@@ -1,14 +1,15 @@
 //! Waking one thread out of its `poll(2)` with a signal, so that what a
 //! session waits for besides its own descriptors (the shutdown broadcasts,
-//! its child's exit) costs it no entry in its poll set.
+//! its child's exit, its deadlines) costs it no entry in its poll set and
+//! no timeout.
 //!
 //! Why: a session's worker polls twice per round trip, and the kernel's
 //! cost of `poll(2)` grows with every entry it registers and unregisters.
 //! An eventfd shared by all sessions (the shutdown alarm) was also one wait
 //! queue that every worker on every CPU locked twice a turn. With it and
 //! the child's socket out of the set, a worker spends about 0.3 µs less
-//! CPU per round trip and 64 or 256 sessions make 11-14% more requests/s
-//! (docs/benchmarks.md).
+//! CPU per round trip and 64 or 256 sessions made 11-14% more requests/s
+//! in alternating runs on the 2-vCPU benchmark machine.
 //!
 //! How, without a lost wake-up: the thread keeps [`WAKE_SIGNAL`] blocked
 //! except inside `ppoll(2)`, which unblocks it atomically for the wait.
