@@ -470,6 +470,9 @@ impl<'a> Relay<'a> {
         }
         if let Some(child) = self.child {
             if !self.child_gone && !self.core.to_child.is_empty() && !self.core.child_input_closed {
+                // Only to wake the loop when room frees: its events are
+                // not read, as `flush_child` runs every turn and learns
+                // from the write itself whether the child still reads.
                 add(
                     fds,
                     &mut slots,
