@@ -31,17 +31,12 @@ use crate::proto::message::{self, Id, Kind, Message, classify, code};
 use crate::session::client::{self, ClientSide, ClientSink, Flushed, Received};
 use crate::session::clock::Clock;
 use crate::session::outbox::{Outbox, WriteKind};
+use crate::session::read_buffer::{Read, ReadBuffer};
 use crate::session::rules::{Counters, Direction, Rules, Tap, Verdict};
 use crate::session::table::SessionId;
 use crate::shutdown::Trigger;
 use crate::sys::poll::poll;
 use crate::sys::wake::Sleeper;
-
-/// One read's worth. Taken from the allocator for the turn and given back
-/// after it: a buffer on the worker's stack would stay resident for the
-/// session's life once touched, and most sessions are idle; freed chunks
-/// are reused by whichever session reads next.
-const READ_CHUNK: usize = 8 * 1024;
 
 /// Messages taken from a channel client per turn, so one busy client
 /// cannot keep its worker from the other direction.
@@ -145,6 +140,7 @@ pub struct Relay<'a> {
     child: Option<ChildFds<'a>>,
     from_client: LineSplitter,
     from_child: LineSplitter,
+    reads: ReadBuffer,
     client_eof: bool,
     child_eof: bool,
     /// The child's socket hung up: it exited, so its stdout is read until
@@ -219,6 +215,7 @@ impl<'a> Relay<'a> {
             child,
             from_client: LineSplitter::new(max_message_bytes),
             from_child: LineSplitter::new(max_message_bytes),
+            reads: ReadBuffer::default(),
             client_eof: false,
             child_eof: false,
             child_gone: false,
@@ -273,8 +270,8 @@ impl<'a> Relay<'a> {
                 return self.end_now(EndReason::ClientClosed);
             }
             self.core.now = Instant::now();
-            let mut chunk = ReadBuffer::new();
-            self.handle(&fds, &slots, &mut chunk);
+            self.handle(&fds, &slots);
+            self.reads.end_turn();
         }
     }
 
@@ -291,6 +288,7 @@ impl<'a> Relay<'a> {
 
     /// Answers every request still awaiting its answer with `code`.
     pub fn answer_unanswered(&mut self, code: i64, text: &str) {
+        self.core.now = Instant::now();
         for request in self.core.rules.take_unanswered() {
             self.core
                 .reply(&Message::error(Some(&request), code, text), false);
@@ -516,12 +514,7 @@ impl<'a> Relay<'a> {
         }
     }
 
-    fn handle(
-        &mut self,
-        fds: &[libc::pollfd; SLOTS],
-        slots: &[usize; SLOTS],
-        chunk: &mut ReadBuffer,
-    ) {
+    fn handle(&mut self, fds: &[libc::pollfd; SLOTS], slots: &[usize; SLOTS]) {
         let revents = |slot: usize| {
             if slots[slot] == NONE {
                 0
@@ -540,7 +533,7 @@ impl<'a> Relay<'a> {
         } else {
             let read = revents(CLIENT_READ);
             if read & (libc::POLLIN | hangup) != 0 && self.want_client_input() {
-                self.read_client(chunk);
+                self.read_client();
             } else if read & hangup != 0 {
                 debug!("[{}] client hung up", self.core.id);
                 self.end_now(EndReason::ClientClosed);
@@ -556,7 +549,7 @@ impl<'a> Relay<'a> {
         }
         let child_output = revents(CHILD_STDOUT) & (libc::POLLIN | hangup) != 0;
         if (child_output || self.child_gone) && self.want_child_output() {
-            self.read_child(chunk);
+            self.read_child();
         }
         self.flush_child();
         if self.core.to_client.flush(&self.client) == Flushed::Gone {
@@ -592,24 +585,22 @@ impl<'a> Relay<'a> {
         }
     }
 
-    fn read_client(&mut self, chunk: &mut ReadBuffer) {
+    fn read_client(&mut self) {
         let ClientSide::Stream(stream) = &self.client else {
             return;
         };
-        match chunk.read(stream.read) {
-            Ok(Some(0)) => {
-                let core = &mut self.core;
+        let core = &mut self.core;
+        match self.reads.read(stream.read) {
+            Ok(Read::End) => {
                 self.from_client.finish(|frame| core.client_frame(frame));
                 self.on_client_eof();
             }
-            Ok(Some(n)) => {
-                let core = &mut self.core;
-                self.from_client
-                    .push(chunk.filled(n), |frame| core.client_frame(frame));
-            }
-            Ok(None) => {}
+            Ok(Read::Bytes(bytes)) => self
+                .from_client
+                .push(bytes, |frame| core.client_frame(frame)),
+            Ok(Read::Nothing) => {}
             Err(e) => {
-                debug!("[{}] client read failed: {e}", self.core.id);
+                debug!("[{}] client read failed: {e}", core.id);
                 self.end_now(EndReason::ClientClosed);
             }
         }
@@ -645,28 +636,27 @@ impl<'a> Relay<'a> {
         }
     }
 
-    fn read_child(&mut self, chunk: &mut ReadBuffer) {
+    fn read_child(&mut self) {
         let Some(child) = self.child else {
             return;
         };
-        let n = match chunk.read(child.stdout) {
-            Ok(Some(n)) if n > 0 => n,
-            // Once the child has exited, an empty pipe is its end: what
-            // still holds it open is a grandchild's copy.
-            Ok(None) if !self.child_gone => return,
-            ended => {
-                debug!("[{}] the server's output ended: {ended:?}", self.core.id);
-                let core = &mut self.core;
-                self.from_child.finish(|frame| core.child_frame(frame));
-                self.child_eof = true;
-                let reason = self.closing.map_or(EndReason::ChildExited, |(r, _)| r);
-                self.end_now(reason);
+        let core = &mut self.core;
+        match self.reads.read(child.stdout) {
+            Ok(Read::Bytes(bytes)) => {
+                self.from_child.push(bytes, |frame| core.child_frame(frame));
                 return;
             }
-        };
-        let core = &mut self.core;
-        self.from_child
-            .push(chunk.filled(n), |frame| core.child_frame(frame));
+            // Once the child has exited, an empty pipe is its end: what
+            // still holds it open is a grandchild's copy.
+            Ok(Read::Nothing) if !self.child_gone => return,
+            Ok(Read::Nothing) => debug!("[{}] the server exited; its output is empty", core.id),
+            Ok(Read::End) => debug!("[{}] the server's output ended", core.id),
+            Err(e) => debug!("[{}] reading the server's output failed: {e}", core.id),
+        }
+        self.from_child.finish(|frame| core.child_frame(frame));
+        self.child_eof = true;
+        let reason = self.closing.map_or(EndReason::ChildExited, |(r, _)| r);
+        self.end_now(reason);
     }
 
     fn flush_child(&mut self) {
@@ -703,12 +693,12 @@ impl Core<'_> {
     fn tap_to_client(&mut self, kind: &message::Kind, line: &[u8]) {
         self.rules.counters.message(Direction::Out, line);
         let Some(tap) = self.tap.as_mut() else {
-            self.rules.to_client(kind, |_| {});
+            self.rules.to_client(kind, self.now, |_| {});
             return;
         };
         tap.message(Direction::Out, line);
         let mut answers = 0;
-        self.rules.to_client(kind, |rtt| {
+        self.rules.to_client(kind, self.now, |rtt| {
             answers += 1;
             tap.answered(rtt);
         });
@@ -746,7 +736,7 @@ impl Core<'_> {
                         self.refuse(&kind, code::CHILD_GONE, why);
                         return;
                     }
-                    match self.rules.from_client(&kind) {
+                    match self.rules.from_client(&kind, self.now) {
                         Verdict::Forward => {
                             if !self.child_input_closed {
                                 self.to_child.push_line(line);
@@ -834,47 +824,6 @@ fn pollfd(fd: RawFd, events: libc::c_short) -> libc::pollfd {
         fd,
         events,
         revents: 0,
-    }
-}
-
-/// A read buffer allocated on first use in a turn, without zeroing.
-struct ReadBuffer {
-    bytes: Vec<u8>,
-}
-
-impl ReadBuffer {
-    fn new() -> ReadBuffer {
-        ReadBuffer { bytes: Vec::new() }
-    }
-
-    /// One read that does not block: `Ok(None)` when there is nothing
-    /// after all (a spurious wake-up), `Ok(Some(0))` at end of file.
-    fn read(&mut self, fd: BorrowedFd<'_>) -> std::io::Result<Option<usize>> {
-        self.bytes.clear();
-        self.bytes.reserve(READ_CHUNK);
-        let room = self.bytes.spare_capacity_mut();
-        loop {
-            // SAFETY: read(2) writes at most `room.len()` bytes into the
-            // spare capacity; we only look at what it reports as written.
-            let n = unsafe { libc::read(fd.as_raw_fd(), room.as_mut_ptr().cast(), room.len()) };
-            if n >= 0 {
-                return Ok(Some(n as usize));
-            }
-            let err = std::io::Error::last_os_error();
-            match err.kind() {
-                std::io::ErrorKind::Interrupted => continue,
-                std::io::ErrorKind::WouldBlock => return Ok(None),
-                _ => return Err(err),
-            }
-        }
-    }
-
-    /// The `n` bytes the last read wrote.
-    fn filled(&mut self, n: usize) -> &[u8] {
-        // SAFETY: `read` just initialised these `n` bytes of the spare
-        // capacity (n <= capacity, as read(2) never writes more).
-        unsafe { self.bytes.set_len(n) };
-        &self.bytes
     }
 }
 

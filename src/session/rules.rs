@@ -112,8 +112,9 @@ impl Rules {
         }
     }
 
-    /// Decides about a client message; a forwarded one is booked.
-    pub fn from_client(&mut self, kind: &Kind) -> Verdict {
+    /// Decides about a client message read at `now`; a forwarded one is
+    /// booked.
+    pub fn from_client(&mut self, kind: &Kind, now: Instant) -> Verdict {
         let mut requests = 0usize;
         kind.for_each_request_id(&mut |_| requests += 1);
         if requests > 0 && self.refusing {
@@ -133,7 +134,6 @@ impl Rules {
             };
         }
         if requests > 0 {
-            let now = Instant::now();
             kind.for_each_request_id(&mut |id| {
                 self.pending.insert(id.clone(), now);
             });
@@ -141,14 +141,13 @@ impl Rules {
         Verdict::Forward
     }
 
-    /// Books a message on its way to the client: a child's, or an answer
-    /// forkline gives itself. `answered` gets the round-trip time of each
-    /// request it answers.
-    pub fn to_client(&mut self, kind: &Kind, mut answered: impl FnMut(Duration)) {
-        let mut now = None;
+    /// Books a message on its way to the client, read (or made) at `now`:
+    /// a child's, or an answer forkline gives itself. `answered` gets the
+    /// round-trip time of each request it answers.
+    pub fn to_client(&mut self, kind: &Kind, now: Instant, mut answered: impl FnMut(Duration)) {
         kind.for_each_response_id(&mut |id| {
             if let Some(sent) = self.pending.remove(id) {
-                answered(now.get_or_insert_with(Instant::now).duration_since(sent));
+                answered(now.saturating_duration_since(sent));
             }
         });
         if self.pending.is_empty() && self.pending.capacity() > 64 {
@@ -201,16 +200,25 @@ mod tests {
     #[test]
     fn tracks_requests_until_answered() {
         let mut rules = Rules::new(8);
-        assert_eq!(rules.from_client(&request(1)), Verdict::Forward);
         assert_eq!(
-            rules.from_client(&kind(r#"{"jsonrpc":"2.0","id":"x","method":"b"}"#)),
+            rules.from_client(&request(1), Instant::now()),
             Verdict::Forward
         );
         assert_eq!(
-            rules.from_client(&kind(r#"{"jsonrpc":"2.0","method":"notifications/n"}"#)),
+            rules.from_client(
+                &kind(r#"{"jsonrpc":"2.0","id":"x","method":"b"}"#),
+                Instant::now()
+            ),
             Verdict::Forward
         );
-        rules.to_client(&answer(1), |_| {});
+        assert_eq!(
+            rules.from_client(
+                &kind(r#"{"jsonrpc":"2.0","method":"notifications/n"}"#),
+                Instant::now()
+            ),
+            Verdict::Forward
+        );
+        rules.to_client(&answer(1), Instant::now(), |_| {});
         assert_eq!(rules.pending(), 1);
         let unanswered = rules.take_unanswered();
         assert_eq!(unanswered.len(), 1);
@@ -220,9 +228,16 @@ mod tests {
     #[test]
     fn the_request_past_max_inflight_is_refused_and_not_booked() {
         let mut rules = Rules::new(2);
-        assert_eq!(rules.from_client(&request(1)), Verdict::Forward);
-        assert_eq!(rules.from_client(&request(2)), Verdict::Forward);
-        let Verdict::Refuse { code, reason } = rules.from_client(&request(3)) else {
+        assert_eq!(
+            rules.from_client(&request(1), Instant::now()),
+            Verdict::Forward
+        );
+        assert_eq!(
+            rules.from_client(&request(2), Instant::now()),
+            Verdict::Forward
+        );
+        let Verdict::Refuse { code, reason } = rules.from_client(&request(3), Instant::now())
+        else {
             panic!("the third request must be refused");
         };
         assert_eq!(code, -32005);
@@ -230,15 +245,19 @@ mod tests {
         assert_eq!(rules.pending(), 2);
         // Notifications and answers to the child's requests still pass.
         assert_eq!(
-            rules.from_client(&kind(
-                r#"{"jsonrpc":"2.0","method":"notifications/cancelled"}"#
-            )),
+            rules.from_client(
+                &kind(r#"{"jsonrpc":"2.0","method":"notifications/cancelled"}"#),
+                Instant::now()
+            ),
             Verdict::Forward
         );
-        assert_eq!(rules.from_client(&answer(99)), Verdict::Forward);
-        rules.to_client(&answer(1), |_| {});
         assert_eq!(
-            rules.from_client(&request(3)),
+            rules.from_client(&answer(99), Instant::now()),
+            Verdict::Forward
+        );
+        rules.to_client(&answer(1), Instant::now(), |_| {});
+        assert_eq!(
+            rules.from_client(&request(3), Instant::now()),
             Verdict::Forward,
             "room again"
         );
@@ -247,12 +266,15 @@ mod tests {
     #[test]
     fn a_batch_counts_every_request_in_it() {
         let mut rules = Rules::new(2);
-        assert_eq!(rules.from_client(&request(1)), Verdict::Forward);
+        assert_eq!(
+            rules.from_client(&request(1), Instant::now()),
+            Verdict::Forward
+        );
         let batch = kind(
             r#"[{"jsonrpc":"2.0","id":2,"method":"a"},{"jsonrpc":"2.0","id":3,"method":"a"}]"#,
         );
         assert!(matches!(
-            rules.from_client(&batch),
+            rules.from_client(&batch, Instant::now()),
             Verdict::Refuse { code: -32005, .. }
         ));
         assert_eq!(rules.pending(), 1, "nothing of the refused batch is booked");
@@ -261,22 +283,26 @@ mod tests {
     #[test]
     fn shutdown_refuses_requests_but_passes_answers_and_cancellations() {
         let mut rules = Rules::new(8);
-        assert_eq!(rules.from_client(&request(1)), Verdict::Forward);
+        assert_eq!(
+            rules.from_client(&request(1), Instant::now()),
+            Verdict::Forward
+        );
         rules.refuse_new_requests();
         assert!(matches!(
-            rules.from_client(&request(2)),
+            rules.from_client(&request(2), Instant::now()),
             Verdict::Refuse { code: -32004, .. }
         ));
         assert_eq!(
             rules.from_client(&kind(
                 r#"{"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":1}}"#
-            )),
+            ), Instant::now()),
             Verdict::Forward
         );
         assert_eq!(
-            rules.from_client(&kind(
-                r#"{"jsonrpc":"2.0","id":"srv-1","result":{"roots":[]}}"#
-            )),
+            rules.from_client(
+                &kind(r#"{"jsonrpc":"2.0","id":"srv-1","result":{"roots":[]}}"#),
+                Instant::now()
+            ),
             Verdict::Forward,
             "the answer to the child's roots/list reaches it"
         );
@@ -292,14 +318,14 @@ mod tests {
     #[test]
     fn an_answer_reports_its_requests_round_trip_once() {
         let mut rules = Rules::new(8);
-        assert_eq!(rules.from_client(&request(1)), Verdict::Forward);
-        std::thread::sleep(Duration::from_millis(2));
+        let sent = Instant::now();
+        let read = sent + Duration::from_millis(2);
+        assert_eq!(rules.from_client(&request(1), sent), Verdict::Forward);
         let mut rtts = Vec::new();
-        rules.to_client(&answer(1), |rtt| rtts.push(rtt));
-        rules.to_client(&answer(1), |rtt| rtts.push(rtt));
-        rules.to_client(&answer(7), |rtt| rtts.push(rtt));
-        assert_eq!(rtts.len(), 1, "{rtts:?}");
-        assert!(rtts[0] >= Duration::from_millis(2), "{rtts:?}");
+        rules.to_client(&answer(1), read, |rtt| rtts.push(rtt));
+        rules.to_client(&answer(1), read, |rtt| rtts.push(rtt));
+        rules.to_client(&answer(7), read, |rtt| rtts.push(rtt));
+        assert_eq!(rtts, [Duration::from_millis(2)]);
     }
 
     #[test]
