@@ -22,6 +22,7 @@ pub mod ops;
 pub mod proto;
 pub mod session;
 pub mod shutdown;
+pub mod sync;
 pub mod sys;
 
 use cli::{Cli, Command};

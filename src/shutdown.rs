@@ -10,12 +10,13 @@
 //!
 //! [`Sleeper`]: crate::sys::wake::Sleeper
 
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Mutex, MutexGuard};
 
 use crossbeam_channel::{Receiver, Sender};
 use slab::Slab;
 
+use crate::sync::lock;
 use crate::sys::alarm::Alarm;
 use crate::sys::wake::{self, Tid};
 
@@ -91,12 +92,6 @@ impl Trigger {
     pub fn alarm(&self) -> &Alarm {
         &self.alarm
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    // A poisoned lock still holds consistent data here (a take, an insert
-    // or a remove); use it all the same.
-    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl std::fmt::Debug for Never {

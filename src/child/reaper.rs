@@ -22,7 +22,7 @@ use std::os::fd::RawFd;
 use std::os::unix::process::ExitStatusExt;
 use std::process::{Child, Command, ExitStatus};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use crossbeam_channel::{Receiver, Sender};
@@ -31,6 +31,7 @@ use signal_hook::consts::SIGCHLD;
 use signal_hook::iterator::{Handle, Signals};
 
 use crate::shutdown::Never;
+use crate::sync::lock;
 use crate::sys::socket::shutdown_read_raw;
 use crate::sys::wake::{self, Tid};
 
@@ -270,10 +271,4 @@ impl ExitWatch {
         drop(state);
         lock(&self.exited).take();
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    // Every critical section here is a few statements that leave the data
-    // consistent; a panic elsewhere cannot poison it half-way.
-    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }

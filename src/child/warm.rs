@@ -17,7 +17,7 @@
 //! joined.
 
 use std::collections::VecDeque;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -27,6 +27,7 @@ use log::{info, warn};
 use crate::child::process::{self, ChildIo, ChildProcess};
 use crate::child::reaper::Reaper;
 use crate::config::ChildCommand;
+use crate::sync::lock;
 
 /// A child waiting for its session.
 pub struct Warm {
@@ -245,10 +246,4 @@ impl Keeper {
             }
         }
     }
-}
-
-fn lock<T>(state: &Mutex<T>) -> MutexGuard<'_, T> {
-    state
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }

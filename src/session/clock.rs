@@ -14,12 +14,13 @@
 //! wake-ups when idle.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
 use log::error;
 
+use crate::sync::lock;
 use crate::sys::wake::{self, Tid};
 
 /// The clock's thread, stopped and joined on drop.
@@ -163,12 +164,6 @@ impl Drop for Timer<'_> {
             lock(&self.clock.state).alarms.remove(&key);
         }
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    // Every critical section is an insert, a remove or a flag: a panic
-    // elsewhere cannot leave the map half-changed.
-    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 #[cfg(test)]

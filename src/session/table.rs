@@ -231,9 +231,7 @@ impl Sessions {
     }
 
     fn lock(&self) -> MutexGuard<'_, Table> {
-        // The table's invariants hold between statements; a panic elsewhere
-        // while holding the lock cannot leave it half-updated.
-        self.inner.table.lock().unwrap_or_else(|e| e.into_inner())
+        crate::sync::lock(&self.inner.table)
     }
 
     /// Admits a session of `quota`'s server for `client`, or says which
