@@ -699,8 +699,9 @@ impl Admission<'_> {
 /// Sends the -32001 line and closes. The socket is fresh, so its send
 /// buffer takes a line this small at once.
 fn refuse(stream: &Stream, refusal: &Refusal) {
-    let line = Message::error(None, code::SESSION_REFUSED, &refusal.to_string());
-    let _ = socket::send_now(stream.as_fd(), &[&line.line, b"\n"]);
+    let mut line = Message::error(None, code::SESSION_REFUSED, &refusal.to_string()).line;
+    line.push(b'\n');
+    let _ = socket::send_now(stream.as_fd(), &line);
     stream.shutdown();
 }
 

@@ -98,7 +98,7 @@ impl Outbox {
 fn write_now(fd: BorrowedFd<'_>, kind: WriteKind, bytes: &[u8]) -> io::Result<usize> {
     let raw = fd.as_raw_fd();
     match kind {
-        WriteKind::Socket => socket::send_now(fd, &[bytes]),
+        WriteKind::Socket => socket::send_now(fd, bytes),
         WriteKind::Shared => {
             let mut pfd = libc::pollfd {
                 fd: raw,

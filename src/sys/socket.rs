@@ -5,26 +5,18 @@
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 
-/// Sends what fits now of `parts`, in order, without blocking and without
-/// SIGPIPE. Returns the bytes sent; 0 when the socket has no room.
-pub fn send_now(fd: BorrowedFd<'_>, parts: &[&[u8]]) -> io::Result<usize> {
-    let mut iov: [libc::iovec; 2] = [libc::iovec {
-        iov_base: std::ptr::null_mut(),
-        iov_len: 0,
-    }; 2];
-    let count = parts.len().min(iov.len());
-    for (slot, part) in iov.iter_mut().zip(parts) {
-        slot.iov_base = part.as_ptr() as *mut _;
-        slot.iov_len = part.len();
-    }
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = iov.as_mut_ptr();
-    msg.msg_iovlen = count as _;
+/// Sends what fits now of `bytes` without blocking and without SIGPIPE.
+/// Returns the bytes sent; 0 when the socket has no room. One buffer and
+/// `send(2)`: `sendmsg(2)` costs the kernel a message header and an iovec
+/// copied in, 0.1-0.2 µs a call, twice a round trip.
+pub fn send_now(fd: BorrowedFd<'_>, bytes: &[u8]) -> io::Result<usize> {
     loop {
+        // SAFETY: `bytes` is valid for reads of its length.
         let n = unsafe {
-            libc::sendmsg(
+            libc::send(
                 fd.as_raw_fd(),
-                &msg,
+                bytes.as_ptr().cast(),
+                bytes.len(),
                 libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
             )
         };
@@ -63,24 +55,24 @@ mod tests {
     use std::os::unix::net::UnixStream;
 
     #[test]
-    fn sends_parts_in_order_and_reports_a_full_socket_as_zero() {
+    fn sends_what_fits_and_reports_a_full_socket_as_zero() {
         let (ours, mut theirs) = UnixStream::pair().expect("socketpair");
         assert!(is_socket(ours.as_fd()));
-        assert_eq!(send_now(ours.as_fd(), &[b"ab", b"c\n"]).expect("send"), 4);
+        assert_eq!(send_now(ours.as_fd(), b"abc\n").expect("send"), 4);
         let mut got = [0u8; 4];
         theirs.read_exact(&mut got).expect("read");
         assert_eq!(&got, b"abc\n");
         let big = vec![0u8; 1 << 16];
         let mut total = 0;
         for _ in 0..10_000 {
-            let n = send_now(ours.as_fd(), &[&big]).expect("send");
+            let n = send_now(ours.as_fd(), &big).expect("send");
             if n == 0 {
                 break;
             }
             total += n;
         }
         assert!(total > 0, "the socket took nothing");
-        assert_eq!(send_now(ours.as_fd(), &[b"x"]).expect("full"), 0);
+        assert_eq!(send_now(ours.as_fd(), b"x").expect("full"), 0);
     }
 
     #[test]
