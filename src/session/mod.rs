@@ -10,5 +10,4 @@ pub mod read_buffer;
 pub mod relay;
 pub mod rules;
 pub mod run;
-pub mod spin;
 pub mod table;

@@ -16,11 +16,7 @@
 //! own descriptors — the shutdown broadcasts, its child's exit, the clock
 //! — is a flag or a time checked every turn and a signal that ends the
 //! wait ([`crate::sys::wake`]): no entry in the poll set, whose cost the
-//! kernel pays per entry twice a round trip. Right after it forwards a
-//! request to a child that answers fast, the loop polls without blocking
-//! for a few tens of microseconds, yielding the CPU between polls
-//! ([`crate::session::spin`]): the answer then costs no sleep and no
-//! wake-up, and the CPU no idle gap.
+//! kernel pays per entry twice a round trip.
 
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -37,7 +33,6 @@ use crate::session::clock::Clock;
 use crate::session::outbox::{Outbox, WriteKind};
 use crate::session::read_buffer::{Read, ReadBuffer};
 use crate::session::rules::{Counters, Direction, Rules, Tap, Verdict};
-use crate::session::spin::Spin;
 use crate::session::table::SessionId;
 use crate::shutdown::Trigger;
 use crate::sys::poll::poll;
@@ -135,8 +130,6 @@ struct Core<'a> {
     /// the wait ends, serves the deadlines and the activity stamps.
     now: Instant,
     last_activity: Instant,
-    /// Whether to poll for the child's answer instead of blocking.
-    spin: Spin,
     garbage_lines: u32,
 }
 
@@ -216,7 +209,6 @@ impl<'a> Relay<'a> {
                 missing_child,
                 now: Instant::now(),
                 last_activity: Instant::now(),
-                spin: Spin::default(),
                 garbage_lines: 0,
             },
             client,
@@ -263,21 +255,16 @@ impl<'a> Relay<'a> {
                 revents: 0,
             }; SLOTS];
             let slots = self.fill_poll_set(&mut fds);
-            let awaiting = self.core.rules.pending() > 0;
             let timeout = if self.child_gone && self.want_child_output() {
                 // What the child left in its stdout is read at once.
                 Some(Duration::ZERO)
-            } else if self.core.spin.keep_polling(self.core.now, awaiting) {
-                // Whoever else can run on this CPU runs first.
-                std::thread::yield_now();
-                Some(Duration::ZERO)
             } else {
                 timer.ensure(self.deadline(), self.core.now);
-                if let Some(tap) = self.core.tap.as_mut() {
-                    tap.flush();
-                }
                 None
             };
+            if let Some(tap) = self.core.tap.as_mut() {
+                tap.flush();
+            }
             if let Err(e) = self.sleeper.poll(&mut fds, timeout) {
                 warn!("[{}] poll failed: {e}; ending the session", self.core.id);
                 return self.end_now(EndReason::ClientClosed);
@@ -705,17 +692,14 @@ impl Core<'_> {
     /// tap, with the round trip of each request it answers.
     fn tap_to_client(&mut self, kind: &message::Kind, line: &[u8]) {
         self.rules.counters.message(Direction::Out, line);
-        let spin = &mut self.spin;
         let Some(tap) = self.tap.as_mut() else {
-            self.rules
-                .to_client(kind, self.now, |rtt| spin.answered(rtt));
+            self.rules.to_client(kind, self.now, |_| {});
             return;
         };
         tap.message(Direction::Out, line);
         let mut answers = 0;
         self.rules.to_client(kind, self.now, |rtt| {
             answers += 1;
-            spin.answered(rtt);
             tap.answered(rtt);
         });
         if answers > 0 {
@@ -752,14 +736,10 @@ impl Core<'_> {
                         self.refuse(&kind, code::CHILD_GONE, why);
                         return;
                     }
-                    let awaited = self.rules.pending();
                     match self.rules.from_client(&kind, self.now) {
                         Verdict::Forward => {
                             if !self.child_input_closed {
                                 self.to_child.push_line(line);
-                                if self.rules.pending() > awaited {
-                                    self.spin.forwarded(self.now);
-                                }
                             }
                             self.tap(Direction::In, line);
                             if let Some(tap) = self.tap.as_mut() {
