@@ -26,7 +26,6 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use crossbeam_channel::{Receiver, Sender};
-use log::error;
 use signal_hook::consts::SIGCHLD;
 use signal_hook::iterator::{Handle, Signals};
 
@@ -131,9 +130,7 @@ impl Reaper {
     pub fn stop(&self) {
         self.inner.signals.close();
         if let Some(thread) = lock(&self.inner.thread).take() {
-            if thread.join().is_err() {
-                error!("thread child-reaper panicked");
-            }
+            crate::sync::join(thread);
         }
     }
 }

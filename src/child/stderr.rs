@@ -138,9 +138,7 @@ impl Drop for StderrLog {
         drop(std::mem::replace(&mut self.requests, dead));
         let _ = self.waker.wake();
         if let Some(thread) = self.thread.take() {
-            if thread.join().is_err() {
-                error!("thread child-stderr panicked");
-            }
+            crate::sync::join(thread);
         }
     }
 }

@@ -129,9 +129,7 @@ impl WarmPool {
         lock(&self.state).stopping = true;
         let _ = self.refill.try_send(());
         if let Some(thread) = lock(&self.thread).take() {
-            if thread.join().is_err() {
-                log::error!("thread warm-pool panicked");
-            }
+            crate::sync::join(thread);
         }
         let waiting = std::mem::take(&mut lock(&self.state).waiting);
         drop(waiting);

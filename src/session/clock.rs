@@ -18,8 +18,6 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
-use log::error;
-
 use crate::sync::lock;
 use crate::sys::wake::{self, Tid};
 
@@ -87,9 +85,7 @@ impl Drop for Clock {
         lock(&self.inner.state).stopping = true;
         self.inner.changed.notify_all();
         if let Some(thread) = self.thread.take() {
-            if thread.join().is_err() {
-                error!("thread session-clock panicked");
-            }
+            crate::sync::join(thread);
         }
     }
 }

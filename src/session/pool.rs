@@ -228,7 +228,7 @@ impl Pool {
     fn join_finished(&mut self, finished: Vec<WorkerId>) {
         for id in finished {
             match self.handles.remove(&id) {
-                Some(handle) => join_logged(handle),
+                Some(handle) => crate::sync::join(handle),
                 None => debug_assert!(false, "worker-{id} finished twice"),
             }
         }
@@ -251,7 +251,7 @@ impl Pool {
     pub fn join(mut self) {
         self.close();
         for (_, handle) in std::mem::take(&mut self.handles) {
-            join_logged(handle);
+            crate::sync::join(handle);
         }
     }
 
@@ -297,13 +297,6 @@ fn release_freed_heap() {
 /// Other allocators give memory back on their own terms.
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 fn release_freed_heap() {}
-
-fn join_logged(handle: JoinHandle<()>) {
-    let name = handle.thread().name().unwrap_or("worker").to_string();
-    if handle.join().is_err() {
-        log::error!("thread {name} panicked");
-    }
-}
 
 /// The body of `worker-N`: runs `first`'s job, then whatever `next_job`
 /// brings, until it says to leave; then tells the owner.
