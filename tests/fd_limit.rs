@@ -7,7 +7,6 @@
 
 mod common;
 
-use std::os::unix::process::CommandExt;
 use std::process::Command;
 
 use common::*;
@@ -16,20 +15,7 @@ use serde_json::{Value, json};
 const FD_LIMIT: u64 = 64;
 
 fn limit_fds(command: &mut Command) {
-    // SAFETY: setrlimit is async-signal-safe; nothing else runs in the
-    // child between fork and exec.
-    unsafe {
-        command.pre_exec(|| {
-            let limit = libc::rlimit {
-                rlim_cur: FD_LIMIT,
-                rlim_max: FD_LIMIT,
-            };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    common::limit_fds(command, FD_LIMIT);
 }
 
 /// A notification with a marker; `cat` as the child echoes it back.

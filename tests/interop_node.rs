@@ -4,14 +4,15 @@
 //! official TypeScript SDK's stdio server transport) and the MCP Inspector's
 //! CLI (the TypeScript SDK's stdio client).
 //!
-//! forkline hands a child a pipe as stdout and one end of a Unix socket
-//! pair as both stdin and stderr, where most launchers give three pipes.
-//! libuv opens a socket as a pipe handle, but here fds 0 and 2 are one open
-//! file: the O_NONBLOCK Node sets on stderr is set on stdin too, and a
-//! shutdown(2) through either would end both directions. So these tests
-//! check that real servers read their requests, write answers bigger than
-//! the pipe's buffer, log to stderr, and exit on EOF just as they do on
-//! pipes:
+//! forkline hands a child pipes as stdin and stdout and one end of a Unix
+//! socket pair as stderr; a `serve` sized for more sessions than four
+//! descriptors each allow puts stdin on that socket too, where most
+//! launchers give three pipes. libuv opens a socket as a pipe handle, but
+//! then fds 0 and 2 are one open file: the O_NONBLOCK Node sets on stderr
+//! is set on stdin too, and a shutdown(2) through either would end both
+//! directions. So these tests check, on both wirings, that real servers
+//! read their requests, write answers bigger than the pipe's buffer, log
+//! to stderr, and exit on EOF just as they do on pipes:
 //! - the official Python SDK client (`tests/fixtures/sdk_client.py`, as in
 //!   `tests/interop_sdk.rs`) against server-everything through `forkline
 //!   stdio` (the command given without `--`) and through `forkline connect`
@@ -460,16 +461,20 @@ fn sdk_talks_to_server_everything_through_connect_tcp() {
     assert_session_cleaned_up(&mut proxy);
 }
 
-/// A 1.3 MB request and a 1.3 MB answer through both hops: the Node server
-/// reads a line far longer than one socket read and writes one far longer
-/// than the socket's buffer, and forkline keeps both whole.
+/// A 1.3 MB request and a 1.3 MB answer through both hops, with the Node
+/// server's stdin on the socket it shares with stderr (the wiring of a
+/// proxy sized for the most sessions): it reads a line far longer than one
+/// socket read and writes one far longer than the pipe's buffer, and
+/// forkline keeps both whole.
 #[test]
-fn sdk_echoes_a_large_message_through_server_everything() {
+fn sdk_echoes_a_large_message_through_server_everything_reading_a_socket() {
     let Some(packages) = NodePackages::find() else {
         return;
     };
     let Some(python) = sdk_python() else { return };
-    let mut proxy = Forkline::serve_tcp(&[], &packages.everything_command());
+    let mut proxy =
+        Forkline::serve_tcp_configured(&[], &packages.everything_command(), stdin_on_socket);
+    proxy.wait_for_log("child_stdin=socket");
     let address = format!("tcp://{}", proxy.tcp_addr());
     let command = with_exit_report(&[forkline_bin().to_string(), "connect".into(), address]);
     let call = EchoCall {
@@ -482,11 +487,12 @@ fn sdk_echoes_a_large_message_through_server_everything() {
     assert_session_cleaned_up(&mut proxy);
 }
 
-/// The premise of this file, checked: the Node server forkline starts has
-/// one socket as both stdin and stderr and a pipe as stdout, speaks MCP
-/// over them, has its stderr logged and exits 0 on its stdin's EOF.
+/// The premise of this file, checked: the Node server `forkline stdio`
+/// starts has pipes as stdin and stdout and a socket as stderr, speaks MCP
+/// over them, has its stderr logged and exits 0 on its stdin's EOF. (The
+/// tests with a large message run it with stdin on the socket too.)
 #[test]
-fn server_everything_runs_with_stdin_and_stderr_on_one_socket_and_stdout_on_a_pipe() {
+fn server_everything_runs_with_stdin_and_stdout_on_pipes_and_stderr_on_a_socket() {
     let Some(packages) = NodePackages::find() else {
         return;
     };
@@ -524,12 +530,12 @@ fn server_everything_runs_with_stdin_and_stderr_on_one_socket_and_stdout_on_a_pi
     };
     let (stdin, stdout, stderr) = (fd(0), fd(1), fd(2));
     assert!(
-        stdin.starts_with("socket:") && stdin == stderr,
-        "server-everything's stdin ({stdin}) and stderr ({stderr}) should be one socket"
+        stdin.starts_with("pipe:") && stdout.starts_with("pipe:") && stdin != stdout,
+        "server-everything's stdin ({stdin}) and stdout ({stdout}) should be two pipes"
     );
     assert!(
-        stdout.starts_with("pipe:"),
-        "server-everything's stdout ({stdout}) should be a pipe"
+        stderr.starts_with("socket:"),
+        "server-everything's stderr ({stderr}) should be a socket"
     );
     forkline.send(&json!({"jsonrpc": "2.0", "method": "notifications/initialized"}).to_string());
     forkline.request(
@@ -557,7 +563,7 @@ fn server_everything_runs_with_stdin_and_stderr_on_one_socket_and_stdout_on_a_pi
     );
     assert!(
         log.contains("child=\"exit status 0\""),
-        "server-everything should exit 0 by itself on EOF of its socket; log:\n{log}"
+        "server-everything should exit 0 by itself on EOF of its stdin; log:\n{log}"
     );
     assert!(
         log.contains("[s1] child stderr: Starting default (STDIO) server"),
@@ -799,12 +805,15 @@ fn python_server_command(python: &Path) -> Vec<String> {
 
 /// The Python client → `forkline connect` → `forkline serve` → a Python SDK
 /// server, with a 1.3 MB echo: the stateless era end to end, and the SDK's
-/// stdio transport reading and writing a socket in pieces.
+/// stdio transport reading a socket (its stdin shares stderr's, as in a
+/// proxy sized for the most sessions) in pieces.
 #[test]
 fn sdk_talks_to_python_sdk_server_through_connect_tcp() {
     let Some(python) = sdk_python() else { return };
     become_subreaper();
-    let mut proxy = Forkline::serve_tcp(&[], &python_server_command(&python));
+    let mut proxy =
+        Forkline::serve_tcp_configured(&[], &python_server_command(&python), stdin_on_socket);
+    proxy.wait_for_log("child_stdin=socket");
     let address = format!("tcp://{}", proxy.tcp_addr());
     let command = with_exit_report(&[forkline_bin().to_string(), "connect".into(), address]);
     let call = EchoCall {

@@ -14,9 +14,12 @@ const BURST: usize = 100;
 
 #[test]
 fn after_a_burst_threads_and_descriptors_return_to_their_idle_level() {
-    let forkline = Forkline::serve_tcp(
+    // 200 sessions fit under 700 descriptors at three each, not at four:
+    // the wiring of a proxy sized for the most sessions (tests/child_stdin.rs).
+    let forkline = Forkline::serve_tcp_configured(
         &["--max-sessions", "200", "--max-sessions-per-client", "200"],
         &["cat".to_string()],
+        |command| limit_fds(command, 700),
     );
     let pid = forkline.pid();
     let (idle_threads, idle_fds) = (thread_count(pid), fd_count(pid));

@@ -51,7 +51,12 @@ pub fn phase(rows: &mut [Row], paths: &Paths, s: &Settings) {
         let kind = row.kind;
         let wanted = matches!(
             kind,
-            Kind::Direct | Kind::Socat | Kind::Forkline | Kind::Twin | Kind::TwinSocketPair
+            Kind::Direct
+                | Kind::Socat
+                | Kind::Forkline
+                | Kind::ForklineStdinSocket
+                | Kind::Twin
+                | Kind::TwinSocketPair
         );
         if !wanted || row.skipped.is_some() {
             continue;

@@ -249,7 +249,10 @@ pub fn footprint(row: &mut Row, paths: &Paths) {
     let peers = paths.root.join("benches/.peers");
     match row.kind {
         Kind::Direct => {}
-        Kind::Forkline | Kind::ForklineHttp | Kind::ForklineHttpJson => {
+        Kind::Forkline
+        | Kind::ForklineStdinSocket
+        | Kind::ForklineHttp
+        | Kind::ForklineHttpJson => {
             row.binary_bytes = stripped_size(&paths.forkline, &paths.work);
             row.binary = row.binary_bytes.map_or("?".into(), mib);
             row.deps = crate_count(&paths.root.join("Cargo.toml"), &paths.root)
@@ -695,26 +698,36 @@ fn burst_tables(md: &mut String, rows: &[Row], s: &Settings) {
 /// pipes) and with its child on one socket pair for stdin and stdout (as
 /// socat's is), so the cost of the transport and the cost of the engine
 /// can be told apart.
-fn same_transport(md: &mut String, f: &Row, twin: Option<&Row>, paired: &Row, conc: &[usize]) {
+fn same_transport(
+    md: &mut String,
+    f: &Row,
+    stdin_socket: Option<&Row>,
+    twin: Option<&Row>,
+    paired: &Row,
+    conc: &[usize],
+) {
     let _ = writeln!(
         md,
         "\n### The child's transport\n\n\
-         forkline gives the child a pipe for stdout and one socket pair for stdin and \
-         stderr (three descriptors per session); the twin, as `tokio::process` does, \
-         three pipes (five descriptors per session, measured above). The twin's \
-         `--child-socket-pair` row runs the same twin with stdin and stdout on one \
-         socket pair, as socat's `EXEC` has them: answers cross a Unix socket there \
-         and a pipe in forkline.\n\n\
-         | figure | forkline ÷ twin (pipes) | forkline ÷ twin (socket pair) | twin (pipes) ÷ twin (socket pair) |\n\
-         |---|---:|---:|---:|"
+         forkline gives the child pipes for stdin and stdout and a socket pair for stderr \
+         (four descriptors per session) where its descriptor limit has room for every \
+         session at four, and stdin on that socket too (three) where it has not: the \
+         `forkline-stdin-socket` row, with `--max-sessions` past a quarter of the limit. \
+         The twin, as `tokio::process` does, gives three pipes (five descriptors per \
+         session, measured above); its `--child-socket-pair` row has stdin and stdout on \
+         one socket pair, as socat's `EXEC` has them.\n\n\
+         | figure | forkline ÷ twin (pipes) | forkline, stdin on the socket ÷ forkline | forkline ÷ twin (socket pair) | twin (pipes) ÷ twin (socket pair) |\n\
+         |---|---:|---:|---:|---:|"
     );
     let mut line = |name: String, get: &dyn Fn(&Row) -> Fig| {
         let (fv, pv) = (get(f), get(paired));
         let tv = twin.map_or(none(), get);
+        let sv = stdin_socket.map_or(none(), get);
         let _ = writeln!(
             md,
-            "| {name} | {} | {} | {} |",
+            "| {name} | {} | {} | {} | {} |",
             ratio(&fv, &tv),
+            ratio(&sv, &fv),
             ratio(&fv, &pv),
             ratio(&tv, &pv)
         );
@@ -784,6 +797,7 @@ fn real_child(md: &mut String, rows: &[Row], f: &Row, s: &Settings) {
 fn issue_10_targets(
     md: &mut String,
     f: &Row,
+    stdin_socket: Option<&Row>,
     socat: Option<&Row>,
     twin: Option<&Row>,
     s: &Settings,
@@ -793,6 +807,15 @@ fn issue_10_targets(
     let _ = writeln!(
         md,
         "\n## forkline against the issue-10 targets (new engine)\n"
+    );
+    let _ = writeln!(
+        md,
+        "forkline wires a child's stdin by its descriptor limit: a pipe of its own where \
+         every session fits at four descriptors (the rows above, at `--max-sessions 1100`), \
+         the socket pair its stderr is on where only three each fit (the max-live-sessions \
+         phase, and the `forkline-stdin-socket` row). The descriptor and session counts are \
+         the second wiring's, the round trips the first's; the last row gives the second \
+         wiring's round trip.\n"
     );
     let _ = writeln!(md, "| target | measured | met? |\n|---|---|---|");
     let b = f.burst.as_ref().ok();
@@ -897,6 +920,15 @@ fn issue_10_targets(
             md,
             "| req/s @{n} ≥ 1.1× socat and ≥ 1.1× twin | {measured} | {} |",
             verdict(ok)
+        );
+    }
+    if let Some(lean) = stdin_socket {
+        let ours = one_cpu_p50(Some(lean));
+        let _ = writeln!(
+            md,
+            "| (not a target) p50 on one CPU with stdin on the socket | {}; {} | — |",
+            p50_text(both(&ours, &one_cpu_p50(twin)), "twin", 1),
+            p50_text(both(&ours, &one_cpu_p50(socat)), "socat", 1),
         );
     }
     let rec = b.and_then(|b| b.recovery.as_ref().map(|r| (b, r)));
@@ -1473,9 +1505,10 @@ pub fn render(
             f.binary,
             verdict(f.binary_bytes.map(|b| b as f64 <= 1.5 * 1024.0 * 1024.0))
         );
-        issue_10_targets(&mut md, f, socat, twin, s);
+        let stdin_socket = find(Kind::ForklineStdinSocket);
+        issue_10_targets(&mut md, f, stdin_socket, socat, twin, s);
         if let Some(paired) = find(Kind::TwinSocketPair) {
-            same_transport(&mut md, f, twin, paired, conc);
+            same_transport(&mut md, f, stdin_socket, twin, paired, conc);
         }
         real_child(&mut md, rows, f, s);
     }
@@ -1564,7 +1597,13 @@ everything of its process tree. All traffic is loopback. The child is
   forked socat process plus the child.
 - **forkline**: `forkline -q serve --tcp 127.0.0.1:0 --max-sessions 1100
   --max-sessions-per-client 1100 --shutdown-grace 1 -- CHILD` (default
-  idle timeout, 300 s).
+  idle timeout, 300 s). 1,100 sessions at four descriptors each fit under
+  the limit, so its children get a stdin pipe of their own.
+- **forkline, child's stdin on its socket**: the same with `--max-sessions`
+  and `--max-sessions-per-client` {lean}, one more than a quarter of the
+  hard descriptor limit, so that four descriptors each no longer fit and
+  its children take stdin from the socket pair their stderr is on, as in
+  the max-live-sessions phase.
 - **async twin**: benches/async-twin, the same TCP session proxy written
   with tokio (multi-threaded runtime, `tokio::process`, a framed line
   codec, the same validation, limits and flags). Its child's stdin and
@@ -1684,6 +1723,7 @@ Figures:
         window = s.idle_window.as_secs_f64(),
         burst_cap = count(s.burst_cap),
         burst_limit = s.burst_limit(),
+        lean = count(crate::tools::stdin_on_socket_sessions()),
         burst_timeout = s.burst_timeout.as_secs_f64(),
         burst_time = s.burst_time.as_secs_f64(),
         answer_time = s.burst_answer_time.as_secs_f64(),

@@ -20,6 +20,10 @@ pub enum Kind {
     Direct,
     Socat,
     Forkline,
+    /// forkline asked for more sessions than four descriptors each allow,
+    /// so its children take stdin from the socket their stderr is on (the
+    /// wiring of the max-live-sessions phase): what that costs.
+    ForklineStdinSocket,
     Twin,
     /// The twin with its child's stdin and stdout on one socket pair, as
     /// socat has them: what a Unix socket costs against a pipe.
@@ -33,10 +37,11 @@ pub enum Kind {
 }
 
 impl Kind {
-    pub const ALL: [Kind; 9] = [
+    pub const ALL: [Kind; 10] = [
         Kind::Direct,
         Kind::Socat,
         Kind::Forkline,
+        Kind::ForklineStdinSocket,
         Kind::Twin,
         Kind::TwinSocketPair,
         Kind::ForklineHttp,
@@ -51,6 +56,7 @@ impl Kind {
             Kind::Direct => "direct",
             Kind::Socat => "socat",
             Kind::Forkline => "forkline",
+            Kind::ForklineStdinSocket => "forkline-stdin-socket",
             Kind::Twin => "twin",
             Kind::TwinSocketPair => "twin-socketpair",
             Kind::ForklineHttp => "forkline-http",
@@ -66,6 +72,7 @@ impl Kind {
             Kind::Direct => "direct pipe (no proxy)",
             Kind::Socat => "socat (TCP, fork)",
             Kind::Forkline => "**forkline** (TCP)",
+            Kind::ForklineStdinSocket => "**forkline**, child's stdin on its socket",
             Kind::Twin => "async twin (tokio, TCP)",
             Kind::TwinSocketPair => "async twin, child on a socket pair",
             Kind::ForklineHttp => "**forkline** (HTTP)",
@@ -136,7 +143,11 @@ impl Paths {
     pub fn unavailable(&self, kind: Kind) -> Option<String> {
         let missing = |what: &str| Some(format!("{what} not installed: run benches/setup.sh"));
         match kind {
-            Kind::Direct | Kind::Forkline | Kind::ForklineHttp | Kind::ForklineHttpJson => None,
+            Kind::Direct
+            | Kind::Forkline
+            | Kind::ForklineStdinSocket
+            | Kind::ForklineHttp
+            | Kind::ForklineHttpJson => None,
             Kind::Socat => which("socat").is_none().then(|| "socat not installed: run benches/setup.sh".into()),
             Kind::Twin | Kind::TwinSocketPair => (!self.twin.exists()).then(|| {
                 "twin not built: cargo build --release --manifest-path benches/async-twin/Cargo.toml".into()
@@ -169,6 +180,23 @@ pub struct Running {
     pub child_program: String,
     process: Child,
     log: PathBuf,
+}
+
+/// A `--max-sessions` that four descriptors a session cannot hold under
+/// the hard `RLIMIT_NOFILE` (which forkline raises its soft limit to) and
+/// three can: forkline then gives its children stdin on the socket pair.
+pub fn stdin_on_socket_sessions() -> usize {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit fills the struct it is given.
+    let hard = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0 {
+        usize::try_from(limit.rlim_max).unwrap_or(usize::MAX)
+    } else {
+        20_000
+    };
+    (hard / 4).saturating_add(1).min(1 << 20)
 }
 
 fn free_port() -> std::io::Result<u16> {
@@ -277,6 +305,7 @@ fn launch(
         // The same limits and child for all, so only the proxy (or
         // forkline's listener) differs.
         Kind::Forkline
+        | Kind::ForklineStdinSocket
         | Kind::Twin
         | Kind::TwinSocketPair
         | Kind::ForklineHttp
@@ -295,7 +324,12 @@ fn launch(
             } else {
                 "--tcp"
             };
-            let limit = max_sessions.to_string();
+            let limit = if kind == Kind::ForklineStdinSocket {
+                max_sessions.max(stdin_on_socket_sessions())
+            } else {
+                max_sessions
+            }
+            .to_string();
             for flag in [
                 listener,
                 "127.0.0.1:0",

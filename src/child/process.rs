@@ -1,21 +1,23 @@
 //! Spawning and stopping a session's child and its process group.
 //!
-//! The child's stdout is a pipe; its stdin and stderr are one end of a
-//! socket pair. Two descriptors on our side, as the two pipes and a
-//! stderr pipe would be three: the socket carries stdin one way and stderr
-//! the other, and `shutdown(2)` gives both a clean end of input (`SHUT_WR`:
-//! the child sees EOF on stdin) and a way to wake the session when the
-//! child exits (`SHUT_RD`, see the [`Reaper`]). The answers, which a
-//! session waits for, come over the pipe: a pipe hands a message over in
-//! about half the time a Unix socket takes (benches/pingpong.c). The
-//! child runs in a process group of its own, so one `kill(-pgid)` reaches
-//! the grandchildren it may have started. Exits are learned and reaped by
-//! the [`Reaper`].
+//! The child's stdout is a pipe and its stderr one end of a socket pair;
+//! its stdin is either a pipe of its own or the same socket pair, the other
+//! way ([`Stdin`]). The answers, which a session waits for, come over the
+//! stdout pipe, and with [`Stdin::Pipe`] the requests go over one too: a
+//! pipe hands a message over in about half the time a Unix socket takes (an
+//! `skb` each way; benches/pingpong.c). The socket pair is there for what
+//! only a socket can do: `shutdown(2)` wakes the session and the stderr log
+//! when the child exits (`SHUT_RD`, see the [`Reaper`]) even while a
+//! grandchild holds the child's stdio, and with [`Stdin::Socket`] it
+//! carries stdin one way and stderr the other, so that a session costs
+//! three descriptors, not four. The child runs in a process group of its
+//! own, so one `kill(-pgid)` reaches the grandchildren it may have started.
+//! Exits are learned and reaped by the [`Reaper`].
 
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
-use std::process::{ChildStdout, Command, ExitStatus, Stdio};
+use std::process::{ChildStdin, ChildStdout, Command, ExitStatus, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -40,14 +42,78 @@ pub struct ChildProcess {
     stopped: Option<Exit>,
 }
 
-/// The child's I/O, handed to the session. Both are non-blocking.
+/// Where a child's stdin comes from; the same for every child of a process
+/// (`serve` picks it at start from its descriptor limit).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stdin {
+    /// A pipe of its own: four descriptors a session, and a request
+    /// reaches the child sooner (2.6 µs of a 29 µs round trip on one CPU).
+    Pipe,
+    /// The stderr socket pair, written the other way: three descriptors a
+    /// session, for when four would not leave room for `--max-sessions`.
+    Socket,
+}
+
+impl Stdin {
+    /// Descriptors a session holds: the client's, and the child's on our
+    /// side (stdout, the socket, and the stdin pipe if there is one).
+    pub fn fds_per_session(self) -> usize {
+        match self {
+            Stdin::Pipe => 4,
+            Stdin::Socket => 3,
+        }
+    }
+
+    /// For the start-up log line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stdin::Pipe => "pipe",
+            Stdin::Socket => "socket",
+        }
+    }
+}
+
+/// The child's I/O, handed to the session. All are non-blocking.
 #[derive(Debug)]
 pub struct ChildIo {
-    /// Our end of the child's stdin (we write) and stderr (we read). The
-    /// session writes to it and the stderr log reads from it, hence shared.
+    /// Our end of the socket pair: the child's stderr (we read) and, with
+    /// [`Stdin::Socket`], its stdin (we write). The session and the stderr
+    /// log both use it, hence shared.
     pub socket: Arc<UnixStream>,
     /// The read end of the child's stdout.
     pub stdout: ChildStdout,
+    /// The write end of the child's stdin with [`Stdin::Pipe`].
+    pub stdin: Option<ChildStdin>,
+}
+
+/// Starts children, every one wired the same way, for the reaper to reap.
+#[derive(Clone)]
+pub struct Spawner {
+    reaper: Reaper,
+    stdin: Stdin,
+}
+
+impl Spawner {
+    pub fn new(reaper: Reaper, stdin: Stdin) -> Spawner {
+        Spawner { reaper, stdin }
+    }
+
+    /// Starts `command`; see [`spawn`].
+    pub fn spawn(
+        &self,
+        command: &ChildCommand,
+        env: &[(&str, &str)],
+    ) -> Result<(ChildProcess, ChildIo), Error> {
+        spawn(&self.reaper, self.stdin, command, env)
+    }
+
+    pub fn stdin(&self) -> Stdin {
+        self.stdin
+    }
+
+    pub fn reaper(&self) -> &Reaper {
+        &self.reaper
+    }
 }
 
 /// How a child ended, for logs and -32002 messages.
@@ -82,11 +148,13 @@ fn signal_name(sig: i32) -> String {
     }
 }
 
-/// Starts `command` in its own process group with its stdin and stderr on
-/// a socket pair and its stdout piped; the command's own `env`, then
-/// `env`, are added to forkline's own environment. Blocks for the spawn only.
+/// Starts `command` in its own process group with its stdout piped, its
+/// stderr on a socket pair and its stdin as `stdin` says; the command's own
+/// `env`, then `env`, are added to forkline's own environment. Blocks for
+/// the spawn only.
 pub fn spawn(
     reaper: &Reaper,
+    stdin: Stdin,
     command: &ChildCommand,
     env: &[(&str, &str)],
 ) -> Result<(ChildProcess, ChildIo), Error> {
@@ -95,18 +163,21 @@ pub fn spawn(
         source,
     };
     // Both ends are close-on-exec; the child gets its end through dup2
-    // onto 0 and 2, which clears the flag on those copies only.
+    // onto 2 (and 0), which clears the flag on those copies only.
     let (ours, theirs) = UnixStream::pair().map_err(spawn_error)?;
     let theirs = OwnedFd::from(theirs);
-    let theirs_too = theirs.try_clone().map_err(spawn_error)?;
+    let child_stdin = match stdin {
+        Stdin::Pipe => Stdio::piped(),
+        Stdin::Socket => Stdio::from(theirs.try_clone().map_err(spawn_error)?),
+    };
     ours.set_nonblocking(true).map_err(spawn_error)?;
     let mut cmd = Command::new(&command.program);
     cmd.args(&command.args)
         .envs(command.env.iter().map(|(k, v)| (k, v)))
         .envs(env.iter().copied())
-        .stdin(Stdio::from(theirs))
+        .stdin(child_stdin)
         .stdout(Stdio::piped())
-        .stderr(Stdio::from(theirs_too))
+        .stderr(Stdio::from(theirs))
         .process_group(0);
     let (mut child, watch) = reaper.spawn(&mut cmd).map_err(spawn_error)?;
     // The command holds the child's end; it must be gone, or our reads
@@ -121,11 +192,16 @@ pub fn spawn(
         return Err(spawn_error(std::io::Error::other("child stdout missing")));
     };
     set_nonblocking(stdout.as_fd()).map_err(spawn_error)?;
+    let stdin = child.stdin.take();
+    if let Some(pipe) = &stdin {
+        set_nonblocking(pipe.as_fd()).map_err(spawn_error)?;
+    }
     Ok((
         process,
         ChildIo {
             socket: Arc::new(ours),
             stdout,
+            stdin,
         },
     ))
 }
@@ -247,7 +323,8 @@ mod tests {
     #[test]
     fn a_child_that_exits_on_eof_is_not_signalled() {
         let reaper = reaper();
-        let (mut child, io) = spawn(&reaper, &sh("cat >/dev/null; exit 7"), &[]).expect("spawn");
+        let (mut child, io) =
+            spawn(&reaper, Stdin::Socket, &sh("cat >/dev/null; exit 7"), &[]).expect("spawn");
         io.socket.shutdown(Shutdown::Write).expect("close stdin");
         let exit = child.stop(Duration::from_secs(10), &trigger(), &trigger());
         assert_eq!(exit.status.code(), Some(7));
@@ -261,6 +338,7 @@ mod tests {
         let reaper = reaper();
         let (mut child, io) = spawn(
             &reaper,
+            Stdin::Socket,
             &sh("read l; echo \"err $l\" >&2; echo \"got $l\"; [ -p /dev/stdout ] && echo pipe"),
             &[],
         )
@@ -284,11 +362,50 @@ mod tests {
     }
 
     #[test]
+    fn a_stdin_pipe_carries_the_requests_and_closing_it_ends_input() {
+        let reaper = reaper();
+        let (mut child, mut io) = spawn(
+            &reaper,
+            Stdin::Pipe,
+            &sh(
+                "[ -p /dev/stdin ] && echo pipe; read l; echo \"err $l\" >&2; \
+                 echo \"got $l\"; cat >/dev/null; exit 5",
+            ),
+            &[],
+        )
+        .expect("spawn");
+        let mut stdin = io.stdin.take().expect("a stdin pipe");
+        let flags = unsafe { libc::fcntl(stdin.as_raw_fd(), libc::F_GETFL) };
+        assert_ne!(flags & libc::O_NONBLOCK, 0, "our end is non-blocking");
+        stdin.write_all(b"hi\n").expect("write");
+        let (socket, mut stdout) = blocking_stdout(io);
+        let mut line = String::new();
+        stdout.read_line(&mut line).expect("read");
+        assert_eq!(line, "pipe\n");
+        line.clear();
+        stdout.read_line(&mut line).expect("read");
+        assert_eq!(line, "got hi\n");
+        socket.set_nonblocking(false).expect("blocking");
+        let mut err = String::new();
+        BufReader::new(&*socket)
+            .read_line(&mut err)
+            .expect("read stderr");
+        assert_eq!(err, "err hi\n");
+        // Its `cat` ends only at end of input: the pipe's, not the socket's.
+        drop(stdin);
+        let exit = child.stop(Duration::from_secs(10), &trigger(), &trigger());
+        assert_eq!(exit.status.code(), Some(5));
+        assert!(!exit.forced, "exited on its own at end of input");
+        reaper.stop();
+    }
+
+    #[test]
     fn a_stubborn_group_is_killed_and_reaped() {
         let reaper = reaper();
         // Ignores TERM and stdin EOF; its grandchild `sleep` shares the group.
         let (mut child, io) = spawn(
             &reaper,
+            Stdin::Socket,
             &sh("trap '' TERM; sleep 1000 & echo $!; while :; do sleep 1; done"),
             &[],
         )
@@ -316,8 +433,13 @@ mod tests {
     fn an_exit_wakes_a_registered_reader_and_thread_even_if_a_grandchild_holds_the_socket() {
         let reaper = reaper();
         // The grandchild leaves the group (setsid) and keeps our stdio.
-        let (mut child, io) =
-            spawn(&reaper, &sh("setsid sleep 1000 & echo $!; exit 0"), &[]).expect("spawn");
+        let (mut child, io) = spawn(
+            &reaper,
+            Stdin::Socket,
+            &sh("setsid sleep 1000 & echo $!; exit 0"),
+            &[],
+        )
+        .expect("spawn");
         let sleeper = Sleeper::for_this_thread();
         child.watch().wake_on_exit(Some(OnExit {
             socket: io.socket.as_raw_fd(),
@@ -356,8 +478,13 @@ mod tests {
         let reaper = reaper();
         let hurry = trigger();
         hurry.fire();
-        let (mut child, io) =
-            spawn(&reaper, &sh("trap '' TERM; while :; do sleep 1; done"), &[]).expect("spawn");
+        let (mut child, io) = spawn(
+            &reaper,
+            Stdin::Socket,
+            &sh("trap '' TERM; while :; do sleep 1; done"),
+            &[],
+        )
+        .expect("spawn");
         io.socket.shutdown(Shutdown::Write).expect("close stdin");
         let started = std::time::Instant::now();
         let exit = child.stop(Duration::from_secs(3600), &trigger(), &hurry);
@@ -371,7 +498,13 @@ mod tests {
         let reaper = reaper();
         let shutdown = trigger();
         // Ignores end of input, dies of SIGTERM.
-        let (mut child, io) = spawn(&reaper, &sh("while :; do sleep 1; done"), &[]).expect("spawn");
+        let (mut child, io) = spawn(
+            &reaper,
+            Stdin::Socket,
+            &sh("while :; do sleep 1; done"),
+            &[],
+        )
+        .expect("spawn");
         io.socket.shutdown(Shutdown::Write).expect("close stdin");
         let started = std::time::Instant::now();
         std::thread::scope(|s| {
@@ -395,7 +528,8 @@ mod tests {
         let reaper = reaper();
         let shutdown = trigger();
         shutdown.fire();
-        let (mut child, io) = spawn(&reaper, &sh("cat >/dev/null; exit 4"), &[]).expect("spawn");
+        let (mut child, io) =
+            spawn(&reaper, Stdin::Socket, &sh("cat >/dev/null; exit 4"), &[]).expect("spawn");
         io.socket.shutdown(Shutdown::Write).expect("close stdin");
         let exit = child.stop(Duration::from_secs(10), &shutdown, &trigger());
         assert!(!exit.forced, "exited on its own at end of input");
@@ -406,7 +540,7 @@ mod tests {
     #[test]
     fn dropping_a_running_child_kills_its_group() {
         let reaper = reaper();
-        let (child, _io) = spawn(&reaper, &sh("sleep 1000"), &[]).expect("spawn");
+        let (child, _io) = spawn(&reaper, Stdin::Socket, &sh("sleep 1000"), &[]).expect("spawn");
         let watch = Arc::clone(child.watch());
         drop(child);
         let reaped = (0..2000).any(|_| {
@@ -422,6 +556,7 @@ mod tests {
         let reaper = reaper();
         let err = spawn(
             &reaper,
+            Stdin::Pipe,
             &ChildCommand::new("/nonexistent/mcp", vec!["--x".into()]),
             &[],
         )

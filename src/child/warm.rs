@@ -24,8 +24,7 @@ use std::time::Duration;
 use crossbeam_channel::{Receiver, Select, Sender};
 use log::{info, warn};
 
-use crate::child::process::{self, ChildIo, ChildProcess};
-use crate::child::reaper::Reaper;
+use crate::child::process::{ChildIo, ChildProcess, Spawner};
 use crate::config::ChildCommand;
 use crate::sync::lock;
 
@@ -62,7 +61,7 @@ impl WarmPool {
         size: usize,
         max_sessions: usize,
         command: ChildCommand,
-        reaper: Reaper,
+        spawner: Spawner,
         live: impl Fn() -> usize + Send + 'static,
     ) -> std::io::Result<WarmPool> {
         let state = Arc::new(Mutex::new(State {
@@ -76,7 +75,7 @@ impl WarmPool {
             size,
             max_sessions,
             command,
-            reaper,
+            spawner,
             live: Box::new(live),
             prefix,
             started: 0,
@@ -148,7 +147,7 @@ struct Keeper {
     size: usize,
     max_sessions: usize,
     command: ChildCommand,
-    reaper: Reaper,
+    spawner: Spawner,
     live: Box<dyn Fn() -> usize + Send>,
     /// `warm-`, or `warm-SERVER-` when several servers each keep a pool.
     prefix: String,
@@ -221,7 +220,7 @@ impl Keeper {
                 ("FORKLINE_SESSION_ID", name.as_str()),
                 ("FORKLINE_PEER", ""),
             ];
-            match process::spawn(&self.reaper, &self.command, &env) {
+            match self.spawner.spawn(&self.command, &env) {
                 Ok((child, io)) => {
                     // Sessions may have come while it started: keep it only
                     // if the room is still there (dropping it kills it).

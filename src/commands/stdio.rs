@@ -16,6 +16,7 @@ use log::{info, warn};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
+use crate::child::process::{Spawner, Stdin};
 use crate::child::reaper::Reaper;
 use crate::child::stderr::StderrLog;
 use crate::config::StdioConfig;
@@ -34,6 +35,8 @@ pub fn run(config: &StdioConfig) -> Result<i32, Error> {
     let hurry = Trigger::new().context(|| "cannot create the shutdown trigger".into())?;
     let stderr = StderrLog::start().context(|| "cannot start the stderr log thread".into())?;
     let reaper = Reaper::start().context(|| "cannot start the child reaper".into())?;
+    // One session: a stdin pipe costs one descriptor.
+    let spawner = Spawner::new(reaper, Stdin::Pipe);
     let clock = Clock::start().context(|| "cannot start the session clock".into())?;
     let mut signals =
         Signals::new([SIGTERM, SIGINT]).context(|| "cannot install signal handlers".into())?;
@@ -68,7 +71,7 @@ pub fn run(config: &StdioConfig) -> Result<i32, Error> {
                 end_requested: None,
             },
             stderr: &stderr,
-            reaper: &reaper,
+            spawner: &spawner,
             warm: None,
         };
         let client = ClientSide::Stream(StreamClient {
@@ -87,7 +90,7 @@ pub fn run(config: &StdioConfig) -> Result<i32, Error> {
         }
         summary
     });
-    reaper.stop();
+    spawner.reaper().stop();
     Ok(exit_status(&summary))
 }
 

@@ -21,6 +21,7 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
 
+use crate::child::process::Spawner;
 use crate::child::reaper::Reaper;
 use crate::child::stderr::StderrLog;
 use crate::config::{ListenAddr, ServeConfig, ServerSpec, file};
@@ -41,7 +42,7 @@ use crate::session::pool::Pool;
 use crate::session::relay::Control;
 use crate::session::rules::Tap;
 use crate::session::run::{self as session, Shared};
-use crate::session::table::{ClientKey, Refusal, SessionId, Sessions, Slot};
+use crate::session::table::{ClientKey, FdBudget, Refusal, SessionId, Sessions, Slot};
 use crate::shutdown::Trigger;
 use crate::sys::socket;
 use slab::Slab;
@@ -70,7 +71,7 @@ const WORKER_STACK_BYTES: usize = 256 * 1024;
 struct Proxy {
     config: ServeConfig,
     stderr: StderrLog,
-    reaper: Reaper,
+    spawner: Spawner,
     clock: Clock,
     shutdown: Trigger,
     hurry: Trigger,
@@ -98,22 +99,38 @@ pub fn serve(config: ServeConfig) -> Result<(), Error> {
         .register(&mut signals, SIGNALS, Interest::READABLE)
         .context(|| "cannot watch signals".into())?;
 
+    let stderr = StderrLog::start().context(|| "cannot start the stderr log thread".into())?;
+    let reaper = Reaper::start().context(|| "cannot start the child reaper".into())?;
+    let clock = Clock::start().context(|| "cannot start the session clock".into())?;
+    let shutdown = Trigger::new().context(|| "cannot create the shutdown trigger".into())?;
+    let hurry = Trigger::new().context(|| "cannot create the shutdown trigger".into())?;
+    let named = config.source.is_some();
+    let prespawn: usize = config.servers.iter().map(|s| s.prespawn).sum();
+    let wanted = config
+        .servers
+        .iter()
+        .map(|s| s.limits.max_sessions)
+        .fold(prespawn, usize::saturating_add);
+    // Decided once: a reload keeps the wiring and the capacity.
+    let (stdin, capacity) = fd_limit::plan(fd_limit, fd_limit::open_fds(), wanted);
+    // Each warm child holds a session's descriptors but the client's.
+    let capacity = capacity.saturating_sub(prespawn);
     let proxy = Arc::new(Proxy {
-        stderr: StderrLog::start().context(|| "cannot start the stderr log thread".into())?,
-        reaper: Reaper::start().context(|| "cannot start the child reaper".into())?,
-        clock: Clock::start().context(|| "cannot start the session clock".into())?,
-        shutdown: Trigger::new().context(|| "cannot create the shutdown trigger".into())?,
-        hurry: Trigger::new().context(|| "cannot create the shutdown trigger".into())?,
+        stderr,
+        spawner: Spawner::new(reaper, stdin),
+        clock,
+        shutdown,
+        hurry,
         metrics: Arc::new(Metrics::new()),
         config,
     });
-    let named = proxy.config.source.is_some();
-    let prespawn: usize = proxy.config.servers.iter().map(|s| s.prespawn).sum();
-    // Each warm child holds a session's descriptors but the client's.
-    let capacity =
-        fd_limit::session_capacity(fd_limit, fd_limit::open_fds()).saturating_sub(prespawn);
     let session_waker = Arc::clone(&waker);
-    let sessions = Sessions::new(fd_limit, capacity, move || {
+    let budget = FdBudget {
+        limit: fd_limit,
+        sessions: capacity,
+        per_session: stdin.fds_per_session(),
+    };
+    let sessions = Sessions::new(budget, move || {
         // The loop re-checks the table on every wake-up; a failed wake
         // only delays that to the next event.
         let _ = session_waker.wake();
@@ -121,14 +138,14 @@ pub fn serve(config: ServeConfig) -> Result<(), Error> {
     let started = Catalog::start(
         proxy.config.servers.clone(),
         named,
-        &proxy.reaper,
+        &proxy.spawner,
         &sessions,
     )
     .context(|| "cannot start the warm pool".into());
     let mut catalog = match started {
         Ok(catalog) => catalog,
         Err(e) => {
-            proxy.reaper.stop();
+            proxy.spawner.reaper().stop();
             return Err(e);
         }
     };
@@ -159,7 +176,7 @@ pub fn serve(config: ServeConfig) -> Result<(), Error> {
         Ok(bound) => bound,
         Err(e) => {
             catalog.stop();
-            proxy.reaper.stop();
+            proxy.spawner.reaper().stop();
             return Err(e);
         }
     };
@@ -173,7 +190,7 @@ pub fn serve(config: ServeConfig) -> Result<(), Error> {
             } else {
                 "--max-sessions"
             },
-            fd_limit::FDS_PER_SESSION
+            stdin.fds_per_session()
         );
     }
     // Written whatever the log level: scripts and tests read these lines.
@@ -201,14 +218,16 @@ pub fn serve(config: ServeConfig) -> Result<(), Error> {
     }
     for server in catalog.iter() {
         info!(
-            "serving {}`{}` max_sessions={} fd_limit={fd_limit} fd_capacity={capacity}",
+            "serving {}`{}` max_sessions={} fd_limit={fd_limit} fd_capacity={capacity} \
+             child_stdin={}",
             if named {
                 format!("{} = ", server.name())
             } else {
                 String::new()
             },
             server.spec.command,
-            server.spec.limits.max_sessions
+            server.spec.limits.max_sessions,
+            stdin.as_str()
         );
     }
 
@@ -355,7 +374,7 @@ pub fn serve(config: ServeConfig) -> Result<(), Error> {
     }
     pool.join();
     catalog.stop();
-    proxy.reaper.stop();
+    proxy.spawner.reaper().stop();
     info!("shut down cleanly");
     Ok(())
 }
@@ -454,7 +473,7 @@ impl Reload<'_> {
         };
         let changes = match self
             .catalog
-            .replace(loaded.servers, &self.proxy.reaper, self.sessions)
+            .replace(loaded.servers, &self.proxy.spawner, self.sessions)
         {
             Ok(changes) => changes,
             Err(e) => {
@@ -642,10 +661,7 @@ impl Admission<'_> {
         }
         let refused = match listener.accept() {
             Ok(accepted) => {
-                let refusal = Refusal::Descriptors {
-                    fds: self.fd_limit,
-                    sessions: 0,
-                };
+                let refusal = Refusal::OutOfDescriptors { fds: self.fd_limit };
                 info!(
                     "refused peer={} reason={} ({refusal})",
                     accepted.peer,
@@ -795,10 +811,7 @@ impl Admit for HttpAdmission<'_> {
             Ok(pair) => pair,
             Err(e) => {
                 error!("cannot set up an HTTP session's channels: {e}");
-                return Err(Refusal::Descriptors {
-                    fds: self.fd_limit,
-                    sessions: 0,
-                });
+                return Err(Refusal::OutOfDescriptors { fds: self.fd_limit });
             }
         };
         let job_proxy = Arc::clone(self.proxy);
@@ -866,7 +879,7 @@ fn shared<'a>(proxy: &'a Proxy, server: &'a Server) -> Shared<'a> {
             end_requested: None,
         },
         stderr: &proxy.stderr,
-        reaper: &proxy.reaper,
+        spawner: &proxy.spawner,
         warm: server.warm.as_ref(),
     }
 }

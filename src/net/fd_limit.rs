@@ -1,13 +1,12 @@
 //! The file-descriptor limit as a limit like any other: raised to the
-//! hard limit at start, turned into a number of sessions, and a reserve
-//! descriptor so that even at the ceiling a connection is told why it is
-//! turned away instead of waiting unseen in the backlog.
+//! hard limit at start, turned into a number of sessions and the way
+//! children are wired, and a reserve descriptor so that even at the
+//! ceiling a connection is told why it is turned away instead of waiting
+//! unseen in the backlog.
 
 use std::os::fd::OwnedFd;
 
-/// What one session holds: the client socket, our end of the child's
-/// stdin/stdout socket pair, and the read end of its stderr pipe.
-pub const FDS_PER_SESSION: usize = 3;
+use crate::child::process::Stdin;
 
 /// Kept free beyond the sessions' share: a spawn holds a few more for a
 /// moment (the child's end of the pair, the stderr pipe's write end), and
@@ -46,10 +45,29 @@ pub fn open_fds() -> usize {
         .unwrap_or(0)
 }
 
-/// How many sessions fit in `limit` descriptors when `in_use` are taken.
-pub fn session_capacity(limit: u64, in_use: usize) -> usize {
+/// How many sessions with `stdin` fit in `limit` descriptors when `in_use`
+/// are taken.
+pub fn session_capacity(limit: u64, in_use: usize, stdin: Stdin) -> usize {
     let limit = usize::try_from(limit).unwrap_or(usize::MAX);
-    limit.saturating_sub(in_use).saturating_sub(HEADROOM) / FDS_PER_SESSION
+    limit.saturating_sub(in_use).saturating_sub(HEADROOM) / stdin.fds_per_session()
+}
+
+/// How children get their stdin, and how many sessions that leaves room
+/// for: a pipe of their own when `wanted` sessions fit at four descriptors
+/// each, else the socket pair they share with stderr, at three. The faster
+/// wiring wherever the limit can pay for it (the default 64 sessions need
+/// 256 descriptors), and the most sessions where it cannot (6,500 under a
+/// 20,000 limit where four each would stop at 5,000).
+pub fn plan(limit: u64, in_use: usize, wanted: usize) -> (Stdin, usize) {
+    let piped = session_capacity(limit, in_use, Stdin::Pipe);
+    if piped >= wanted {
+        (Stdin::Pipe, piped)
+    } else {
+        (
+            Stdin::Socket,
+            session_capacity(limit, in_use, Stdin::Socket),
+        )
+    }
 }
 
 /// One descriptor held back for the moment `accept(2)` fails with EMFILE:
@@ -92,9 +110,32 @@ mod tests {
 
     #[test]
     fn capacity_leaves_headroom_and_never_underflows() {
-        assert_eq!(session_capacity(20_000, 20), (20_000 - 20 - HEADROOM) / 3);
-        assert_eq!(session_capacity(10, 20), 0);
-        assert!(session_capacity(u64::MAX, 0) > 1 << 40);
+        let socket = Stdin::Socket;
+        assert_eq!(
+            session_capacity(20_000, 20, socket),
+            (20_000 - 20 - HEADROOM) / 3
+        );
+        assert_eq!(
+            session_capacity(20_000, 20, Stdin::Pipe),
+            (20_000 - 20 - HEADROOM) / 4
+        );
+        assert_eq!(session_capacity(10, 20, socket), 0);
+        assert!(session_capacity(u64::MAX, 0, socket) > 1 << 40);
+    }
+
+    #[test]
+    fn children_get_a_stdin_pipe_only_where_the_limit_pays_for_it() {
+        let four = (20_000 - 20 - HEADROOM) / 4;
+        assert_eq!(plan(20_000, 20, 64), (Stdin::Pipe, four));
+        assert_eq!(plan(20_000, 20, four), (Stdin::Pipe, four));
+        let three = (20_000 - 20 - HEADROOM) / 3;
+        assert_eq!(plan(20_000, 20, four + 1), (Stdin::Socket, three));
+        assert_eq!(plan(20_000, 20, 6_500), (Stdin::Socket, three));
+        // Past even three each, the most sessions still wins.
+        assert_eq!(
+            plan(100, 20, 64),
+            (Stdin::Socket, (100 - 20 - HEADROOM) / 3)
+        );
     }
 
     #[test]

@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use log::info;
 
-use crate::child::reaper::Reaper;
+use crate::child::process::Spawner;
 use crate::child::warm::WarmPool;
 use crate::config::ServerSpec;
 use crate::session::table::{Quota, Sessions};
@@ -29,7 +29,7 @@ impl Server {
     fn start(
         spec: ServerSpec,
         named: bool,
-        reaper: &Reaper,
+        spawner: &Spawner,
         sessions: &Sessions,
     ) -> std::io::Result<Server> {
         let quota = Quota {
@@ -51,7 +51,7 @@ impl Server {
                 spec.prespawn,
                 spec.limits.max_sessions,
                 spec.command.clone(),
-                reaper.clone(),
+                spawner.clone(),
                 move || live.live_for(&name),
             )?)
         } else {
@@ -111,12 +111,12 @@ impl Catalog {
     pub fn start(
         specs: Vec<ServerSpec>,
         named: bool,
-        reaper: &Reaper,
+        spawner: &Spawner,
         sessions: &Sessions,
     ) -> std::io::Result<Catalog> {
         let servers = specs
             .into_iter()
-            .map(|spec| Server::start(spec, named, reaper, sessions).map(Arc::new))
+            .map(|spec| Server::start(spec, named, spawner, sessions).map(Arc::new))
             .collect::<std::io::Result<_>>()?;
         Ok(Catalog { servers, named })
     }
@@ -174,7 +174,7 @@ impl Catalog {
     pub fn replace(
         &mut self,
         specs: Vec<ServerSpec>,
-        reaper: &Reaper,
+        spawner: &Spawner,
         sessions: &Sessions,
     ) -> std::io::Result<Changes> {
         let mut changes = Changes::default();
@@ -192,7 +192,9 @@ impl Catalog {
                         &mut changes.added
                     };
                     list.push(spec.name.clone());
-                    next.push(Arc::new(Server::start(spec, self.named, reaper, sessions)?));
+                    next.push(Arc::new(Server::start(
+                        spec, self.named, spawner, sessions,
+                    )?));
                 }
             }
         }

@@ -22,6 +22,9 @@ const SHRINK_ABOVE_BYTES: usize = 64 * 1024;
 pub enum WriteKind {
     /// A socket: `send(MSG_DONTWAIT | MSG_NOSIGNAL)`, whatever the fd's mode.
     Socket,
+    /// A non-blocking pipe of ours: `write(2)`. A reader that is gone is
+    /// EPIPE, not a signal: Rust programs ignore SIGPIPE.
+    Pipe,
     /// An fd that must stay in blocking mode (our own stdout belongs to the
     /// parent too): write only what `poll` says fits, at most `PIPE_BUF`.
     Shared,
@@ -99,6 +102,9 @@ fn write_now(fd: BorrowedFd<'_>, kind: WriteKind, bytes: &[u8]) -> io::Result<us
     let raw = fd.as_raw_fd();
     match kind {
         WriteKind::Socket => socket::send_now(fd, bytes),
+        WriteKind::Pipe => {
+            retry(|| unsafe { libc::write(raw, bytes.as_ptr().cast(), bytes.len()) })
+        }
         WriteKind::Shared => {
             let mut pfd = libc::pollfd {
                 fd: raw,

@@ -1,6 +1,6 @@
 //! The worker's loop: both directions of one session moved by one thread
 //! from one `poll(2)` over the client and the child's stdout pipe (and the
-//! child's socket while there is input queued for it).
+//! child's stdin while there is input queued for it).
 //!
 //! Why one thread: a session is mostly idle, and a thread per direction
 //! (the first two designs) cost two more stacks, two more wake-ups per
@@ -19,6 +19,7 @@
 //! kernel pays per entry twice a round trip.
 
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
+use std::process::ChildStdin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
@@ -36,6 +37,7 @@ use crate::session::rules::{Counters, Direction, Rules, Tap, Verdict};
 use crate::session::table::SessionId;
 use crate::shutdown::Trigger;
 use crate::sys::poll::poll;
+use crate::sys::socket::shutdown_write;
 use crate::sys::wake::Sleeper;
 
 /// Messages taken from a channel client per turn, so one busy client
@@ -155,16 +157,42 @@ pub struct Relay<'a> {
     hurry_seen: bool,
 }
 
-/// A running child's descriptors, both non-blocking, and its exit.
-#[derive(Clone, Copy)]
+/// A running child's descriptors, all non-blocking, and its exit.
 pub struct ChildFds<'a> {
-    /// The socket we write its stdin to.
-    pub socket: BorrowedFd<'a>,
+    /// Where we write its stdin.
+    pub stdin: ChildInput<'a>,
     /// The pipe we read its stdout from.
     pub stdout: BorrowedFd<'a>,
     /// Says the child has exited, which its stdout may not: a grandchild
     /// can hold it. The reaper wakes this session's [`Sleeper`] too.
     pub exit: &'a ExitWatch,
+}
+
+/// The child's stdin, as the relay writes and ends it.
+pub enum ChildInput<'a> {
+    /// The socket pair it shares with the child's stderr, which the stderr
+    /// log reads: `shutdown(SHUT_WR)` ends the input and leaves the rest.
+    Socket(BorrowedFd<'a>),
+    /// A pipe of its own, closed to end the input.
+    Pipe(ChildStdin),
+    /// Ended.
+    Closed,
+}
+
+impl ChildInput<'_> {
+    fn target(&self) -> Option<(BorrowedFd<'_>, WriteKind)> {
+        match self {
+            ChildInput::Socket(fd) => Some((*fd, WriteKind::Socket)),
+            ChildInput::Pipe(pipe) => Some((pipe.as_fd(), WriteKind::Pipe)),
+            ChildInput::Closed => None,
+        }
+    }
+
+    fn close(&mut self) {
+        if let ChildInput::Socket(fd) = std::mem::replace(self, ChildInput::Closed) {
+            shutdown_write(fd);
+        }
+    }
 }
 
 /// Indices into the poll set; `NONE` marks an unused slot.
@@ -174,7 +202,7 @@ const NONE: usize = usize::MAX;
 /// child's entry, and so on.
 const CLIENT_READ: usize = 0;
 const CLIENT_WRITE: usize = 1;
-const CHILD_SOCKET: usize = 2;
+const CHILD_STDIN: usize = 2;
 const CHILD_STDOUT: usize = 3;
 const SLOTS: usize = 4;
 
@@ -278,11 +306,16 @@ impl<'a> Relay<'a> {
     /// Ends the relay part: the caller stops the child next. What is still
     /// queued for the child is written if it fits now.
     pub fn finish_input(&mut self) {
-        if let Some(child) = self.child {
-            if !self.core.child_input_closed {
-                let _ = self.core.to_child.flush(child.socket, WriteKind::Socket);
+        if let Some(child) = &mut self.child {
+            if let Some((fd, kind)) = child.stdin.target() {
+                if !self.core.child_input_closed {
+                    let _ = self.core.to_child.flush(fd, kind);
+                }
             }
+            // Closing its stdin is the polite end (MCP stdio, "Shutdown").
+            child.stdin.close();
         }
+        self.core.child_input_closed = true;
         self.core.to_child.clear();
     }
 
@@ -466,16 +499,19 @@ impl<'a> Relay<'a> {
                 slots[CLIENT_WRITE] = slots[CLIENT_READ];
             }
         }
-        if let Some(child) = self.child {
-            if !self.child_gone && !self.core.to_child.is_empty() && !self.core.child_input_closed {
+        if let Some(child) = &self.child {
+            let stdin = child.stdin.target();
+            if let Some((stdin, _)) = stdin.filter(|_| {
+                !self.child_gone && !self.core.to_child.is_empty() && !self.core.child_input_closed
+            }) {
                 // Only to wake the loop when room frees: its events are
                 // not read, as `flush_child` runs every turn and learns
                 // from the write itself whether the child still reads.
                 add(
                     fds,
                     &mut slots,
-                    CHILD_SOCKET,
-                    child.socket.as_raw_fd(),
+                    CHILD_STDIN,
+                    stdin.as_raw_fd(),
                     libc::POLLOUT,
                 );
             }
@@ -506,7 +542,7 @@ impl<'a> Relay<'a> {
                 self.closing = Some((reason, self.core.now));
             }
         }
-        if let Some(child) = self.child {
+        if let Some(child) = &self.child {
             if !self.child_gone && child.exit.has_exited() {
                 debug!("[{}] the server exited", self.core.id);
                 self.child_gone = true;
@@ -637,11 +673,11 @@ impl<'a> Relay<'a> {
     }
 
     fn read_child(&mut self) {
-        let Some(child) = self.child else {
+        let Some(stdout) = self.child.as_ref().map(|child| child.stdout) else {
             return;
         };
         let core = &mut self.core;
-        match self.reads.read(child.stdout) {
+        match self.reads.read(stdout) {
             Ok(Read::Bytes(bytes)) => {
                 self.from_child.push(bytes, |frame| core.child_frame(frame));
                 return;
@@ -660,13 +696,13 @@ impl<'a> Relay<'a> {
     }
 
     fn flush_child(&mut self) {
-        let Some(child) = self.child else {
+        let Some((stdin, kind)) = self.child.as_ref().and_then(|child| child.stdin.target()) else {
             return;
         };
         if self.core.child_input_closed || self.core.to_child.is_empty() {
             return;
         }
-        if let Err(e) = self.core.to_child.flush(child.socket, WriteKind::Socket) {
+        if let Err(e) = self.core.to_child.flush(stdin, kind) {
             // The child is exiting; its end of file ends the session and
             // its unanswered requests get -32002.
             debug!("[{}] the server stopped reading: {e}", self.core.id);

@@ -7,7 +7,6 @@
 //! the exit watch forgets our socket, the client socket closes — so a
 //! session that ends any way, a panic included, leaves nothing behind.
 
-use std::net::Shutdown;
 use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::net::UnixStream;
 use std::sync::Arc;
@@ -15,14 +14,14 @@ use std::time::{Instant, SystemTime};
 
 use log::{info, warn};
 
-use crate::child::process::{self, Exit};
-use crate::child::reaper::{ExitWatch, OnExit, Reaper};
+use crate::child::process::{ChildIo, Exit, Spawner};
+use crate::child::reaper::{ExitWatch, OnExit};
 use crate::child::stderr::StderrLog;
 use crate::child::warm::WarmPool;
 use crate::config::{ChildCommand, Limits};
 use crate::proto::message::code;
 use crate::session::client::ClientSide;
-use crate::session::relay::{ChildFds, ChildSide, Control, EndReason, Relay};
+use crate::session::relay::{ChildFds, ChildInput, ChildSide, Control, EndReason, Relay};
 use crate::session::rules::{Counters, Tap};
 use crate::session::table::SessionId;
 use crate::sys::wake::{Sleeper, Tid};
@@ -33,7 +32,7 @@ pub struct Shared<'a> {
     pub limits: &'a Limits,
     pub control: Control<'a>,
     pub stderr: &'a StderrLog,
-    pub reaper: &'a Reaper,
+    pub spawner: &'a Spawner,
     /// Children started ahead (`--prespawn`), if any.
     pub warm: Option<&'a WarmPool>,
 }
@@ -63,7 +62,7 @@ pub struct Start<'a> {
 
 type BoxedTap = Box<dyn Tap + Send>;
 
-/// Our end of the child's stdin and stderr. Withdraws the reaper's wake-up
+/// Our end of the child's socket pair (its stderr, maybe its stdin). Withdraws the reaper's wake-up
 /// before the session lets go of the socket (the stderr log may hold it a
 /// moment longer) or of its thread, so the reaper never touches a recycled
 /// fd number or a thread that has moved on.
@@ -151,7 +150,7 @@ fn run_session(
     let warm_name = warm.as_ref().map(|w| w.name.clone());
     let spawned = match warm {
         Some(warm) => Ok((warm.child, warm.io)),
-        None => process::spawn(shared.reaper, shared.command, &env),
+        None => shared.spawner.spawn(shared.command, &env),
     };
     // Only now: a child spawned by a sleeper would inherit its mask.
     let sleeper = Sleeper::for_this_thread();
@@ -190,16 +189,25 @@ fn run_session(
             .map(|name| format!(" warm_child={name}"))
             .unwrap_or_default()
     );
-    shared.stderr.watch(id, Arc::clone(&io.socket));
-    let socket = ChildSocket::new(io.socket, Arc::clone(child.watch()), sleeper.tid());
+    let ChildIo {
+        socket,
+        stdout,
+        stdin,
+    } = io;
+    shared.stderr.watch(id, Arc::clone(&socket));
+    let socket = ChildSocket::new(socket, Arc::clone(child.watch()), sleeper.tid());
+    let stdin = match stdin {
+        Some(pipe) => ChildInput::Pipe(pipe),
+        None => ChildInput::Socket(socket.stream.as_fd()),
+    };
 
     let mut relay = Relay::new(
         id,
         limits,
         client,
         ChildSide::Running(ChildFds {
-            socket: socket.stream.as_fd(),
-            stdout: io.stdout.as_fd(),
+            stdin,
+            stdout: stdout.as_fd(),
             exit: &socket.watch,
         }),
         shared.control,
@@ -208,8 +216,6 @@ fn run_session(
     );
     let reason = relay.run();
     relay.finish_input();
-    // Closing its stdin is the polite end (MCP stdio, "Shutdown").
-    let _ = socket.stream.shutdown(Shutdown::Write);
     let exit = child.stop(
         limits.shutdown_grace,
         shared.control.shutdown,
@@ -250,12 +256,15 @@ fn run_session(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::child::process::Stdin;
+    use crate::child::reaper::Reaper;
     use crate::session::client::{StreamClient, channel_pair};
     use crate::session::clock::Clock;
     use crate::session::outbox::WriteKind;
     use crate::session::rules::Direction;
     use crate::shutdown::Trigger;
     use std::io::{BufRead, BufReader, Write};
+    use std::net::Shutdown;
     use std::sync::atomic::{AtomicU32, Ordering};
     use std::time::Duration;
 
@@ -266,11 +275,15 @@ mod tests {
         hurry: Trigger,
         clock: Clock,
         stderr: StderrLog,
-        reaper: Reaper,
+        spawner: Spawner,
     }
 
     impl Proxy {
         fn new(script: &str) -> Proxy {
+            Proxy::with_stdin(script, Stdin::Pipe)
+        }
+
+        fn with_stdin(script: &str, stdin: Stdin) -> Proxy {
             Proxy {
                 command: ChildCommand::new("/bin/sh", vec!["-c".into(), script.into()]),
                 limits: Limits {
@@ -281,7 +294,7 @@ mod tests {
                 hurry: Trigger::new().expect("trigger"),
                 clock: Clock::start().expect("clock"),
                 stderr: StderrLog::start().expect("stderr log"),
-                reaper: Reaper::start().expect("reaper"),
+                spawner: Spawner::new(Reaper::start().expect("reaper"), stdin),
             }
         }
 
@@ -296,7 +309,7 @@ mod tests {
                     end_requested: None,
                 },
                 stderr: &self.stderr,
-                reaper: &self.reaper,
+                spawner: &self.spawner,
                 warm: None,
             }
         }
@@ -357,10 +370,10 @@ mod tests {
             "child {pid} outlived its panicked session"
         );
         assert!(
-            poll_until(|| proxy.reaper.live() == 0),
+            poll_until(|| proxy.spawner.reaper().live() == 0),
             "the child was never reaped"
         );
-        proxy.reaper.stop();
+        proxy.spawner.reaper().stop();
     }
 
     #[test]
@@ -399,7 +412,7 @@ mod tests {
             assert_eq!(summary.counters.messages_in, 1);
             assert_eq!(summary.counters.messages_out, 2);
         });
-        proxy.reaper.stop();
+        proxy.spawner.reaper().stop();
     }
 
     #[test]
@@ -434,7 +447,7 @@ mod tests {
             peer.end_input();
             session.join().expect("session thread");
         });
-        proxy.reaper.stop();
+        proxy.spawner.reaper().stop();
     }
 
     #[test]
@@ -471,7 +484,7 @@ mod tests {
                     None,
                 );
                 assert_eq!(summary.exit.map(|e| e.status.code()), Some(Some(0)));
-                proxy.reaper.stop();
+                proxy.spawner.reaper().stop();
                 let status = std::fs::read_to_string(&file).expect("the child wrote its status");
                 let mask = status.lines().find(|l| l.starts_with("SigBlk:"));
                 mask.unwrap_or("SigBlk: missing").to_string()
@@ -488,8 +501,15 @@ mod tests {
     }
 
     #[test]
-    fn a_stream_client_gets_its_answer_and_the_child_is_reaped_at_eof() {
-        let proxy = Proxy::new("cat");
+    fn a_stream_client_gets_its_answer_and_the_child_ends_at_eof_on_either_stdin() {
+        for stdin in [Stdin::Pipe, Stdin::Socket] {
+            a_stream_client_gets_its_answer_and_the_child_ends_at_eof(stdin);
+        }
+    }
+
+    fn a_stream_client_gets_its_answer_and_the_child_ends_at_eof(stdin: Stdin) {
+        // `cat` exits only when its input ends.
+        let proxy = Proxy::with_stdin("cat", stdin);
         let (ours, theirs) = UnixStream::pair().expect("socketpair");
         ours.set_nonblocking(true).expect("non-blocking");
         std::thread::scope(|s| {
@@ -510,8 +530,11 @@ mod tests {
             theirs.shutdown(Shutdown::Write).expect("half-close");
             let summary = session.join().expect("session thread");
             assert_eq!(summary.reason, EndReason::ClientClosed);
+            let exit = summary.exit.expect("the child ran");
+            assert!(!exit.forced, "{stdin:?}: the child's input never ended");
+            assert_eq!(exit.status.code(), Some(0));
         });
-        assert_eq!(proxy.reaper.live(), 0);
-        proxy.reaper.stop();
+        assert_eq!(proxy.spawner.reaper().live(), 0);
+        proxy.spawner.reaper().stop();
     }
 }

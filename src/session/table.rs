@@ -70,9 +70,19 @@ pub enum Refusal {
         client: ClientKey,
         server: Option<Arc<str>>,
     },
-    /// The descriptor limit (`fds`) allows only `sessions` sessions, or
-    /// (`sessions` = 0) `accept` itself ran out of descriptors.
-    Descriptors { fds: u64, sessions: usize },
+    /// The descriptor limit allows no more sessions.
+    Descriptors(FdBudget),
+    /// `accept` itself ran out of descriptors under the limit `fds`.
+    OutOfDescriptors { fds: u64 },
+}
+
+/// What the descriptor limit allows: `sessions` sessions at `per_session`
+/// descriptors each under `RLIMIT_NOFILE` `limit`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FdBudget {
+    pub limit: u64,
+    pub sessions: usize,
+    pub per_session: usize,
 }
 
 impl Refusal {
@@ -81,7 +91,7 @@ impl Refusal {
         match self {
             Refusal::MaxSessions { .. } => "max_sessions",
             Refusal::MaxSessionsPerClient { .. } => "max_sessions_per_client",
-            Refusal::Descriptors { .. } => "fd_limit",
+            Refusal::Descriptors(_) | Refusal::OutOfDescriptors { .. } => "fd_limit",
         }
     }
 }
@@ -121,14 +131,17 @@ impl fmt::Display for Refusal {
                 f,
                 "session refused: server `{name}` reached its maxSessionsPerClient ({limit} of {limit} sessions live for {client})"
             ),
-            Refusal::Descriptors { fds, sessions: 0 } => write!(
+            Refusal::OutOfDescriptors { fds } => write!(
                 f,
                 "session refused: out of file descriptors (the limit, RLIMIT_NOFILE, is {fds})"
             ),
-            Refusal::Descriptors { fds, sessions } => write!(
+            Refusal::Descriptors(FdBudget {
+                limit,
+                sessions,
+                per_session,
+            }) => write!(
                 f,
-                "session refused: the file descriptor limit is reached (RLIMIT_NOFILE {fds} allows {sessions} sessions at {} descriptors each; {sessions} are live)",
-                crate::net::fd_limit::FDS_PER_SESSION
+                "session refused: the file descriptor limit is reached (RLIMIT_NOFILE {limit} allows {sessions} sessions at {per_session} descriptors each; {sessions} are live)",
             ),
         }
     }
@@ -199,21 +212,15 @@ pub struct Sessions {
 
 struct Shared {
     table: Mutex<Table>,
-    /// Sessions the descriptor limit allows, and that limit.
-    fd_capacity: usize,
-    fd_limit: u64,
+    fds: FdBudget,
     /// Called after every release, outside the lock (the acceptor's waker).
     on_release: Box<dyn Fn() + Send + Sync>,
 }
 
 impl Sessions {
-    /// An empty table; `fds` is the descriptor limit in force and
-    /// `fd_capacity` the sessions it allows, over every server.
-    pub fn new(
-        fds: u64,
-        fd_capacity: usize,
-        on_release: impl Fn() + Send + Sync + 'static,
-    ) -> Sessions {
+    /// An empty table; `fds` is what the descriptor limit in force allows,
+    /// over every server.
+    pub fn new(fds: FdBudget, on_release: impl Fn() + Send + Sync + 'static) -> Sessions {
         let table = Table {
             entries: Slab::new(),
             per_server: HashMap::new(),
@@ -223,8 +230,7 @@ impl Sessions {
         Sessions {
             inner: Arc::new(Shared {
                 table: Mutex::new(table),
-                fd_capacity,
-                fd_limit: fds,
+                fds,
                 on_release: Box::new(on_release),
             }),
         }
@@ -252,11 +258,8 @@ impl Sessions {
                 server: named,
             });
         }
-        if table.entries.len() >= self.inner.fd_capacity {
-            return Err(Refusal::Descriptors {
-                fds: self.inner.fd_limit,
-                sessions: self.inner.fd_capacity,
-            });
+        if table.entries.len() >= self.inner.fds.sessions {
+            return Err(Refusal::Descriptors(self.inner.fds));
         }
         let client_key = (Arc::clone(&quota.server), client);
         let count = table.per_client.get(&client_key).copied().unwrap_or(0);
@@ -437,6 +440,14 @@ mod tests {
     use super::*;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
+    fn budget(limit: u64, sessions: usize) -> FdBudget {
+        FdBudget {
+            limit,
+            sessions,
+            per_session: 4,
+        }
+    }
+
     fn quota(max: usize, per_client: usize) -> Quota {
         named("default", max, per_client, false)
     }
@@ -459,7 +470,7 @@ mod tests {
         let released = Arc::new(AtomicUsize::new(0));
         let counter = Arc::clone(&released);
         let q = quota(2, 10);
-        let sessions = Sessions::new(1024, 1000, move || {
+        let sessions = Sessions::new(budget(1024, 1000), move || {
             counter.fetch_add(1, Ordering::SeqCst);
         });
         let a = sessions
@@ -489,7 +500,7 @@ mod tests {
     #[test]
     fn enforces_the_per_client_limit_per_key() {
         let q = quota(10, 1);
-        let sessions = Sessions::new(1024, 1000, || {});
+        let sessions = Sessions::new(budget(1024, 1000), || {});
         let _a = sessions
             .try_admit(&q, ip(1), "a".into(), "tcp")
             .expect("first for .1");
@@ -514,7 +525,7 @@ mod tests {
     #[test]
     fn the_descriptor_limit_refuses_like_any_other_limit() {
         let q = quota(100, 100);
-        let sessions = Sessions::new(64, 2, || {});
+        let sessions = Sessions::new(budget(64, 2), || {});
         let _a = sessions
             .try_admit(&q, ip(1), "a".into(), "tcp")
             .expect("first");
@@ -527,7 +538,8 @@ mod tests {
         assert_eq!(refusal.reason(), "fd_limit");
         let text = refusal.to_string();
         assert!(
-            text.contains("file descriptor limit") && text.contains("64"),
+            text.contains("file descriptor limit")
+                && text.contains("RLIMIT_NOFILE 64 allows 2 sessions at 4 descriptors each"),
             "{text}"
         );
     }
@@ -535,7 +547,7 @@ mod tests {
     #[test]
     fn ids_are_never_reused_even_when_keys_are() {
         let q = quota(1, 1);
-        let sessions = Sessions::new(1024, 1000, || {});
+        let sessions = Sessions::new(budget(1024, 1000), || {});
         let first = sessions
             .try_admit(&q, ip(1), "a".into(), "tcp")
             .expect("admit")
@@ -549,7 +561,7 @@ mod tests {
 
     #[test]
     fn each_server_has_its_own_limits() {
-        let sessions = Sessions::new(1024, 1000, || {});
+        let sessions = Sessions::new(budget(1024, 1000), || {});
         let a = named("a", 1, 1, true);
         let b = named("b", 2, 1, true);
         let _a1 = sessions
@@ -579,7 +591,7 @@ mod tests {
     #[test]
     fn snapshot_shows_the_child_pid() {
         let q = quota(4, 4);
-        let sessions = Sessions::new(1024, 1000, || {});
+        let sessions = Sessions::new(budget(1024, 1000), || {});
         let slot = sessions
             .try_admit(&q, ip(1), "127.0.0.1:5".into(), "tcp")
             .expect("admit");
@@ -596,7 +608,7 @@ mod tests {
         use std::os::fd::AsRawFd;
         use std::os::unix::net::UnixStream;
         let q = quota(4, 4);
-        let sessions = Sessions::new(1024, 1000, || {});
+        let sessions = Sessions::new(budget(1024, 1000), || {});
         let slot = sessions
             .try_admit(&q, ip(1), "p".into(), "tcp")
             .expect("admit");

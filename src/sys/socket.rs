@@ -40,6 +40,13 @@ pub fn shutdown_read_raw(fd: RawFd) {
     unsafe { libc::shutdown(fd, libc::SHUT_RD) };
 }
 
+/// `shutdown(fd, SHUT_WR)`: the peer reads end of file once it has read
+/// what was sent; it may still write to us.
+pub fn shutdown_write(fd: BorrowedFd<'_>) {
+    // ENOTCONN (the peer is long gone) is as good as success here.
+    unsafe { libc::shutdown(fd.as_raw_fd(), libc::SHUT_WR) };
+}
+
 /// True if `fd` is a socket (so `send_now` applies to it).
 pub fn is_socket(fd: BorrowedFd<'_>) -> bool {
     let mut stat: libc::stat = unsafe { std::mem::zeroed() };

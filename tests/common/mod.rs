@@ -97,16 +97,31 @@ impl Forkline {
     /// `forkline serve --tcp 127.0.0.1:0 ARGS… -- CHILD…`, waiting for a
     /// listening line for each listener asked for.
     pub fn serve_tcp(args: &[&str], child: &[String]) -> Forkline {
-        Self::serve_with_listener("--tcp", args, child)
+        Self::serve_with_listener("--tcp", args, child, |_| {})
+    }
+
+    /// [`Forkline::serve_tcp`] with `configure` applied to the command
+    /// first (a resource limit, see [`limit_fds`]).
+    pub fn serve_tcp_configured(
+        args: &[&str],
+        child: &[String],
+        configure: impl FnOnce(&mut Command),
+    ) -> Forkline {
+        Self::serve_with_listener("--tcp", args, child, configure)
     }
 
     /// `forkline serve --http 127.0.0.1:0 ARGS… -- CHILD…` (no `--` when
     /// `child` is empty: then the child is `forkline echo-server`).
     pub fn serve_http(args: &[&str], child: &[String]) -> Forkline {
-        Self::serve_with_listener("--http", args, child)
+        Self::serve_with_listener("--http", args, child, |_| {})
     }
 
-    fn serve_with_listener(listener: &str, args: &[&str], child: &[String]) -> Forkline {
+    fn serve_with_listener(
+        listener: &str,
+        args: &[&str],
+        child: &[String],
+        configure: impl FnOnce(&mut Command),
+    ) -> Forkline {
         let mut all: Vec<&str> = vec![listener, "127.0.0.1:0"];
         all.extend_from_slice(args);
         // Each prints its line in turn: a test that reads the second one
@@ -119,7 +134,7 @@ impl Forkline {
             all.push("--");
             all.extend(child.iter().map(String::as_str));
         }
-        Self::serve(&all, listeners)
+        Self::serve_configured(&all, listeners, configure)
     }
 
     /// `forkline serve ARGS…` with `configure` applied to the command
@@ -495,6 +510,37 @@ pub fn zombie_children(pid: u32) -> Vec<u32> {
         .filter(|(_, s)| *s == 'Z')
         .map(|(p, _)| p)
         .collect()
+}
+
+/// Sets forkline's `RLIMIT_NOFILE` (soft and hard) to `limit` before it
+/// starts; its children inherit it.
+pub fn limit_fds(command: &mut Command, limit: u64) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: setrlimit is async-signal-safe; nothing else runs in the
+    // child between fork and exec.
+    unsafe {
+        command.pre_exec(move || {
+            let limit = libc::rlimit {
+                rlim_cur: limit,
+                rlim_max: limit,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+/// A descriptor limit under which `serve`'s default 64 sessions fit at
+/// three descriptors each (192) but not at four (256 and the headroom), so
+/// that its children get their stdin on the socket pair they share with
+/// stderr, not on a pipe of their own.
+pub const STDIN_ON_SOCKET_FD_LIMIT: u64 = 256;
+
+/// Configures a forkline whose children take their stdin from the socket.
+pub fn stdin_on_socket(command: &mut Command) {
+    limit_fds(command, STDIN_ON_SOCKET_FD_LIMIT);
 }
 
 pub fn fd_count(pid: u32) -> usize {
