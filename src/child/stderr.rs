@@ -2,11 +2,11 @@
 //! that log every child's stderr, line by line, tagged with its session.
 //!
 //! A drain thread per session would cost a stack per session for output
-//! that is idle nearly always. A child's stderr arrives on the socket its
-//! stdin leaves by (see `child::process`); the thread holds a share of
-//! every socket it watches and deregisters it before letting go, so a
-//! session that ends can never leave a registration behind that matches a
-//! recycled fd number. Requests arrive on a channel and a `Waker`; dropping
+//! that is idle nearly always. A child's stderr arrives on a socket pair
+//! (which may carry its stdin the other way; see `child::process`); the
+//! thread holds a share of every socket it watches and deregisters it
+//! before letting go, so a session that ends can never leave a
+//! registration behind that matches a recycled fd number. Requests arrive on a channel and a `Waker`; dropping
 //! the [`StderrLog`] stops and joins the thread.
 //!
 //! One thread serves every child, so no child may hold it. Each turn of

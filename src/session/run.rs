@@ -62,10 +62,10 @@ pub struct Start<'a> {
 
 type BoxedTap = Box<dyn Tap + Send>;
 
-/// Our end of the child's socket pair (its stderr, maybe its stdin). Withdraws the reaper's wake-up
-/// before the session lets go of the socket (the stderr log may hold it a
-/// moment longer) or of its thread, so the reaper never touches a recycled
-/// fd number or a thread that has moved on.
+/// Our end of the child's socket pair (its stderr, maybe its stdin).
+/// Withdraws the reaper's wake-up before the session lets go of the socket
+/// (the stderr log may hold it a moment longer) or of its thread, so the
+/// reaper never touches a recycled fd number or a thread that has moved on.
 struct ChildSocket {
     stream: Arc<UnixStream>,
     watch: Arc<ExitWatch>,
