@@ -500,10 +500,9 @@ impl<'a> Relay<'a> {
             }
         }
         if let Some(child) = &self.child {
-            let stdin = child.stdin.target();
-            if let Some((stdin, _)) = stdin.filter(|_| {
-                !self.child_gone && !self.core.to_child.is_empty() && !self.core.child_input_closed
-            }) {
+            let waiting_for_room =
+                !self.child_gone && !self.core.to_child.is_empty() && !self.core.child_input_closed;
+            if let Some((stdin, _)) = child.stdin.target().filter(|_| waiting_for_room) {
                 // Only to wake the loop when room frees: its events are
                 // not read, as `flush_child` runs every turn and learns
                 // from the write itself whether the child still reads.
