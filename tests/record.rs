@@ -7,7 +7,6 @@
 
 mod common;
 
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 
 use common::http::{McpSession, http_addr, serve_http};
@@ -412,19 +411,7 @@ fn a_disk_that_fills_stops_the_tape_not_the_session() {
     let dir = record_dir();
     let args = ["--tcp", "127.0.0.1:0", "--record", arg(&dir.path)];
     let mut forkline = Forkline::serve_configured(&args, 1, |cmd| {
-        // SAFETY: setrlimit is async-signal-safe; nothing else runs here.
-        unsafe {
-            cmd.pre_exec(|| {
-                let limit = libc::rlimit {
-                    rlim_cur: FILE_LIMIT,
-                    rlim_max: FILE_LIMIT,
-                };
-                if libc::setrlimit(libc::RLIMIT_FSIZE, &limit) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
+        set_rlimit(cmd, libc::RLIMIT_FSIZE, FILE_LIMIT);
     });
     let mut client = forkline.connect();
     let text = "x".repeat(200);

@@ -512,9 +512,9 @@ pub fn zombie_children(pid: u32) -> Vec<u32> {
         .collect()
 }
 
-/// Sets forkline's `RLIMIT_NOFILE` (soft and hard) to `limit` before it
-/// starts; its children inherit it.
-pub fn limit_fds(command: &mut Command, limit: u64) {
+/// Sets the resource limit `resource` (soft and hard) of forkline to
+/// `limit` before it starts; its children inherit it.
+pub fn set_rlimit(command: &mut Command, resource: libc::__rlimit_resource_t, limit: u64) {
     use std::os::unix::process::CommandExt;
     // SAFETY: setrlimit is async-signal-safe; nothing else runs in the
     // child between fork and exec.
@@ -524,12 +524,17 @@ pub fn limit_fds(command: &mut Command, limit: u64) {
                 rlim_cur: limit,
                 rlim_max: limit,
             };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+            if libc::setrlimit(resource, &limit) != 0 {
                 return Err(std::io::Error::last_os_error());
             }
             Ok(())
         });
     }
+}
+
+/// Sets forkline's descriptor limit, `RLIMIT_NOFILE`, to `limit`.
+pub fn limit_fds(command: &mut Command, limit: u64) {
+    set_rlimit(command, libc::RLIMIT_NOFILE, limit);
 }
 
 /// A descriptor limit under which `serve`'s default 64 sessions fit at
