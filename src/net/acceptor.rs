@@ -29,7 +29,7 @@ use crate::error::{Context, Error};
 use crate::http::frontend::{Admit, CHANNEL_CAPACITY, Frontend, Route};
 use crate::net::fd_limit::{self, Reserve};
 use crate::net::listener::{AcceptError, Accepted, Listener, Stream};
-use crate::net::servers::{Catalog, Server};
+use crate::net::servers::{self, Catalog, Server};
 use crate::ops::admin::{self, Admin, ServerView};
 use crate::ops::metrics::Metrics;
 use crate::proto::message::{Message, code};
@@ -106,11 +106,7 @@ pub fn serve(config: ServeConfig) -> Result<(), Error> {
     let hurry = Trigger::new().context(|| "cannot create the shutdown trigger".into())?;
     let named = config.source.is_some();
     let prespawn: usize = config.servers.iter().map(|s| s.prespawn).sum();
-    let wanted = config
-        .servers
-        .iter()
-        .map(|s| s.limits.max_sessions)
-        .fold(prespawn, usize::saturating_add);
+    let wanted = servers::max_sessions(&config.servers).saturating_add(prespawn);
     // Decided once: a reload keeps the wiring and the capacity.
     let (stdin, capacity) = fd_limit::plan(fd_limit, fd_limit::open_fds(), wanted);
     // Each warm child holds a session's descriptors but the client's.

@@ -144,10 +144,7 @@ impl Catalog {
 
     /// Sessions every server may hold at once, together.
     pub fn max_sessions(&self) -> usize {
-        self.servers
-            .iter()
-            .map(|s| s.spec.limits.max_sessions)
-            .fold(0, usize::saturating_add)
+        max_sessions(self.servers.iter().map(|s| &s.spec))
     }
 
     /// The largest message any server takes: what the HTTP front end
@@ -217,6 +214,14 @@ impl Catalog {
             retire(&server);
         }
     }
+}
+
+/// Sessions the servers of `specs` may hold at once, together.
+pub fn max_sessions<'a>(specs: impl IntoIterator<Item = &'a ServerSpec>) -> usize {
+    specs
+        .into_iter()
+        .map(|s| s.limits.max_sessions)
+        .fold(0, usize::saturating_add)
 }
 
 /// A server new sessions will no longer get: its waiting children are
